@@ -1,0 +1,29 @@
+"""Train-step benchmark on synthetic CIFAR-shaped data (no dataset needed).
+
+Command:
+    python -m gradmix_jax.benchmark --config configs/benchmark.py --json runs/bench.json
+
+Defaults (ResNet18 width 32, batch 32, 32x32x3) finish in about a minute or two on a 2-core CPU.
+The paper's size: --config.model.width=64 --config.batch_size=256.
+Measured ratios are in README.md ("Performance").
+"""
+
+from gradmix_jax.config_base import get_base_config
+
+
+def get_config():
+    c = get_base_config()
+    c.model.width = 32
+    c.batch_size = 32
+    c.data.image_size = 32
+    c.data.protocol = "cifar10"
+    c.num_steps = 1
+    c.bench = dict(
+        methods=("none", "gradmix", "gradmix_exact", "cutmix", "mixup"),
+        num_images=1024,  # synthetic uint8 images held on the device
+        num_classes=6,
+        channels=3,
+        warmup_steps=2,
+        timed_steps=7,
+    )
+    return c

@@ -1,0 +1,551 @@
+"""SimCLR / SupCon two-view augmentation that runs on the accelerator.
+
+Everything here is a pure function of an explicit PRNG key and the input, so it
+can live inside a jitted train step: per-image randomness comes from
+``jax.random.split(key, B)`` and ``jax.vmap``; all random decisions (crop box,
+flip, jitter on/off, jitter order, factors, grayscale, rotation angle, noise)
+are traced values, so the trace is fixed and never depends on the key. The
+:class:`AugmentParams` object is static configuration (frozen and hashable):
+close over it or pass it as a static argument to ``jax.jit``.
+
+Pipeline of :func:`augment_image` (the SupContrast CIFAR recipe, in
+torchvision order)::
+
+    RandomResizedCrop(out_size, scale=crop_scale, ratio=crop_ratio)   # bilinear, antialiased
+    RandomHorizontalFlip(flip_prob)
+    RandomRotation(rotation_degrees)        # optional; fill 0, bilinear
+    RandomApply(ColorJitter(brightness, contrast, saturation, hue), p=jitter_prob)
+    RandomGrayscale(grayscale_prob)
+    additive Gaussian noise(noise_std)      # optional
+    clip to [0, 1]
+
+Normalisation (mean/std) is not done here; the model or train step does it.
+
+Colour-jitter semantics follow torchvision's ``ColorJitter`` rather than
+TensorFlow's (which is what ``dm_pix.adjust_brightness/contrast/saturation``
+implement), because the GradMix / SupContrast recipe was defined with
+torchvision:
+
+* brightness: ``x * f``, ``f ~ U[max(0, 1 - b), 1 + b]`` (dm-pix is additive);
+* contrast: blend with the scalar mean of the grayscale image,
+  ``f * x + (1 - f) * mean(gray(x))`` (dm-pix uses per-channel means);
+* saturation: blend with the grayscale image, ``f * x + (1 - f) * gray(x)``
+  (dm-pix scales HSV saturation);
+* hue: HSV hue shift by ``d ~ U[-h, h]`` (``dm_pix.adjust_hue``, identical);
+* each op is followed by a clip to [0, 1] like torchvision's ``_blend``, and the
+  four ops are applied in a random order per image (``torch.randperm(4)``),
+  unless ``jitter_random_order=False`` (then brightness, contrast, saturation,
+  hue).
+
+dm-pix is used for the grayscale conversion (rec601 weights, the same as
+torchvision), the hue shift, the horizontal flip and the rotation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import dm_pix as pix
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+PRNGKey = jax.Array
+
+__all__ = [
+    "AugmentParams",
+    "augment_batch",
+    "augment_image",
+    "eval_transform",
+    "sample_crop_box",
+    "to_float",
+    "two_views",
+]
+
+# Number of candidate boxes drawn by the random-resized-crop sampler
+# (torchvision tries 10 times before falling back to a central crop).
+_CROP_TRIES = 10
+
+
+def _pair(value: Any) -> tuple:
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentParams:
+    """Static configuration of the two-view augmentation (hashable, jit-static).
+
+    Attributes:
+      out_size: (out_H, out_W) of the augmented views.
+      crop_scale: (lo, hi) range of the crop area as a fraction of the image
+        area, 0 < lo <= hi <= 1.
+      crop_ratio: (lo, hi) range of the crop aspect ratio width / height,
+        sampled log-uniformly, 0 < lo <= hi.
+      flip_prob: probability of a horizontal flip.
+      jitter_prob: probability of applying colour jitter (all four ops together).
+      brightness: brightness factor drawn from [max(0, 1 - b), 1 + b].
+      contrast: contrast factor drawn from [max(0, 1 - c), 1 + c].
+      saturation: saturation factor drawn from [max(0, 1 - s), 1 + s]
+        (ignored for 1-channel images).
+      hue: hue shift drawn from [-h, h], 0 <= h <= 0.5 (ignored for 1 channel).
+      grayscale_prob: probability of converting to grayscale (3 equal channels;
+        ignored for 1-channel images).
+      rotation_degrees: maximum absolute random rotation in degrees, angle ~
+        U[-d, d]; 0 disables it. Corners are filled with 0.
+      noise_std: standard deviation of additive Gaussian noise (on the [0, 1]
+        scale); 0 disables it.
+      jitter_random_order: apply the colour-jitter ops in a random order per
+        image (torchvision behaviour); False uses the fixed order brightness,
+        contrast, saturation, hue.
+    """
+
+    out_size: tuple[int, int]
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    flip_prob: float = 0.5
+    jitter_prob: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    grayscale_prob: float = 0.2
+    rotation_degrees: float = 0.0
+    noise_std: float = 0.0
+    jitter_random_order: bool = True
+
+    def __post_init__(self) -> None:
+        # Lists (e.g. from a config file) become tuples so the object stays hashable.
+        for name in ("out_size", "crop_scale", "crop_ratio"):
+            object.__setattr__(self, name, _pair(getattr(self, name)))
+        self.validate()
+
+    @classmethod
+    def rgb(cls, out_size: tuple[int, int], **overrides: Any) -> "AugmentParams":
+        """SupContrast / SimCLR CIFAR recipe for RGB images.
+
+        RandomResizedCrop(scale=(0.2, 1)), horizontal flip p=0.5,
+        ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8 (random op order),
+        RandomGrayscale p=0.2. No rotation, no noise. Keyword overrides replace
+        any field.
+        """
+        return cls(out_size=tuple(out_size), **overrides)
+
+    @classmethod
+    def digits(cls, out_size: tuple[int, int], **overrides: Any) -> "AugmentParams":
+        """Recipe for 1-channel handwritten digits (MNIST-like).
+
+        * no horizontal flip: mirroring changes digit identity/shape (2, 3, 7, ...);
+        * crop_scale=(0.5, 1.0): digits fill the centre of the frame, smaller
+          crops would regularly cut off strokes that define the class;
+        * crop_ratio=(0.8, 1.25): milder than (3/4, 4/3) so strokes are not
+          stretched into other shapes (e.g. a 0 into a 1-like bar);
+        * rotation_degrees=10: a small, label-preserving rotation (larger angles
+          start to confuse 6/9 and 1/7); fill value 0 matches the black background;
+        * brightness=0.4, contrast=0.4 with jitter_prob=0.8: the only colour ops
+          that make sense for one channel;
+        * saturation=hue=grayscale_prob=0: meaningless for 1 channel;
+        * noise_std=0: off by default (override to e.g. 0.05 if wanted).
+        """
+        fields = dict(
+            out_size=tuple(out_size),
+            crop_scale=(0.5, 1.0),
+            crop_ratio=(0.8, 1.25),
+            flip_prob=0.0,
+            jitter_prob=0.8,
+            brightness=0.4,
+            contrast=0.4,
+            saturation=0.0,
+            hue=0.0,
+            grayscale_prob=0.0,
+            rotation_degrees=10.0,
+            noise_std=0.0,
+        )
+        fields.update(overrides)
+        return cls(**fields)
+
+    def validate(self) -> None:
+        """Raises ValueError (one line naming the field) if a field is invalid."""
+
+        def bad(name: str, allowed: str) -> ValueError:
+            return ValueError(
+                f"AugmentParams.{name}={getattr(self, name)!r} is invalid: expected {allowed}"
+            )
+
+        size = self.out_size
+        if not (
+            isinstance(size, tuple)
+            and len(size) == 2
+            and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
+        ):
+            raise bad("out_size", "a pair of positive ints (out_H, out_W)")
+        for name in ("flip_prob", "jitter_prob", "grayscale_prob"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise bad(name, "a probability in [0, 1]")
+        scale = self.crop_scale
+        if not (
+            isinstance(scale, tuple)
+            and len(scale) == 2
+            and all(isinstance(v, (int, float)) for v in scale)
+            and 0.0 < scale[0] <= scale[1] <= 1.0
+        ):
+            raise bad("crop_scale", "a pair (lo, hi) with 0 < lo <= hi <= 1")
+        ratio = self.crop_ratio
+        if not (
+            isinstance(ratio, tuple)
+            and len(ratio) == 2
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in ratio)
+            and 0.0 < ratio[0] <= ratio[1]
+        ):
+            raise bad("crop_ratio", "a pair (lo, hi) of positive aspect ratios with lo <= hi")
+        for name in ("brightness", "contrast", "saturation", "noise_std"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0.0):
+                raise bad(name, "a finite number >= 0 (0 = off)")
+        if not (isinstance(self.hue, (int, float)) and 0.0 <= self.hue <= 0.5):
+            raise bad("hue", "a number in [0, 0.5]")
+        if not (
+            isinstance(self.rotation_degrees, (int, float))
+            and 0.0 <= self.rotation_degrees <= 180.0
+        ):
+            raise bad("rotation_degrees", "a number of degrees in [0, 180] (0 = off)")
+        if not isinstance(self.jitter_random_order, bool):
+            raise bad("jitter_random_order", "a bool")
+
+
+# --------------------------------------------------------------------------- #
+# Helpers
+# --------------------------------------------------------------------------- #
+
+
+def to_float(images: Array) -> Array:
+    """uint8 in [0, 255] -> float32 in [0, 1]; float input is cast to float32.
+
+    Args:
+      images: any shape, dtype uint8 or floating (assumed already in [0, 1]).
+    Returns:
+      float32 array of the same shape.
+    """
+    images = jnp.asarray(images)
+    if images.dtype == jnp.uint8:
+        return images.astype(jnp.float32) / 255.0
+    if jnp.issubdtype(images.dtype, jnp.floating):
+        return images.astype(jnp.float32)
+    raise TypeError(f"images must be uint8 or floating, got dtype {images.dtype}")
+
+
+def sample_crop_box(
+    key: PRNGKey,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    *,
+    round_to_pixels: bool = True,
+) -> tuple[Array, Array, Array, Array]:
+    """Samples a RandomResizedCrop box like torchvision, vectorised.
+
+    torchvision tries up to 10 times to draw ``area ~ U(scale) * H * W`` and a
+    log-uniform aspect ratio (w / h) in ``ratio``, keeps the first box that fits
+    in the image and places it uniformly at random; if none fits it falls back
+    to a central crop with the aspect ratio clamped into ``ratio``. Here the 10
+    candidates are drawn at once and the first valid one is selected, so there
+    is no data-dependent control flow.
+
+    Args:
+      key: PRNG key.
+      height, width: static input image size.
+      scale: (lo, hi) area fraction range.
+      ratio: (lo, hi) aspect ratio range.
+      round_to_pixels: round the box size and offset to whole pixels like
+        torchvision (default). If False the box is continuous (sub-pixel).
+    Returns:
+      (top, left, crop_h, crop_w): float32 scalars in input pixel units; the box
+      covers rows [top, top + crop_h) and columns [left, left + crop_w).
+    """
+    k_area, k_ratio, k_top, k_left = jax.random.split(key, 4)
+    area = float(height * width)
+    target_area = area * jax.random.uniform(
+        k_area, (_CROP_TRIES,), minval=scale[0], maxval=scale[1]
+    )
+    log_ratio = jax.random.uniform(
+        k_ratio, (_CROP_TRIES,), minval=math.log(ratio[0]), maxval=math.log(ratio[1])
+    )
+    aspect = jnp.exp(log_ratio)
+    cand_w = jnp.sqrt(target_area * aspect)
+    cand_h = jnp.sqrt(target_area / aspect)
+    if round_to_pixels:
+        cand_w = jnp.round(cand_w)
+        cand_h = jnp.round(cand_h)
+    valid = (cand_w > 0) & (cand_w <= width) & (cand_h > 0) & (cand_h <= height)
+    first = jnp.argmax(valid)  # index of the first valid candidate (0 if none)
+
+    # Central-crop fallback (static: depends only on the shapes and `ratio`).
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fb_w = float(width)
+        fb_h = fb_w / min(ratio)
+    elif in_ratio > max(ratio):
+        fb_h = float(height)
+        fb_w = fb_h * max(ratio)
+    else:
+        fb_w, fb_h = float(width), float(height)
+    if round_to_pixels:
+        fb_w, fb_h = float(round(fb_w)), float(round(fb_h))
+        fb_top, fb_left = float((height - int(fb_h)) // 2), float((width - int(fb_w)) // 2)
+    else:
+        fb_top, fb_left = (height - fb_h) / 2.0, (width - fb_w) / 2.0
+
+    found = jnp.any(valid)
+    crop_h = jnp.where(found, cand_h[first], fb_h)
+    crop_w = jnp.where(found, cand_w[first], fb_w)
+    u_top = jax.random.uniform(k_top, ())
+    u_left = jax.random.uniform(k_left, ())
+    if round_to_pixels:
+        # torch.randint(0, H - h + 1): uniform integer in [0, H - h].
+        top = jnp.minimum(jnp.floor(u_top * (height - crop_h + 1.0)), height - crop_h)
+        left = jnp.minimum(jnp.floor(u_left * (width - crop_w + 1.0)), width - crop_w)
+    else:
+        top = u_top * (height - crop_h)
+        left = u_left * (width - crop_w)
+    top = jnp.where(found, top, fb_top)
+    left = jnp.where(found, left, fb_left)
+    f32 = jnp.float32
+    return top.astype(f32), left.astype(f32), crop_h.astype(f32), crop_w.astype(f32)
+
+
+def _resized_crop(
+    image: Array,
+    box: tuple[Array, Array, Array, Array],
+    out_size: tuple[int, int],
+) -> Array:
+    """Maps the box of a [H, W, C] image onto [out_H, out_W, C] (linear, antialiased)."""
+    top, left, crop_h, crop_w = box
+    out_h, out_w = out_size
+    scale = jnp.stack([out_h / crop_h, out_w / crop_w])
+    translation = -jnp.stack([top, left]) * scale
+    return jax.image.scale_and_translate(
+        image,
+        (out_h, out_w, image.shape[-1]),
+        spatial_dims=(0, 1),
+        scale=scale,
+        translation=translation,
+        method="linear",
+        antialias=True,
+    )
+
+
+def _gray(image: Array) -> Array:
+    """[H, W, 3] -> [H, W, 1] luma (rec601, as torchvision); [H, W, 1] unchanged."""
+    if image.shape[-1] == 1:
+        return image
+    return pix.rgb_to_grayscale(image)
+
+
+def _blend(image: Array, other: Array, factor: Array) -> Array:
+    return jnp.clip(factor * image + (1.0 - factor) * other, 0.0, 1.0)
+
+
+def _brightness(image: Array, factor: Array) -> Array:
+    return jnp.clip(image * factor, 0.0, 1.0)
+
+
+def _contrast(image: Array, factor: Array) -> Array:
+    return _blend(image, jnp.mean(_gray(image)), factor)
+
+
+def _saturation(image: Array, factor: Array) -> Array:
+    return _blend(image, _gray(image), factor)
+
+
+def _hue(image: Array, delta: Array) -> Array:
+    return jnp.clip(pix.adjust_hue(image, delta), 0.0, 1.0)
+
+
+_JITTER_OPS = ("brightness", "contrast", "saturation", "hue")  # torchvision's fixed order
+
+
+def _jitter_ops(params: AugmentParams, channels: int) -> tuple[str, ...]:
+    """Enabled jitter ops, in the fixed order (static).
+
+    Ops with zero strength, and saturation/hue for 1-channel images, are removed.
+    """
+    colour_only = ("saturation", "hue")
+    return tuple(
+        name
+        for name in _JITTER_OPS
+        if getattr(params, name) > 0 and (channels == 3 or name not in colour_only)
+    )
+
+
+_CHEAP_OPS = {"brightness": _brightness, "contrast": _contrast, "saturation": _saturation}
+
+
+def _apply_color_jitter(
+    image: Array, ops: tuple[str, ...], values: dict[str, Array], order: Array | None
+) -> Array:
+    """Applies the jitter ops ``ops[order[0]], ops[order[1]], ...`` to [H, W, C].
+
+    Args:
+      image: [H, W, C] float in [0, 1].
+      ops: static names of the enabled ops (see _jitter_ops).
+      values: op name -> scalar factor (hue: shift).
+      order: [len(ops)] int permutation (traced), or None for the listed order.
+    Returns:
+      [H, W, C] float in [0, 1].
+
+    A traced order must not become a ``lax.switch`` under vmap (that evaluates
+    every op in every slot, 16 ops incl. 4 hue conversions). Instead this uses
+    that brightness/contrast/saturation with factor 1 are exact identities: in
+    slot i every cheap op runs with its factor if it is the op of slot i, else
+    with factor 1. Hue (not an exact identity at 0 and the expensive op) runs
+    exactly once; cheap slots before it and after it are masked accordingly.
+    """
+    if order is None:
+        for name in ops:
+            image = _hue(image, values[name]) if name == "hue" else _CHEAP_OPS[name](image, values[name])
+        return image
+    n = len(ops)
+    cheap = [(k, name) for k, name in enumerate(ops) if name != "hue"]
+
+    def cheap_slot(x: Array, i: int, active: Array | bool) -> Array:
+        for k, name in cheap:
+            f = jnp.where((order[i] == k) & active, values[name], 1.0)
+            x = _CHEAP_OPS[name](x, f)
+        return jax.lax.optimization_barrier(x)
+
+    if "hue" not in ops:
+        for i in range(n):
+            image = cheap_slot(image, i, True)
+        return image
+    hue_pos = jnp.argmax(order == ops.index("hue"))
+    for i in range(n - 1):  # slots before hue (hue_pos <= n - 1)
+        image = cheap_slot(image, i, i < hue_pos)
+    image = _hue(image, values["hue"])
+    for i in range(1, n):  # slots after hue (hue_pos >= 0)
+        image = cheap_slot(image, i, i > hue_pos)
+    return image
+
+
+def _color_jitter(key: PRNGKey, image: Array, params: AugmentParams) -> Array:
+    """torchvision ColorJitter on one [H, W, C] image in [0, 1] (always applied)."""
+    ops = _jitter_ops(params, image.shape[-1])
+    if not ops:
+        return image
+    k_order, *op_keys = jax.random.split(key, 1 + len(_JITTER_OPS))
+    values = {}
+    for name, k in zip(_JITTER_OPS, op_keys):
+        if name not in ops:
+            continue
+        strength = getattr(params, name)
+        if name == "hue":
+            values[name] = jax.random.uniform(k, (), minval=-strength, maxval=strength)
+        else:
+            values[name] = jax.random.uniform(
+                k, (), minval=max(0.0, 1.0 - strength), maxval=1.0 + strength
+            )
+    order = None
+    if params.jitter_random_order and len(ops) > 1:
+        order = jax.random.permutation(k_order, len(ops))
+    return _apply_color_jitter(image, ops, values, order)
+
+
+# --------------------------------------------------------------------------- #
+# Public API
+# --------------------------------------------------------------------------- #
+
+
+def augment_image(key: PRNGKey, image: Array, params: AugmentParams) -> Array:
+    """One random SimCLR view of one image.
+
+    Args:
+      key: PRNG key (one per image).
+      image: [H, W, C] with C in {1, 3}, uint8 in [0, 255] or float in [0, 1].
+      params: static AugmentParams.
+    Returns:
+      float32 [out_H, out_W, C] in [0, 1].
+    """
+    if image.ndim != 3 or image.shape[-1] not in (1, 3):
+        raise ValueError(f"image must be [H, W, C] with C in (1, 3), got shape {image.shape}")
+    height, width, channels = image.shape
+    image = to_float(image)
+    # A fixed number of subkeys, so e.g. the crop does not change when jitter is toggled.
+    (k_crop, k_flip, k_rot, k_jit_on, k_jit, k_gray, k_noise, _) = jax.random.split(key, 8)
+
+    box = sample_crop_box(k_crop, height, width, params.crop_scale, params.crop_ratio)
+    image = _resized_crop(image, box, params.out_size)
+
+    if params.flip_prob > 0:
+        image = pix.random_flip_left_right(k_flip, image, probability=params.flip_prob)
+
+    if params.rotation_degrees > 0:
+        max_rad = math.radians(params.rotation_degrees)
+        angle = jax.random.uniform(k_rot, (), minval=-max_rad, maxval=max_rad)
+        image = pix.rotate(image, angle, order=1, mode="constant", cval=0.0)
+
+    image = jnp.clip(image, 0.0, 1.0)
+    if params.jitter_prob > 0:
+        jittered = _color_jitter(k_jit, image, params)
+        apply = jax.random.bernoulli(k_jit_on, params.jitter_prob)
+        image = jnp.where(apply, jittered, image)
+
+    if channels == 3 and params.grayscale_prob > 0:
+        gray = jnp.broadcast_to(_gray(image), image.shape)
+        apply = jax.random.bernoulli(k_gray, params.grayscale_prob)
+        image = jnp.where(apply, gray, image)
+
+    if params.noise_std > 0:
+        image = image + params.noise_std * jax.random.normal(k_noise, image.shape, jnp.float32)
+
+    return jnp.clip(image, 0.0, 1.0).astype(jnp.float32)
+
+
+def augment_batch(key: PRNGKey, images: Array, params: AugmentParams) -> Array:
+    """Independent random views of a batch (vmap of augment_image over split keys).
+
+    Args:
+      key: PRNG key for the whole batch.
+      images: [B, H, W, C], uint8 or float in [0, 1], C in {1, 3}.
+      params: static AugmentParams.
+    Returns:
+      float32 [B, out_H, out_W, C] in [0, 1].
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}")
+    keys = jax.random.split(key, images.shape[0])
+    return jax.vmap(augment_image, in_axes=(0, 0, None))(keys, images, params)
+
+
+def two_views(key: PRNGKey, images: Array, params: AugmentParams) -> tuple[Array, Array]:
+    """Two independent augmentations of every image (SimCLR / SupCon positives).
+
+    Args:
+      key: PRNG key.
+      images: [B, H, W, C], uint8 or float in [0, 1], C in {1, 3}.
+      params: static AugmentParams.
+    Returns:
+      (view1, view2), each float32 [B, out_H, out_W, C] in [0, 1].
+    """
+    k1, k2 = jax.random.split(key)
+    return augment_batch(k1, images, params), augment_batch(k2, images, params)
+
+
+def eval_transform(images: Array, out_size: tuple[int, int]) -> Array:
+    """Deterministic evaluation transform: scale to [0, 1] and bilinear resize.
+
+    Args:
+      images: [B, H, W, C] (or a single [H, W, C]), uint8 or float in [0, 1].
+      out_size: (out_H, out_W).
+    Returns:
+      float32 [B, out_H, out_W, C] (or [out_H, out_W, C]) in [0, 1].
+    """
+    images = to_float(images)
+    if images.ndim not in (3, 4):
+        raise ValueError(f"images must be [B, H, W, C] or [H, W, C], got shape {images.shape}")
+    out_h, out_w = out_size
+    if images.shape[-3:-1] != (out_h, out_w):
+        shape = (*images.shape[:-3], out_h, out_w, images.shape[-1])
+        images = jax.image.resize(images, shape, method="bilinear", antialias=True)
+    return jnp.clip(images, 0.0, 1.0)

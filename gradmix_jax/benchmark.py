@@ -1,0 +1,126 @@
+"""Times the jitted train step per mixing method on synthetic data; writes a JSON report.
+
+``python -m gradmix_jax.benchmark --config configs/benchmark.py --json OUT``
+
+For each method: compile time, then the median wall time of ``timed_steps`` steps (each waited
+for with ``block_until_ready``) after ``warmup_steps``; images/s = batch / median; FLOPs per step
+from XLA's cost analysis of the compiled step. ``gradmix_exact`` is GradMix with
+``gradmix.exact=True``. Ratios are against ``none`` measured in the same run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from gradmix_jax import parallel
+from gradmix_jax.models import create_model
+from gradmix_jax.train_step import StepConfig, init_state, make_optimizer, make_train_step
+from gradmix_jax.trainer import augment_params, batch_indices
+from gradmix_jax.validation import validate_config
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/benchmark.py", "Benchmark config.",
+                                          lock_config=True)
+_JSON = flags.DEFINE_string("json", None, "Where to write the JSON report.")
+
+
+def _method_config(config, method: str):
+    c = copy.deepcopy(config)
+    with c.unlocked():
+        c.mixing.method = "gradmix" if method == "gradmix_exact" else method
+        c.gradmix.exact = method == "gradmix_exact" or (method == "gradmix" and config.gradmix.exact)
+    return c
+
+
+def time_method(config, method: str, images: np.ndarray, labels: np.ndarray, mesh) -> dict[str, Any]:
+    c = _method_config(config, method)
+    validate_config(c, mesh.size)
+    b = c.bench
+    model = create_model(c.model.name, c.model.width, c.model.feature_dim, stem=c.model.stem)
+    tx, schedule = make_optimizer(c.learning_rate, c.min_learning_rate, 10_000)
+    repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    aug = augment_params(c, images.shape[-1])
+    state = jax.jit(lambda k: init_state(model, tx, k, (c.data.image_size, c.data.image_size,
+                                                         images.shape[-1])),
+                    out_shardings=repl)(jax.random.key(c.seed))
+    step = jax.jit(make_train_step(model, tx, aug, StepConfig.from_config(c), schedule),
+                   in_shardings=(repl, repl, repl, sharded), out_shardings=(repl, repl),
+                   donate_argnums=(0,))
+    dev_images = jax.device_put(images, repl)
+    dev_labels = jax.device_put(labels, repl)
+
+    def indices(i):
+        return jax.device_put(batch_indices(c.seed, i, len(images), c.batch_size), sharded)
+
+    t0 = time.perf_counter()
+    compiled = step.lower(state, dev_images, dev_labels, indices(0)).compile()
+    compile_seconds = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+    times, host_times = [], []
+    for i in range(b.warmup_steps + b.timed_steps):
+        t0 = time.perf_counter()
+        idx = indices(i)
+        t1 = time.perf_counter()
+        state, m = compiled(state, dev_images, dev_labels, idx)
+        jax.block_until_ready((state, m))
+        t2 = time.perf_counter()
+        if i >= b.warmup_steps:
+            times.append(t2 - t1)
+            host_times.append(t1 - t0)
+    median = statistics.median(times)
+    return {"step_seconds": median, "images_per_second": c.batch_size / median,
+            "step_seconds_all": times, "compile_seconds": compile_seconds,
+            "flops_per_step": flops, "host_data_seconds": statistics.median(host_times),
+            "final_loss": float(m["loss"])}
+
+
+def run_benchmark(config) -> dict[str, Any]:
+    mesh = parallel.make_mesh()
+    b = config.bench
+    rng = np.random.default_rng(config.seed)
+    size = config.data.image_size
+    images = rng.integers(0, 256, (b.num_images, size, size, b.channels), dtype=np.uint8)
+    labels = rng.integers(0, b.num_classes, (b.num_images,)).astype(np.int32)
+    report: dict[str, Any] = {}
+    for method in b.methods:
+        report[method] = time_method(config, method, images, labels, mesh)
+        print(f"{method:14s} {report[method]['step_seconds'] * 1e3:9.1f} ms/step "
+              f"{report[method]['images_per_second']:9.1f} img/s "
+              f"(compile {report[method]['compile_seconds']:.1f} s)", file=sys.stderr)
+    if "none" in report:
+        base = report["none"]["step_seconds"]
+        report["ratio_to_none"] = {m: report[m]["step_seconds"] / base for m in b.methods}
+    report["device"] = jax.devices()[0].device_kind
+    report["platform"] = jax.devices()[0].platform
+    report["num_devices"] = mesh.size
+    report["batch_size"] = config.batch_size
+    report["model"] = {"name": config.model.name, "width": config.model.width,
+                       "image_size": size}
+    report["jax_version"] = jax.__version__
+    return report
+
+
+def main(argv):
+    del argv
+    report = run_benchmark(_CONFIG.value)
+    text = json.dumps(report, indent=2)
+    if _JSON.value:
+        with open(_JSON.value, "w") as f:
+            f.write(text)
+    print(json.dumps(report.get("ratio_to_none", {}), indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)

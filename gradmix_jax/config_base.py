@@ -1,0 +1,80 @@
+"""Base ml_collections config (paper defaults, CIFAR-sized). Protocol configs override it.
+
+Every field is documented in README.md ("Config"). `validate_config` checks a config against the
+allowed values before any data is loaded or anything is compiled.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.batch_size = 256
+    c.num_epochs = 600
+    c.num_steps = 0  # > 0 overrides num_epochs
+    c.learning_rate = 1e-3  # Adam, cosine to min_learning_rate (paper App. D.2)
+    c.min_learning_rate = 5.12e-5
+    c.warmup_steps = 0
+    c.objective = "supcon_ssl"
+    c.supcon_weight = 1.0  # θ
+    c.simclr_weight = 1.0  # λ
+    c.temperature = 0.05
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "resnet18"
+    c.model.width = 64
+    c.model.feature_dim = 128
+    c.model.stem = "cifar"
+
+    c.data = ml_collections.ConfigDict()
+    c.data.protocol = "cifar10"
+    c.data.split = 0
+    c.data.known_classes = ()
+    c.data.data_dir = ""
+    c.data.image_size = 32  # images are resized to this (square) on the device
+
+    # SimCLR view augmentation (gradmix_jax.augment.AugmentParams); preset 'rgb' or 'digits',
+    # any field below that is not None overrides the preset.
+    c.augment = ml_collections.ConfigDict()
+    c.augment.preset = "rgb"
+    c.augment.crop_scale = ml_collections.config_dict.placeholder(tuple)
+    c.augment.crop_ratio = ml_collections.config_dict.placeholder(tuple)
+    c.augment.flip_prob = ml_collections.config_dict.placeholder(float)
+    c.augment.jitter_prob = ml_collections.config_dict.placeholder(float)
+    c.augment.brightness = ml_collections.config_dict.placeholder(float)
+    c.augment.contrast = ml_collections.config_dict.placeholder(float)
+    c.augment.saturation = ml_collections.config_dict.placeholder(float)
+    c.augment.hue = ml_collections.config_dict.placeholder(float)
+    c.augment.grayscale_prob = ml_collections.config_dict.placeholder(float)
+    c.augment.rotation_degrees = ml_collections.config_dict.placeholder(float)
+    c.augment.noise_std = ml_collections.config_dict.placeholder(float)
+
+    c.mixing = ml_collections.ConfigDict()
+    c.mixing.method = "gradmix"  # none | gradmix | cutmix | mixup
+    c.mixing.alpha = 1.0  # Beta(α, α) of CutMix / Mixup
+
+    c.gradmix = ml_collections.ConfigDict()
+    c.gradmix.layers = ("conv3_2", "conv4_2", "conv5_2")
+    c.gradmix.ratio_range = (0.1, 0.5)
+    c.gradmix.ratio_of = "side"  # side (paper) | area (authors' code)
+    c.gradmix.ratio_per = "sample"  # sample (paper) | batch (authors' code)
+    c.gradmix.fill = "sample"  # sample (paper) | noise (authors' code)
+    c.gradmix.placement = "inside"  # inside (paper) | clip (authors' code)
+    c.gradmix.normalize = "image"  # image | batch (authors' code) | none
+    c.gradmix.attribution_loss = "simclr"  # simclr (authors' code) | total (clean loss)
+    c.gradmix.loss_weight = "area"  # area = masked fraction (paper) | kept (authors') | one
+    c.gradmix.exact = False  # True: recompute view 2 beside the mixed view (authors' code)
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.k = 3
+    c.eval.features = "encoder"  # encoder (pooled backbone) | projection (normalised z)
+    c.eval.batch_size = 512
+
+    c.log_every_steps = 50
+    c.checkpoint_every_steps = 1000
+    c.max_to_keep = 2
+    c.progress_bar = True
+    return c

@@ -1,0 +1,419 @@
+"""GradMix (paper section 3.2) plus CutMix and MixUp baselines, as pure batched JAX functions.
+
+Conventions: images are ``[B, H, W, C]`` float (NHWC), attribution maps are ``[B, H, W]``.
+Every function takes an explicit PRNG key where it needs randomness, jits with a fixed
+trace (ratios, boxes and permutations are traced values) and never loops over samples in
+Python. String / range arguments are static and validated in Python before any tracing.
+
+A box is described by integer ``(top, left, bh, bw)``; for placement ``'clip'`` ``top`` /
+``left`` may be negative or the box may run past the border, and only its part inside the
+image counts (``box_mask`` truncates it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "FILL_MODES",
+    "PLACEMENTS",
+    "RATIO_OF",
+    "RATIO_PER",
+    "PATCH_ANTIALIAS",
+    "sample_ratios",
+    "box_sizes",
+    "box_from_map",
+    "box_mask",
+    "paste_resized",
+    "gradmix_boxes",
+    "gradmix_apply",
+    "gradmix",
+    "cutmix",
+    "mixup",
+]
+
+#: Allowed values of the static string arguments.
+FILL_MODES = ("sample", "noise")
+PLACEMENTS = ("inside", "clip")
+RATIO_OF = ("side", "area")
+RATIO_PER = ("sample", "batch")
+
+#: Antialias setting used to shrink the pasted sample. False = plain bilinear interpolation,
+#: i.e. torch ``F.interpolate(mode='bilinear', align_corners=False)`` (its default), which is
+#: what ResizeMix-style pasting uses; the patch equals
+#: ``jax.image.resize(x, (bh, bw, C), 'linear', antialias=PATCH_ANTIALIAS)``.
+PATCH_ANTIALIAS = False
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _pair(name: str, value: object, rule: str) -> tuple[float, float]:
+    """Parse a static ``(lo, hi)`` pair of Python numbers or raise a one-line ValueError."""
+    try:
+        lo, hi = (float(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a static (lo, hi) pair with {rule}, got {value!r}") from None
+    return lo, hi
+
+
+def _check_ratio_range(ratio_range: Sequence[float]) -> tuple[float, float]:
+    rule = "0 < lo <= hi < 1"
+    lo, hi = _pair("ratio_range", ratio_range, rule)
+    if not 0.0 < lo <= hi < 1.0:
+        raise ValueError(f"ratio_range must be a static (lo, hi) pair with {rule}, got {ratio_range!r}")
+    return lo, hi
+
+
+def _check_noise_range(noise_range: Sequence[float]) -> tuple[float, float]:
+    rule = "lo <= hi"
+    lo, hi = _pair("noise_range", noise_range, rule)
+    if not lo <= hi:
+        raise ValueError(f"noise_range must be a static (lo, hi) pair with {rule}, got {noise_range!r}")
+    return lo, hi
+
+
+def _check_alpha(alpha: float) -> None:
+    # A traced alpha cannot be checked here; a Python number can.
+    if isinstance(alpha, (int, float)) and not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha!r}")
+
+
+def _check_images(images: jax.Array, maps: jax.Array | None = None) -> None:
+    if images.ndim != 4:
+        raise ValueError(f"images must be [B, H, W, C], got shape {tuple(images.shape)}")
+    if maps is not None and tuple(maps.shape) != tuple(images.shape[:3]):
+        raise ValueError(
+            f"maps must be [B, H, W] = {tuple(images.shape[:3])}, got shape {tuple(maps.shape)}"
+        )
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def sample_ratios(
+    key: jax.Array,
+    batch: int,
+    ratio_range: Sequence[float] = (0.1, 0.5),
+    per: str = "sample",
+) -> jax.Array:
+    """Uniform ratios in ``[lo, hi)``.
+
+    Args:
+      key: PRNG key.
+      batch: static batch size B.
+      ratio_range: static ``(lo, hi)`` with ``0 < lo <= hi < 1``.
+      per: ``'sample'`` (one draw per sample) or ``'batch'`` (one draw shared by the whole
+        batch, as in the authors' code).
+
+    Returns:
+      ``[B]`` float32 ratios.
+    """
+    lo, hi = _check_ratio_range(ratio_range)
+    _check_choice("per", per, RATIO_PER)
+    shape = (batch,) if per == "sample" else ()
+    ratios = jax.random.uniform(key, shape, jnp.float32, minval=lo, maxval=hi)
+    return jnp.broadcast_to(ratios, (batch,))
+
+
+def box_sizes(
+    ratios: jax.Array, height: int, width: int, ratio_of: str = "side"
+) -> tuple[jax.Array, jax.Array]:
+    """Box height/width from ratios: ``bh = round(s * H)``, ``bw = round(s * W)``, each >= 1.
+
+    ``s = r`` for ``ratio_of='side'`` (paper: gamma is the side ratio) and ``s = sqrt(r)`` for
+    ``ratio_of='area'`` (r is the area fraction). Rounding is half-to-even (``jnp.round``).
+
+    Args:
+      ratios: float array of any shape ``S``.
+      height, width: static image size H, W.
+      ratio_of: ``'side'`` or ``'area'``.
+
+    Returns:
+      ``(bh, bw)`` int32 arrays of shape ``S``.
+    """
+    _check_choice("ratio_of", ratio_of, RATIO_OF)
+    side = ratios if ratio_of == "side" else jnp.sqrt(ratios)
+    bh = jnp.clip(jnp.round(side * height), 1, height).astype(jnp.int32)
+    bw = jnp.clip(jnp.round(side * width), 1, width).astype(jnp.int32)
+    return bh, bw
+
+
+def box_from_map(
+    attr_map: jax.Array, bh: jax.Array, bw: jax.Array, placement: str = "inside"
+) -> tuple[jax.Array, jax.Array]:
+    """Top-left corner of a ``bh x bw`` box centred on the map's argmax (one sample).
+
+    The centre is the first maximum in row-major order. ``'inside'`` shifts the box to lie
+    fully inside the image; ``'clip'`` keeps ``top = cy - bh // 2`` (may be negative or run
+    past the border; the caller truncates via ``box_mask``), as in the authors' code.
+
+    Args:
+      attr_map: ``[H, W]`` attribution map.
+      bh, bw: scalar int box size (may be traced).
+      placement: ``'inside'`` or ``'clip'``.
+
+    Returns:
+      ``(top, left)`` int32 scalars.
+    """
+    _check_choice("placement", placement, PLACEMENTS)
+    height, width = attr_map.shape
+    flat = jnp.argmax(attr_map.reshape(-1))  # argmax returns the first maximum
+    cy, cx = flat // width, flat % width
+    top = cy - bh // 2
+    left = cx - bw // 2
+    if placement == "inside":
+        top = jnp.clip(top, 0, height - bh)
+        left = jnp.clip(left, 0, width - bw)
+    return top.astype(jnp.int32), left.astype(jnp.int32)
+
+
+def box_mask(
+    top: jax.Array, left: jax.Array, bh: jax.Array, bw: jax.Array, height: int, width: int
+) -> jax.Array:
+    """Boolean ``[H, W]`` mask of rows ``[top, top+bh)`` x cols ``[left, left+bw)`` (one sample).
+
+    Parts of the box outside the image are dropped, which is the border truncation.
+    """
+    rows = jnp.arange(height)
+    cols = jnp.arange(width)
+    in_rows = (rows >= top) & (rows < top + bh)
+    in_cols = (cols >= left) & (cols < left + bw)
+    return in_rows[:, None] & in_cols[None, :]
+
+
+def paste_resized(
+    source: jax.Array,
+    top: jax.Array,
+    left: jax.Array,
+    bh: jax.Array,
+    bw: jax.Array,
+    antialias: bool = PATCH_ANTIALIAS,
+) -> jax.Array:
+    """Shrink the whole ``source`` to ``bh x bw`` and place it at ``(top, left)`` (one sample).
+
+    ``scale_and_translate`` lets a traced box size land in a fixed-size canvas: canvas pixel
+    ``(top + i, left + j)`` equals ``jax.image.resize(source, (bh, bw, C), 'linear',
+    antialias=antialias)[i, j]`` for ``0 <= i < bh, 0 <= j < bw``. Values outside the box are
+    meaningless and must be masked by the caller.
+
+    Args:
+      source: ``[H, W, C]`` image.
+      top, left: int scalars (may be negative for clipped boxes).
+      bh, bw: int scalars, box size.
+      antialias: passed to ``scale_and_translate``; must match the resize it should equal.
+
+    Returns:
+      ``[H, W, C]`` canvas.
+    """
+    height, width = source.shape[:2]
+    scale = jnp.stack([bh / height, bw / width]).astype(jnp.float32)
+    translation = jnp.stack([top, left]).astype(jnp.float32)
+    return jax.image.scale_and_translate(
+        source, source.shape, (0, 1), scale, translation, "linear", antialias=antialias
+    )
+
+
+def gradmix_boxes(
+    maps: jax.Array,
+    ratios: jax.Array,
+    ratio_of: str = "side",
+    placement: str = "inside",
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """GradMix boxes for a batch: size from ``ratios``, centre at each map's argmax.
+
+    Args:
+      maps: ``[B, H, W]`` attribution maps at image size.
+      ratios: ``[B]`` ratios (see ``box_sizes``).
+      ratio_of: ``'side'`` or ``'area'``.
+      placement: ``'inside'`` or ``'clip'``.
+
+    Returns:
+      ``(top, left, bh, bw)``, each ``[B]`` int32 (untruncated for ``'clip'``).
+    """
+    _check_choice("ratio_of", ratio_of, RATIO_OF)
+    _check_choice("placement", placement, PLACEMENTS)
+    _, height, width = maps.shape
+    bh, bw = box_sizes(ratios, height, width, ratio_of)
+    top, left = jax.vmap(lambda m, h, w: box_from_map(m, h, w, placement))(maps, bh, bw)
+    return top, left, bh, bw
+
+
+def _batch_masks(top, left, bh, bw, height: int, width: int) -> jax.Array:
+    """``[B, H, W]`` boolean masks for ``[B]`` boxes."""
+    return jax.vmap(box_mask, in_axes=(0, 0, 0, 0, None, None))(top, left, bh, bw, height, width)
+
+
+def _masked_fraction(masks: jax.Array) -> jax.Array:
+    """``[B]`` float32 fraction of replaced pixels."""
+    height, width = masks.shape[1:]
+    return jnp.sum(masks, axis=(1, 2)).astype(jnp.float32) / (height * width)
+
+
+# --------------------------------------------------------------------------- GradMix
+
+
+def gradmix_apply(
+    images: jax.Array,
+    maps: jax.Array,
+    ratios: jax.Array,
+    *,
+    perm: jax.Array | None = None,
+    noise: jax.Array | None = None,
+    ratio_of: str = "side",
+    placement: str = "inside",
+) -> tuple[jax.Array, jax.Array]:
+    """Deterministic GradMix core given the already-drawn randomness.
+
+    Exactly one of ``perm`` (fill with the whole image ``images[perm[i]]`` shrunk to the box)
+    or ``noise`` (fill the box with ``noise[i]`` at the same pixels) must be given.
+
+    Args:
+      images: ``[B, H, W, C]`` float.
+      maps: ``[B, H, W]`` attribution maps at image size.
+      ratios: ``[B]`` ratios.
+      perm: ``[B]`` int permutation of the batch, or None.
+      noise: ``[B, H, W, C]`` fill values, or None.
+      ratio_of: ``'side'`` or ``'area'``.
+      placement: ``'inside'`` or ``'clip'``.
+
+    Returns:
+      ``(mixed [B, H, W, C] same dtype as images, masked_fraction [B] float32)``;
+      pixels outside each box are exactly the input.
+    """
+    _check_choice("ratio_of", ratio_of, RATIO_OF)
+    _check_choice("placement", placement, PLACEMENTS)
+    _check_images(images, maps)
+    if (perm is None) == (noise is None):
+        raise ValueError("gradmix_apply needs exactly one of perm (fill='sample') or noise (fill='noise')")
+    _, height, width, _ = images.shape
+    top, left, bh, bw = gradmix_boxes(maps, ratios, ratio_of, placement)
+    masks = _batch_masks(top, left, bh, bw, height, width)
+    if perm is not None:
+        fill = jax.vmap(paste_resized)(images[perm], top, left, bh, bw)
+    else:
+        fill = noise
+    mixed = jnp.where(masks[..., None], fill.astype(images.dtype), images)
+    return mixed, _masked_fraction(masks)
+
+
+def gradmix(
+    key: jax.Array,
+    images: jax.Array,
+    maps: jax.Array,
+    ratio_range: Sequence[float] = (0.1, 0.5),
+    ratio_of: str = "side",
+    fill: str = "sample",
+    placement: str = "inside",
+    ratio_per: str = "sample",
+    noise_range: Sequence[float] = (0.0, 1.0),
+) -> tuple[jax.Array, jax.Array]:
+    """GradMix: cover the most attributed region of each image with a box.
+
+    Per sample i: ``r_i ~ U(ratio_range)``; box size from ``box_sizes``; box centred on the
+    argmax of ``maps[i]`` (``box_from_map``); the box is filled with the whole image
+    ``images[perm[i]]`` shrunk to the box size (``fill='sample'``, paper Fig. 2) or with
+    uniform noise in ``noise_range`` (``fill='noise'``, the authors' code).
+
+    Randomness (documented so callers can reproduce it): ``k_ratio, k_fill =
+    jax.random.split(key)``; ``ratios = sample_ratios(k_ratio, B, ratio_range, ratio_per)``;
+    ``perm = jax.random.permutation(k_fill, B)`` or ``noise = jax.random.uniform(k_fill,
+    images.shape, images.dtype, *noise_range)``.
+
+    Args:
+      key: PRNG key.
+      images: ``[B, H, W, C]`` float.
+      maps: ``[B, H, W]`` attribution maps at image size.
+      ratio_range: static ``(lo, hi)``, ``0 < lo <= hi < 1``.
+      ratio_of: ``'side'`` (paper's gamma) or ``'area'``.
+      fill: ``'sample'`` or ``'noise'``.
+      placement: ``'inside'`` or ``'clip'``.
+      ratio_per: ``'sample'`` or ``'batch'``.
+      noise_range: static ``(lo, hi)`` for ``fill='noise'``.
+
+    Returns:
+      ``(mixed [B, H, W, C], masked_fraction [B] float32)``; ``masked_fraction`` is the
+      number of replaced pixels / (H * W) (``bh * bw / (H * W)`` for ``'inside'``), the
+      paper's gamma^2 loss weight.
+    """
+    _check_ratio_range(ratio_range)
+    _check_choice("ratio_of", ratio_of, RATIO_OF)
+    _check_choice("fill", fill, FILL_MODES)
+    _check_choice("placement", placement, PLACEMENTS)
+    _check_choice("ratio_per", ratio_per, RATIO_PER)
+    noise_lo, noise_hi = _check_noise_range(noise_range)
+    _check_images(images, maps)
+
+    batch = images.shape[0]
+    k_ratio, k_fill = jax.random.split(key)
+    ratios = sample_ratios(k_ratio, batch, ratio_range, ratio_per)
+    if fill == "sample":
+        perm = jax.random.permutation(k_fill, batch)
+        return gradmix_apply(images, maps, ratios, perm=perm, ratio_of=ratio_of, placement=placement)
+    noise = jax.random.uniform(k_fill, images.shape, images.dtype, minval=noise_lo, maxval=noise_hi)
+    return gradmix_apply(images, maps, ratios, noise=noise, ratio_of=ratio_of, placement=placement)
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def cutmix(key: jax.Array, images: jax.Array, alpha: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """CutMix (Yun et al. 2019), one box per sample.
+
+    ``lam0 ~ Beta(alpha, alpha)``; box side ``bh = floor(H * sqrt(1 - lam0))`` (same for W, as
+    ``int()`` in the reference code); centre ``(cy, cx)`` uniform over integer pixels;
+    ``top = cy - bh // 2``; the box is truncated at the border; the box pixels are taken from
+    ``images[perm[i]]`` at the same location (no resizing).
+
+    Args:
+      key: PRNG key.
+      images: ``[B, H, W, C]`` float.
+      alpha: Beta concentration (> 0).
+
+    Returns:
+      ``(mixed [B, H, W, C], lam [B] float32, perm [B] int32)`` with ``lam`` the kept
+      fraction ``1 - (truncated box area) / (H * W)``, i.e. the label weight of ``images``.
+    """
+    _check_alpha(alpha)
+    _check_images(images)
+    batch, height, width, _ = images.shape
+    k_lam, k_perm, k_cy, k_cx = jax.random.split(key, 4)
+    lam0 = jax.random.beta(k_lam, alpha, alpha, (batch,), jnp.float32)
+    side = jnp.sqrt(1.0 - lam0)
+    bh = jnp.floor(side * height).astype(jnp.int32)
+    bw = jnp.floor(side * width).astype(jnp.int32)
+    cy = jax.random.randint(k_cy, (batch,), 0, height)
+    cx = jax.random.randint(k_cx, (batch,), 0, width)
+    masks = _batch_masks(cy - bh // 2, cx - bw // 2, bh, bw, height, width)
+    perm = jax.random.permutation(k_perm, batch)
+    mixed = jnp.where(masks[..., None], images[perm], images)
+    return mixed, 1.0 - _masked_fraction(masks), perm
+
+
+def mixup(key: jax.Array, images: jax.Array, alpha: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """MixUp (Zhang et al. 2018) with a per-sample ``lam ~ Beta(alpha, alpha)``.
+
+    Args:
+      key: PRNG key.
+      images: ``[B, H, W, C]`` float.
+      alpha: Beta concentration (> 0).
+
+    Returns:
+      ``(mixed = lam * x + (1 - lam) * x[perm], lam [B] float32, perm [B] int32)``.
+    """
+    _check_alpha(alpha)
+    _check_images(images)
+    batch = images.shape[0]
+    k_lam, k_perm = jax.random.split(key)
+    lam = jax.random.beta(k_lam, alpha, alpha, (batch,), jnp.float32)
+    perm = jax.random.permutation(k_perm, batch)
+    w = lam.astype(images.dtype)[:, None, None, None]
+    return w * images + (1 - w) * images, lam, perm

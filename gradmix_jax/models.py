@@ -1,0 +1,176 @@
+"""ResNet encoders with a contrastive projection head and named attribution taps.
+
+Layer names follow the ResNet paper: ``conv1`` is the stem and ``conv{s}_x`` the blocks of residual
+stage ``s`` (2..5). A *tap* is the output of the LAST block of a stage, named ``conv{s}_2`` as in the
+GradMix paper (for ResNet18 that is literally the second block; for ResNet34/50 it is the last block of
+the stage under the same name, so configs carry over between depths). Each tap is
+
+* ``sow``-ed into the ``'intermediates'`` collection (read it with ``mutable=['intermediates']``), and
+* wrapped in ``Module.perturb`` (collection ``'perturbations'``): passing zero perturbations to
+  ``apply`` and differentiating w.r.t. them yields dLoss/dActivation, which LayerCAM needs, from the
+  same backward pass as the parameter gradients.
+
+All modules are NHWC. ``ContrastiveResNet.__call__`` returns ``(z, aux)`` with ``z`` the L2-normalised
+projection ``[B, feature_dim]`` and ``aux`` a dict holding ``'features'`` (pooled encoder output
+``[B, D]``) and, when ``num_classes > 0``, ``'logits'`` ``[B, num_classes]``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+TAP_NAMES: tuple[str, ...] = ("conv2_2", "conv3_2", "conv4_2", "conv5_2")
+
+# (block kind, blocks per stage) for each supported depth.
+ARCHITECTURES: dict[str, tuple[str, tuple[int, int, int, int]]] = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+}
+
+STEMS = ("cifar", "imagenet")
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut. Output channels = filters."""
+
+    filters: int
+    strides: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                                 epsilon=1e-5, dtype=self.dtype)
+        residual = x
+        y = conv(self.filters, (3, 3), (self.strides, self.strides), padding=1)(x)
+        y = nn.relu(norm()(y))
+        y = conv(self.filters, (3, 3), padding=1)(y)
+        y = norm()(y)
+        if residual.shape != y.shape:
+            residual = conv(self.filters, (1, 1), (self.strides, self.strides))(residual)
+            residual = norm()(residual)
+        return nn.relu(y + residual)
+
+
+class BottleneckBlock(nn.Module):
+    """1x1 -> 3x3 -> 1x1 bottleneck; output channels = 4 * filters."""
+
+    filters: int
+    strides: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                                 epsilon=1e-5, dtype=self.dtype)
+        residual = x
+        y = nn.relu(norm()(conv(self.filters, (1, 1))(x)))
+        y = conv(self.filters, (3, 3), (self.strides, self.strides), padding=1)(y)
+        y = nn.relu(norm()(y))
+        y = norm()(conv(self.filters * 4, (1, 1))(y))
+        if residual.shape != y.shape:
+            residual = conv(self.filters * 4, (1, 1), (self.strides, self.strides))(residual)
+            residual = norm()(residual)
+        return nn.relu(y + residual)
+
+
+class ResNetEncoder(nn.Module):
+    """ResNet trunk: stem, four residual stages, global average pooling.
+
+    Input ``[B, H, W, C]`` float images; output ``[B, D]`` with D = 8*width (basic) or 32*width
+    (bottleneck). ``stem='cifar'``: 3x3 stride-1 conv, no max-pool (for 28-64 px images);
+    ``stem='imagenet'``: 7x7 stride-2 conv + 3x3 stride-2 max-pool.
+    """
+
+    arch: str = "resnet18"
+    width: int = 64
+    stem: str = "cifar"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = True) -> jnp.ndarray:
+        kind, stage_sizes = ARCHITECTURES[self.arch]
+        block = BasicBlock if kind == "basic" else BottleneckBlock
+        x = x.astype(self.dtype)
+        if self.stem == "cifar":
+            x = nn.Conv(self.width, (3, 3), padding=1, use_bias=False, dtype=self.dtype,
+                        name="conv1")(x)
+        else:
+            x = nn.Conv(self.width, (7, 7), (2, 2), padding=3, use_bias=False, dtype=self.dtype,
+                        name="conv1")(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                         dtype=self.dtype, name="bn1")(x)
+        x = nn.relu(x)
+        if self.stem == "imagenet":
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        for stage, num_blocks in enumerate(stage_sizes):
+            for b in range(num_blocks):
+                strides = 2 if (stage > 0 and b == 0) else 1
+                # Blocks use torchvision's names (layer1_0, ...); the taps use the paper's.
+                x = block(self.width * 2**stage, strides, dtype=self.dtype,
+                          name=f"layer{stage + 1}_{b}")(x, train)
+            tap = TAP_NAMES[stage]
+            x = self.perturb(tap, x)
+            self.sow("intermediates", tap, x)
+        return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+
+
+class ContrastiveResNet(nn.Module):
+    """Encoder + 2-layer MLP projection head (L2-normalised) + optional linear classifier.
+
+    ``__call__(images [B,H,W,C], train) -> (z [B, feature_dim], aux)``;
+    ``aux = {'features': [B, D], 'logits': [B, num_classes]}`` (logits only when num_classes > 0).
+    """
+
+    arch: str = "resnet18"
+    width: int = 64
+    feature_dim: int = 128
+    num_classes: int = 0
+    stem: str = "cifar"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jnp.ndarray, train: bool = True):
+        h = ResNetEncoder(self.arch, self.width, self.stem, self.dtype, name="encoder")(images, train)
+        z = nn.Dense(h.shape[-1], name="head_hidden")(h)
+        z = nn.Dense(self.feature_dim, name="head_out")(nn.relu(z))
+        z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+        aux = {"features": h}
+        if self.num_classes > 0:
+            aux["logits"] = nn.Dense(self.num_classes, name="classifier")(h)
+        return z, aux
+
+
+def tap_path(tap: str) -> tuple[str, ...]:
+    """Path of a tap inside the 'intermediates'/'perturbations' collections of ContrastiveResNet."""
+    return ("encoder", tap)
+
+
+def create_model(name: str = "resnet18", width: int = 64, feature_dim: int = 128,
+                 num_classes: int = 0, stem: str = "cifar", dtype: Any = jnp.float32
+                 ) -> ContrastiveResNet:
+    """Builds a ContrastiveResNet, validating the names first."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"model.name must be one of {sorted(ARCHITECTURES)}, got {name!r}")
+    if stem not in STEMS:
+        raise ValueError(f"model.stem must be one of {list(STEMS)}, got {stem!r}")
+    if width < 1 or feature_dim < 1:
+        raise ValueError(f"model.width and model.feature_dim must be >= 1, got {width}, {feature_dim}")
+    return ContrastiveResNet(arch=name, width=width, feature_dim=feature_dim,
+                             num_classes=num_classes, stem=stem, dtype=dtype)
+
+
+def validate_taps(layers: Sequence[str]) -> tuple[str, ...]:
+    """Checks attribution layer names; returns them as a tuple."""
+    layers = tuple(layers)
+    bad = [l for l in layers if l not in TAP_NAMES]
+    if bad or not layers:
+        raise ValueError(f"gradmix.layers must be a non-empty subset of {list(TAP_NAMES)}, got {list(layers)}")
+    return layers

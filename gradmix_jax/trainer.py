@@ -1,0 +1,238 @@
+"""Training loop and evaluation: ``train_and_evaluate(config, workdir) -> summary``.
+
+The split lives on the device as uint8; each step sends only [N] batch indices. The data order is a
+function of (seed, step), so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from gradmix_jax import augment, checkpoint, metrics, osr, parallel
+from gradmix_jax.data import OpenSetData, load_openset, openness
+from gradmix_jax.models import create_model
+from gradmix_jax.train_step import (StepConfig, TrainState, init_state, make_feature_fn,
+                                    make_optimizer, make_train_step)
+from gradmix_jax.validation import validate_config, validate_data_dependent
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN/Inf; the last good checkpoint is kept."""
+
+
+def augment_params(config, channels: int) -> augment.AugmentParams:
+    """The view augmentation of ``config.augment`` at ``data.image_size``."""
+    size = (config.data.image_size, config.data.image_size)
+    overrides = {k: (tuple(v) if isinstance(v, (list, tuple)) else v)
+                 for k, v in config.augment.items() if k != "preset" and v is not None}
+    preset = augment.AugmentParams.digits if config.augment.preset == "digits" else augment.AugmentParams.rgb
+    try:
+        return preset(size, **overrides)
+    except ValueError as e:
+        raise ValueError(f"augment: {e}") from None
+
+
+def num_train_steps(config, num_train: int) -> tuple[int, int]:
+    """(total steps, steps per epoch); the last incomplete batch of an epoch is dropped."""
+    steps_per_epoch = max(num_train // config.batch_size, 1)
+    total = config.num_steps if config.num_steps > 0 else config.num_epochs * steps_per_epoch
+    return total, steps_per_epoch
+
+
+def batch_indices(seed: int, step: int, num_train: int, batch_size: int) -> np.ndarray:
+    """Indices of ``step``'s batch: epoch-wise permutations seeded by (seed, epoch)."""
+    steps_per_epoch = max(num_train // batch_size, 1)
+    epoch, pos = divmod(step, steps_per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(num_train)
+    return perm[pos * batch_size:(pos + 1) * batch_size].astype(np.int32)
+
+
+def extract_features(feature_fn, state: TrainState, images: np.ndarray, batch_size: int,
+                     mesh) -> np.ndarray:
+    """Features of ``images`` in fixed-size (padded) batches: one compilation for any length."""
+    n = len(images)
+    batch_size = min(batch_size, max(n, 1))
+    batch_size += (-batch_size) % mesh.size
+    out = []
+    for start in range(0, n, batch_size):
+        chunk = images[start:start + batch_size]
+        pad = batch_size - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+        chunk = jax.device_put(chunk, parallel.batch_sharded(mesh))
+        out.append(np.asarray(feature_fn(state.params, state.batch_stats, chunk))[:len(chunk) - pad])
+    return np.concatenate(out)
+
+
+def evaluate(feature_fn, state: TrainState, data: OpenSetData, config, mesh) -> dict[str, float]:
+    """k-NN open-set evaluation (Algorithm 1) on the known train split and the whole test split."""
+    train_f = extract_features(feature_fn, state, data.train_images, config.eval.batch_size, mesh)
+    test_f = extract_features(feature_fn, state, data.test_images, config.eval.batch_size, mesh)
+    scores, preds = osr.knn_scores(jnp.asarray(train_f), jnp.asarray(data.train_labels),
+                                   jnp.asarray(test_f), data.num_known, k=config.eval.k)
+    scores, preds = np.asarray(scores), np.asarray(preds)
+    known = data.test_is_known
+    return {
+        "auroc": float(metrics.auroc(scores[known], scores[~known])),
+        "closed_set_accuracy": float(metrics.closed_set_accuracy(preds[known],
+                                                                 data.test_labels[known])),
+        "oscr": float(metrics.oscr(scores[known], preds[known] == data.test_labels[known],
+                                   scores[~known])),
+    }
+
+
+def _write_json(path: str, payload: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+class _Scalars:
+    """TensorBoard scalars (tensorboardX) in ``<workdir>/tensorboard``; process 0 only."""
+
+    def __init__(self, workdir: str):
+        self._writer = None
+        if jax.process_index() == 0:
+            from tensorboardX import SummaryWriter
+            self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if self._writer is not None:
+            for k, v in scalars.items():
+                self._writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains on ``config.data``'s known classes, evaluates open-set recognition, writes results.json.
+
+    Returns the summary dict (DESIGN §6 keys: auroc, closed_set_accuracy, num_steps,
+    final_train_loss, train_seconds, protocol, split, known_classes, config, ...).
+    """
+    mesh = parallel.make_mesh()
+    validate_config(config, mesh.size)
+    data = load_openset(config.data.protocol, config.data.split, tuple(config.data.known_classes),
+                        config.data.data_dir or None)
+    validate_data_dependent(config, data.min_class_count(), len(data.train_images))
+    aug_params = augment_params(config, data.image_shape[-1])
+    os.makedirs(workdir, exist_ok=True)
+
+    total_steps, steps_per_epoch = num_train_steps(config, len(data.train_images))
+    model = create_model(config.model.name, config.model.width, config.model.feature_dim,
+                         stem=config.model.stem)
+    tx, schedule = make_optimizer(config.learning_rate, config.min_learning_rate, total_steps,
+                                  config.warmup_steps)
+    step_cfg = StepConfig.from_config(config)
+    repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+
+    image_shape = (config.data.image_size, config.data.image_size, data.image_shape[-1])
+    state = jax.jit(lambda k: init_state(model, tx, k, image_shape), out_shardings=repl)(
+        jax.random.key(config.seed))
+    manager = checkpoint.make_manager(workdir, config.max_to_keep)
+    restored = checkpoint.restore_latest(manager, state)
+    if restored is not None:
+        state = restored
+        log.info("resumed from step %d", int(state.step))
+    start_step = int(state.step)
+
+    train_step = jax.jit(make_train_step(model, tx, aug_params, step_cfg, schedule),
+                         in_shardings=(repl, repl, repl, sharded), out_shardings=(repl, repl),
+                         donate_argnums=(0,))
+    images = jax.device_put(data.train_images, repl)
+    labels = jax.device_put(data.train_labels.astype(np.int32), repl)
+
+    scalars = _Scalars(workdir)
+    bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
+               disable=not config.progress_bar or jax.process_index() != 0, dynamic_ncols=True)
+    last_loss = float("nan")
+    history: list[dict[str, float]] = []
+    t_first = None  # wall time when the first (compiling) step finished
+    t_window, window_start = time.perf_counter(), start_step
+    for step in range(start_step, total_steps):
+        idx = jax.device_put(batch_indices(config.seed, step, len(data.train_images),
+                                           config.batch_size), sharded)
+        state, step_metrics = train_step(state, images, labels, idx)
+        done = step + 1
+        if t_first is None:
+            jax.block_until_ready(state)
+            t_first = t_window = time.perf_counter()
+            window_start = done
+        is_log = done % config.log_every_steps == 0 or done == total_steps
+        is_ckpt = done % config.checkpoint_every_steps == 0 or done == total_steps
+        if is_log or is_ckpt or done == start_step + 1:
+            m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+            if not math.isfinite(m["loss"]):
+                manager.wait_until_finished()
+                raise NonFiniteLossError(
+                    f"training loss is {m['loss']} at step {done}; stopped. The last good checkpoint "
+                    f"(step {manager.latest_step()}) in {workdir}/checkpoints is kept.")
+            last_loss = m["loss"]
+            now = time.perf_counter()
+            if done > window_start:
+                m["images_per_second"] = (done - window_start) * config.batch_size / (now - t_window)
+                t_window, window_start = now, done
+            m["step"] = done
+            history.append(m)
+            scalars.write(done, m)
+            bar.set_postfix(loss=f"{m['loss']:.3f}",
+                            img_s=f"{m.get('images_per_second', 0):.0f}", refresh=False)
+            if is_ckpt:
+                checkpoint.save(manager, done, state)
+        bar.update(1)
+    jax.block_until_ready(state)
+    train_seconds = time.perf_counter() - t_first if t_first is not None else 0.0
+    bar.close()
+    manager.wait_until_finished()
+
+    t_eval = time.perf_counter()
+    feature_fn = jax.jit(make_feature_fn(model, aug_params.out_size, config.eval.features),
+                         in_shardings=(repl, repl, sharded))
+    results = evaluate(feature_fn, state, data, config, mesh)
+    eval_seconds = time.perf_counter() - t_eval
+    steps_timed = total_steps - start_step - 1
+    summary: dict[str, Any] = {
+        **results,
+        "num_steps": total_steps,
+        "resumed_from_step": start_step,
+        "steps_per_epoch": steps_per_epoch,
+        "final_train_loss": last_loss,
+        "train_seconds": train_seconds,
+        "train_images_per_second": (steps_timed * config.batch_size / train_seconds
+                                    if train_seconds > 0 and steps_timed > 0 else None),
+        "eval_seconds": eval_seconds,
+        "protocol": config.data.protocol,
+        "split": config.data.split,
+        "known_classes": list(data.known_classes),
+        "unknown_classes": list(data.unknown_classes),
+        "openness": openness(len(data.known_classes), len(data.unknown_classes)),
+        "num_train_images": int(len(data.train_images)),
+        "num_test_known": int(data.test_is_known.sum()),
+        "num_test_unknown": int((~data.test_is_known).sum()),
+        "device": jax.devices()[0].device_kind,
+        "num_devices": mesh.size,
+        "jax_version": jax.__version__,
+        "config": config.to_dict(),
+    }
+    scalars.write(total_steps, {f"eval/{k}": v for k, v in results.items()})
+    scalars.close()
+    if jax.process_index() == 0:
+        _write_json(os.path.join(workdir, "results.json"), summary)
+        _write_json(os.path.join(workdir, "train_history.json"), {"history": history})
+    return summary

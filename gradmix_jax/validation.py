@@ -1,0 +1,92 @@
+"""Config checks: one clear line naming the field and its allowed values, before any compute."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gradmix_jax.data.protocols import PROTOCOLS, check_split, resolve_known_classes
+from gradmix_jax.models import ARCHITECTURES, STEMS, validate_taps
+
+OBJECTIVES_IMPLEMENTED = ("supcon_ssl", "supcon", "simclr")
+OBJECTIVES = ("ce", "ce_ssl", "supcon", "supcon_ssl", "simclr", "moco")
+MIXING_METHODS = ("none", "gradmix", "cutmix", "mixup")
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "model.name": tuple(sorted(ARCHITECTURES)),
+    "model.stem": STEMS,
+    "data.protocol": PROTOCOLS,
+    "augment.preset": ("rgb", "digits"),
+    "mixing.method": MIXING_METHODS,
+    "gradmix.ratio_of": ("side", "area"),
+    "gradmix.ratio_per": ("sample", "batch"),
+    "gradmix.fill": ("sample", "noise"),
+    "gradmix.placement": ("inside", "clip"),
+    "gradmix.normalize": ("image", "batch", "none"),
+    "gradmix.attribution_loss": ("simclr", "total"),
+    "gradmix.loss_weight": ("area", "kept", "one"),
+    "eval.features": ("encoder", "projection"),
+}
+
+
+class ConfigError(ValueError):
+    """A config value outside its allowed set."""
+
+
+def _get(config, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def validate_config(config, num_devices: int = 1) -> None:
+    """Raises ConfigError (one line) for the first bad field. Needs no data and no device work."""
+    for field, allowed in CHOICES.items():
+        value = _get(config, field)
+        if value not in allowed:
+            raise ConfigError(f"{field} must be one of {list(allowed)}, got {value!r}")
+    if config.objective not in OBJECTIVES:
+        raise ConfigError(f"objective must be one of {list(OBJECTIVES)}, got {config.objective!r}")
+    if config.objective not in OBJECTIVES_IMPLEMENTED:
+        raise ConfigError(f"objective={config.objective!r} is not implemented in this version; "
+                          f"allowed: {list(OBJECTIVES_IMPLEMENTED)}")
+    try:
+        validate_taps(config.gradmix.layers)
+        check_split(config.data.split)
+        resolve_known_classes(config.data.protocol, config.data.split, config.data.known_classes)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    lo, hi = (tuple(config.gradmix.ratio_range) + (None, None))[:2]
+    if (len(config.gradmix.ratio_range) != 2 or not all(isinstance(v, (int, float)) for v in (lo, hi))
+            or not 0 < lo <= hi < 1):
+        raise ConfigError("gradmix.ratio_range must be (lo, hi) with 0 < lo <= hi < 1, "
+                          f"got {tuple(config.gradmix.ratio_range)}")
+    positive = {"batch_size": config.batch_size, "learning_rate": config.learning_rate,
+                "temperature": config.temperature, "model.width": config.model.width,
+                "model.feature_dim": config.model.feature_dim, "eval.k": config.eval.k,
+                "eval.batch_size": config.eval.batch_size, "data.image_size": config.data.image_size,
+                "log_every_steps": config.log_every_steps,
+                "checkpoint_every_steps": config.checkpoint_every_steps}
+    for field, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{field} must be > 0, got {value!r}")
+    if config.num_steps < 0 or config.num_epochs < 0 or (config.num_steps == 0 and config.num_epochs == 0):
+        raise ConfigError("num_steps (> 0) or num_epochs (> 0) must give a positive training length, "
+                          f"got num_steps={config.num_steps}, num_epochs={config.num_epochs}")
+    if not 0 <= config.min_learning_rate <= config.learning_rate:
+        raise ConfigError(f"min_learning_rate must be in [0, learning_rate={config.learning_rate}], "
+                          f"got {config.min_learning_rate}")
+    if config.mixing.method in ("cutmix", "mixup") and not config.mixing.alpha > 0:
+        raise ConfigError(f"mixing.alpha must be > 0 for {config.mixing.method}, got {config.mixing.alpha}")
+    if config.batch_size % num_devices:
+        raise ConfigError(f"batch_size must be divisible by the number of devices ({num_devices}), "
+                          f"got {config.batch_size}")
+
+
+def validate_data_dependent(config, min_class_count: int, num_train: int) -> None:
+    """Checks that need the loaded split's sizes (still before any compilation)."""
+    if config.eval.k > min_class_count:
+        raise ConfigError(f"eval.k must be <= the smallest known class's training count "
+                          f"({min_class_count}), got {config.eval.k}")
+    if config.batch_size > num_train:
+        raise ConfigError(f"batch_size must be <= the number of training images ({num_train}), "
+                          f"got {config.batch_size}")
