@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable
 
 import dm_pix as pix
 import jax
@@ -337,34 +337,50 @@ def _resized_crop(
     )
 
 
-def _gray(image: Array) -> Array:
-    """[H, W, 3] -> [H, W, 1] luma (rec601, as torchvision); [H, W, 1] unchanged."""
-    if image.shape[-1] == 1:
-        return image
-    return pix.rgb_to_grayscale(image)
+# The colour ops work on a tuple of channel planes ([H, W] each: (r, g, b) or (y,)),
+# like dm-pix's *_planes colour conversions. Mixing channels of one [H, W, 3]
+# array through slices makes XLA's fused kernels recompute the producer chain
+# once per channel at every op (3**depth work); on planes every value is
+# computed once. Measured on CPU: 10x faster for the random-order jitter.
+Planes = tuple[Array, ...]
+
+# rec601 luma, the weights of dm_pix.rgb_to_grayscale and torchvision.
+_LUMA = (0.2989, 0.5870, 0.1140)
 
 
-def _blend(image: Array, other: Array, factor: Array) -> Array:
-    return jnp.clip(factor * image + (1.0 - factor) * other, 0.0, 1.0)
+def _gray_plane(planes: Planes) -> Array:
+    """Luma plane [H, W] of (r, g, b) planes; the single plane of (y,)."""
+    if len(planes) == 1:
+        return planes[0]
+    r, g, b = planes
+    return _LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b
 
 
-def _brightness(image: Array, factor: Array) -> Array:
-    return jnp.clip(image * factor, 0.0, 1.0)
+def _blend(planes: Planes, other: Array, factor: Array) -> Planes:
+    """torchvision ``_blend``: clip(factor * x + (1 - factor) * other) per plane."""
+    return tuple(jnp.clip(factor * p + (1.0 - factor) * other, 0.0, 1.0) for p in planes)
 
 
-def _contrast(image: Array, factor: Array) -> Array:
-    return _blend(image, jnp.mean(_gray(image)), factor)
+def _brightness(planes: Planes, factor: Array) -> Planes:
+    return _blend(planes, jnp.zeros((), planes[0].dtype), factor)
 
 
-def _saturation(image: Array, factor: Array) -> Array:
-    return _blend(image, _gray(image), factor)
+def _contrast(planes: Planes, factor: Array) -> Planes:
+    return _blend(planes, jnp.mean(_gray_plane(planes)), factor)
 
 
-def _hue(image: Array, delta: Array) -> Array:
-    return jnp.clip(pix.adjust_hue(image, delta), 0.0, 1.0)
+def _saturation(planes: Planes, factor: Array) -> Planes:
+    return _blend(planes, _gray_plane(planes), factor)
+
+
+def _hue(planes: Planes, delta: Array) -> Planes:
+    """HSV hue rotation by ``delta`` (dm_pix.adjust_hue; it works on planes inside)."""
+    rgb = jnp.clip(pix.adjust_hue(jnp.stack(planes, axis=-1), delta), 0.0, 1.0)
+    return tuple(rgb[..., c] for c in range(3))
 
 
 _JITTER_OPS = ("brightness", "contrast", "saturation", "hue")  # torchvision's fixed order
+_OPS = {"brightness": _brightness, "contrast": _contrast, "saturation": _saturation, "hue": _hue}
 
 
 def _jitter_ops(params: AugmentParams, channels: int) -> tuple[str, ...]:
@@ -380,9 +396,6 @@ def _jitter_ops(params: AugmentParams, channels: int) -> tuple[str, ...]:
     )
 
 
-_CHEAP_OPS = {"brightness": _brightness, "contrast": _contrast, "saturation": _saturation}
-
-
 def _apply_color_jitter(
     image: Array, ops: tuple[str, ...], values: dict[str, Array], order: Array | None
 ) -> Array:
@@ -396,37 +409,41 @@ def _apply_color_jitter(
     Returns:
       [H, W, C] float in [0, 1].
 
-    A traced order must not become a ``lax.switch`` under vmap (that evaluates
-    every op in every slot, 16 ops incl. 4 hue conversions). Instead this uses
-    that brightness/contrast/saturation with factor 1 are exact identities: in
-    slot i every cheap op runs with its factor if it is the op of slot i, else
-    with factor 1. Hue (not an exact identity at 0 and the expensive op) runs
-    exactly once; cheap slots before it and after it are masked accordingly.
+    A traced order is not a ``lax.switch`` (under vmap that evaluates every op
+    in every slot, 16 ops incl. 4 hue conversions). Instead: brightness,
+    contrast and saturation with factor 1 are exact identities, so in slot i
+    every such op runs with its factor if it is the op of slot i, else with
+    factor 1. Hue (not an exact identity at 0, and the expensive op) runs
+    exactly once, between the masked slots before it and after it.
     """
+    planes: Planes = tuple(image[..., c] for c in range(image.shape[-1]))
     if order is None:
         for name in ops:
-            image = _hue(image, values[name]) if name == "hue" else _CHEAP_OPS[name](image, values[name])
-        return image
+            planes = _OPS[name](planes, values[name])
+        return jnp.stack(planes, axis=-1)
+
     n = len(ops)
     cheap = [(k, name) for k, name in enumerate(ops) if name != "hue"]
+    hue_pos = jnp.argmax(order == ops.index("hue")) if "hue" in ops else n
 
-    def cheap_slot(x: Array, i: int, active: Array | bool) -> Array:
-        for k, name in cheap:
-            f = jnp.where((order[i] == k) & active, values[name], 1.0)
-            x = _CHEAP_OPS[name](x, f)
-        return jax.lax.optimization_barrier(x)
+    def run_slots(x: Planes, slots: range, active: Callable[[Array], Array]) -> Planes:
+        # A scan (not an unrolled chain): each slot's output is materialised, so
+        # XLA does not re-fuse the whole chain into every contrast-mean reduction.
+        def slot(carry: Planes, i: Array) -> tuple[Planes, None]:
+            for k, name in cheap:
+                f = jnp.where((order[i] == k) & active(i), values[name], 1.0)
+                carry = _OPS[name](carry, f)
+            return carry, None
+
+        return jax.lax.scan(slot, x, jnp.arange(slots.start, slots.stop))[0]
 
     if "hue" not in ops:
-        for i in range(n):
-            image = cheap_slot(image, i, True)
-        return image
-    hue_pos = jnp.argmax(order == ops.index("hue"))
-    for i in range(n - 1):  # slots before hue (hue_pos <= n - 1)
-        image = cheap_slot(image, i, i < hue_pos)
-    image = _hue(image, values["hue"])
-    for i in range(1, n):  # slots after hue (hue_pos >= 0)
-        image = cheap_slot(image, i, i > hue_pos)
-    return image
+        planes = run_slots(planes, range(0, n), lambda i: jnp.bool_(True))
+    else:
+        planes = run_slots(planes, range(0, n - 1), lambda i: i < hue_pos)  # before hue
+        planes = _hue(planes, values["hue"])
+        planes = run_slots(planes, range(1, n), lambda i: i > hue_pos)  # after hue
+    return jnp.stack(planes, axis=-1)
 
 
 def _color_jitter(key: PRNGKey, image: Array, params: AugmentParams) -> Array:
@@ -492,7 +509,7 @@ def augment_image(key: PRNGKey, image: Array, params: AugmentParams) -> Array:
         image = jnp.where(apply, jittered, image)
 
     if channels == 3 and params.grayscale_prob > 0:
-        gray = jnp.broadcast_to(_gray(image), image.shape)
+        gray = pix.rgb_to_grayscale(image, keep_dims=True)
         apply = jax.random.bernoulli(k_gray, params.grayscale_prob)
         image = jnp.where(apply, gray, image)
 

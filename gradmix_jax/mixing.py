@@ -416,4 +416,4 @@ def mixup(key: jax.Array, images: jax.Array, alpha: float) -> tuple[jax.Array, j
     lam = jax.random.beta(k_lam, alpha, alpha, (batch,), jnp.float32)
     perm = jax.random.permutation(k_perm, batch)
     w = lam.astype(images.dtype)[:, None, None, None]
-    return w * images + (1 - w) * images, lam, perm
+    return w * images + (1 - w) * images[perm], lam, perm
