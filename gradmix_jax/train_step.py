@@ -179,11 +179,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         weights = {"area": masked, "kept": 1.0 - masked, "one": jnp.ones_like(masked)}[cfg.loss_weight]
         return jax.lax.stop_gradient(mixed), jax.lax.stop_gradient(weights), masked
 
-    def train_step(state: TrainState, images: jax.Array, labels: jax.Array, idx: jax.Array):
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+    def compute_grads(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array):
+        """Gradients of the total loss for uint8 batch ``x`` [N,H,W,C], labels ``y`` [N].
+
+        Returns (param_grads, new_batch_stats, metrics).
+        """
         aug_key, mix_key = jax.random.split(key)
-        y = labels[idx]
-        v1, v2 = augment.two_views(aug_key, images[idx], aug_params)
+        v1, v2 = augment.two_views(aug_key, x, aug_params)
         n = v1.shape[0]
         views = jnp.concatenate([v1, v2], axis=0)
         metrics = {}
@@ -242,17 +244,22 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
             param_grads = jax.tree.map(jnp.add, param_grads, g_mix)
             loss = clean + cfg.mix_weight * l_mix
             metrics["mix_loss"] = l_mix
+        metrics["loss"] = loss
+        return param_grads, batch_stats, metrics
 
+    def train_step(state: TrainState, images: jax.Array, labels: jax.Array, idx: jax.Array):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+        param_grads, batch_stats, metrics = compute_grads(state, images[idx], labels[idx], key)
         updates, opt_state = tx.update(param_grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics.update(loss=loss, grad_norm=optax.global_norm(param_grads),
-                       param_norm=optax.global_norm(params))
+        metrics.update(grad_norm=optax.tree.norm(param_grads), param_norm=optax.tree.norm(params))
         if schedule is not None:
             metrics["learning_rate"] = schedule(state.step)
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                                   opt_state=opt_state)
         return new_state, metrics
 
+    train_step.compute_grads = compute_grads  # exposed for tests and custom loops
     return train_step
 
 
