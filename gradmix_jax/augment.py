@@ -50,6 +50,8 @@ from typing import Any, Callable
 import dm_pix as pix
 import jax
 import jax.numpy as jnp
+import jax.scipy.special
+import numpy as np
 
 Array = jax.Array
 PRNGKey = jax.Array
@@ -492,6 +494,7 @@ _U_JITTER_ON = _U_ROTATE + 1
 _U_JITTER = _U_JITTER_ON + 1  # 4 op values + 4 order keys
 _U_GRAY = _U_JITTER + 8
 _NUM_UNIFORMS = _U_GRAY + 1
+_MINUS_ONE_OPEN = float(np.nextafter(np.float32(-1.0), np.float32(0.0)))
 
 
 # --------------------------------------------------------------------------- #
@@ -513,11 +516,14 @@ def augment_image(key: PRNGKey, image: Array, params: AugmentParams) -> Array:
         raise ValueError(f"image must be [H, W, C] with C in (1, 3), got shape {image.shape}")
     height, width, channels = image.shape
     image = to_float(image)
-    # All per-image randomness is one uniform draw, sliced at fixed positions:
-    # each threefry call costs XLA compile time, and the fixed layout keeps e.g.
-    # the crop unchanged when jitter or rotation is toggled.
-    k_uniform, k_noise = jax.random.split(key)
-    u = jax.random.uniform(k_uniform, (_NUM_UNIFORMS,))
+    # All per-image randomness is ONE uniform draw sliced at fixed positions
+    # (each threefry call adds XLA compile time); the fixed layout keeps e.g.
+    # the crop unchanged when jitter or rotation is toggled. With noise on, the
+    # noise uniforms are appended (with JAX's default partitionable threefry the
+    # first _NUM_UNIFORMS values do not change).
+    out_h, out_w = params.out_size
+    num_noise = out_h * out_w * channels if params.noise_std > 0 else 0
+    u = jax.random.uniform(key, (_NUM_UNIFORMS + num_noise,))
 
     box = _crop_box_from_uniforms(
         u[_U_CROP : _U_CROP + _CROP_UNIFORMS], height, width, params.crop_scale, params.crop_ratio
@@ -542,7 +548,10 @@ def augment_image(key: PRNGKey, image: Array, params: AugmentParams) -> Array:
         image = jnp.where(u[_U_GRAY] < params.grayscale_prob, gray, image)
 
     if params.noise_std > 0:
-        image = image + params.noise_std * jax.random.normal(k_noise, image.shape, jnp.float32)
+        # Standard normal by inverse CDF, as jax.random.normal does (open interval).
+        z = jnp.maximum(2.0 * u[_NUM_UNIFORMS:] - 1.0, _MINUS_ONE_OPEN)
+        noise = math.sqrt(2.0) * jax.scipy.special.erfinv(z)
+        image = image + params.noise_std * noise.reshape(image.shape)
 
     return jnp.clip(image, 0.0, 1.0).astype(jnp.float32)
 
@@ -573,8 +582,15 @@ def two_views(key: PRNGKey, images: Array, params: AugmentParams) -> tuple[Array
     Returns:
       (view1, view2), each float32 [B, out_H, out_W, C] in [0, 1].
     """
-    k1, k2 = jax.random.split(key)
-    return augment_batch(k1, images, params), augment_batch(k2, images, params)
+    if images.ndim != 4:
+        raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}")
+    # view_v == augment_batch(split(key)[v], images, params), but traced as one
+    # nested vmap (half the program size, so half the compile time of two calls).
+    view_keys = jax.random.split(key)
+    keys = jax.vmap(lambda k: jax.random.split(k, images.shape[0]))(view_keys)  # [2, B]
+    per_view = jax.vmap(augment_image, in_axes=(0, 0, None))
+    views = jax.vmap(per_view, in_axes=(0, None, None))(keys, images, params)
+    return views[0], views[1]
 
 
 def eval_transform(images: Array, out_size: tuple[int, int]) -> Array:

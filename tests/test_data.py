@@ -1,0 +1,70 @@
+"""Protocol splits, openness and the digits loader."""
+
+import json
+from importlib import resources
+
+import numpy as np
+import pytest
+
+from gradmix_jax.data import load_openset, openness, protocol_classes, resolve_known_classes
+
+
+def test_bundled_splits_are_complete():
+    splits = json.loads(resources.files("gradmix_jax.data").joinpath("osr_splits.json").read_text())
+    for name in ("mnist", "svhn", "cifar10", "tinyimagenet"):
+        assert len(splits[name]["known"]) == 5
+    assert len(splits["cifar_plus10_unknown_cifar100"][0]) == 10
+    assert len(splits["cifar_plus50_unknown_cifar100"][0]) == 50
+
+
+@pytest.mark.parametrize("protocol,k,u", [("digits", 6, 4), ("mnist", 6, 4), ("svhn", 6, 4),
+                                          ("cifar10", 6, 4), ("cifar_plus10", 4, 10),
+                                          ("cifar_plus50", 4, 50), ("tinyimagenet", 20, 180)])
+def test_protocol_sizes(protocol, k, u):
+    for split in range(5):
+        known, unknown = protocol_classes(protocol, split)
+        assert len(known) == k and len(set(known)) == k
+        assert len(unknown) == u and len(set(unknown)) == u
+        if not protocol.startswith("cifar_plus"):
+            assert not set(known) & set(unknown)
+
+
+def test_first_splits_match_the_published_lists():
+    assert protocol_classes("mnist", 0)[0] == [2, 4, 5, 9, 8, 3]
+    assert protocol_classes("digits", 0) == ([2, 4, 5, 9, 8, 3], [0, 1, 6, 7])
+    assert protocol_classes("cifar10", 0)[0] == [0, 6, 4, 9, 1, 7]
+    assert protocol_classes("cifar_plus10", 0) == ([4, 7, 9, 1], [30, 25, 1, 9, 8, 0, 46, 52, 49, 71])
+
+
+def test_openness_matches_paper_table7():
+    # Table 7 of the paper, in percent.
+    assert openness(6, 4) * 100 == pytest.approx(22.54, abs=0.01)
+    assert openness(4, 10) * 100 == pytest.approx(46.55, abs=0.01)
+    assert openness(4, 50) * 100 == pytest.approx(72.784, abs=0.01)
+    assert openness(20, 180) * 100 == pytest.approx(68.37, abs=0.01)
+
+
+def test_digits_split():
+    d = load_openset("digits", 0)
+    assert d.train_images.shape[1:] == (8, 8, 1) and d.train_images.dtype == np.uint8
+    assert len(d.train_images) + len(d.test_images) < 1797  # unknown train images dropped
+    assert len(d.test_images) == 599  # one third of 1797, stratified
+    assert set(np.unique(d.train_labels)) == set(range(6))
+    # label j of the remapped set is source class known_classes[j]
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    raw = load_digits()
+    _, x_test, _, y_test = train_test_split(raw.images, raw.target, test_size=1 / 3,
+                                            stratify=raw.target, random_state=0)
+    expected = np.array([d.known_classes.index(c) if c in d.known_classes else -1 for c in y_test])
+    np.testing.assert_array_equal(d.test_labels, expected)
+    assert (~d.test_is_known).sum() == np.isin(y_test, [0, 1, 6, 7]).sum()
+    np.testing.assert_array_equal(d.test_images[..., 0], np.round(x_test * 255 / 16).astype(np.uint8))
+
+
+def test_known_classes_override():
+    known, unknown = resolve_known_classes("digits", 0, (0, 1, 2))
+    assert known == [0, 1, 2] and unknown == list(range(3, 10))
+    for bad in [(1, 1, 2), (0, 10), (-1, 2), (3,)]:
+        with pytest.raises(ValueError, match="data.known_classes"):
+            resolve_known_classes("digits", 0, bad)

@@ -1,0 +1,60 @@
+"""The CLI on digits with a tiny config: results.json, resume from checkpoint, NaN stop."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from test_validation import ROOT, digits_config
+
+from gradmix_jax import trainer
+
+TINY = ["--config.model.width=4", "--config.model.feature_dim=16", "--config.data.image_size=8",
+        "--config.batch_size=32", "--config.progress_bar=False", "--config.log_every_steps=2",
+        "--config.checkpoint_every_steps=2", "--config.eval.batch_size=256"]
+
+
+def run_cli(workdir, *extra):
+    cmd = [sys.executable, "-m", "gradmix_jax.train", "--config",
+           os.path.join(ROOT, "configs", "digits.py"), "--workdir", str(workdir), *TINY, *extra]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_and_resume(tmp_path):
+    workdir = tmp_path / "run"
+    out = run_cli(workdir, "--config.num_steps=4")
+    assert "open-set AUROC" in out.stdout and "results.json" in out.stdout
+    results = json.loads((workdir / "results.json").read_text())
+    for key in ("auroc", "closed_set_accuracy", "num_steps", "final_train_loss", "train_seconds",
+                "protocol", "split", "known_classes", "config"):
+        assert key in results, key
+    assert results["num_steps"] == 4 and results["resumed_from_step"] == 0
+    assert results["protocol"] == "digits" and results["known_classes"] == [2, 4, 5, 9, 8, 3]
+    assert 0.0 <= results["auroc"] <= 1.0 and 0.0 <= results["closed_set_accuracy"] <= 1.0
+    assert results["config"]["mixing"]["method"] == "gradmix"
+    assert (workdir / "checkpoints" / "4").is_dir()
+    assert any(p.name.startswith("events") for p in (workdir / "tensorboard").iterdir())
+
+    # Same workdir, longer run: resumes from the step-4 checkpoint instead of starting over.
+    run_cli(workdir, "--config.num_steps=6")
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["resumed_from_step"] == 4 and results["num_steps"] == 6
+
+
+def test_nan_loss_stops_with_clear_message(tmp_path):
+    config = digits_config()
+    config.model.width = 4
+    config.model.feature_dim = 8
+    config.data.image_size = 8
+    config.batch_size = 16
+    config.num_steps = 3
+    config.progress_bar = False
+    config.temperature = 1e-45  # logits overflow to inf -> NaN loss
+    with pytest.raises(trainer.NonFiniteLossError, match=r"training loss is nan at step 1"):
+        trainer.train_and_evaluate(config, str(tmp_path / "nan"))
+    assert not (tmp_path / "nan" / "results.json").exists()
