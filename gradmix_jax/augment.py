@@ -38,13 +38,21 @@ torchvision:
   hue).
 
 dm-pix is used for the grayscale conversion (rec601 weights, the same as
-torchvision), the hue shift, the horizontal flip and the rotation.
+torchvision), the hue shift, the horizontal flip and the rotation. The random
+resized crop is hand-written (:func:`sample_crop_box` +
+``jax.image.scale_and_translate``): the box is traced, the output shape static.
+
+Randomness: each image's key gives ONE ``jax.random.uniform`` vector that is
+sliced at fixed positions for every decision (plus the noise values when noise
+is on). Every separate threefry call costs XLA compile time, and the fixed
+layout means toggling one op does not change the draws of the others.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Any, Callable
 
 import dm_pix as pix
@@ -118,9 +126,14 @@ class AugmentParams:
     jitter_random_order: bool = True
 
     def __post_init__(self) -> None:
-        # Lists (e.g. from a config file) become tuples so the object stays hashable.
+        # Lists (e.g. from a config file) become tuples so the object stays hashable,
+        # and numpy scalars become Python numbers.
         for name in ("out_size", "crop_scale", "crop_ratio"):
             object.__setattr__(self, name, _pair(getattr(self, name)))
+        if isinstance(self.out_size, tuple) and all(
+            isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in self.out_size
+        ):
+            object.__setattr__(self, "out_size", tuple(int(s) for s in self.out_size))
         self.validate()
 
     @classmethod
@@ -184,13 +197,13 @@ class AugmentParams:
             raise bad("out_size", "a pair of positive ints (out_H, out_W)")
         for name in ("flip_prob", "jitter_prob", "grayscale_prob"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+            if not (isinstance(value, numbers.Real) and 0.0 <= value <= 1.0):
                 raise bad(name, "a probability in [0, 1]")
         scale = self.crop_scale
         if not (
             isinstance(scale, tuple)
             and len(scale) == 2
-            and all(isinstance(v, (int, float)) for v in scale)
+            and all(isinstance(v, numbers.Real) for v in scale)
             and 0.0 < scale[0] <= scale[1] <= 1.0
         ):
             raise bad("crop_scale", "a pair (lo, hi) with 0 < lo <= hi <= 1")
@@ -198,18 +211,18 @@ class AugmentParams:
         if not (
             isinstance(ratio, tuple)
             and len(ratio) == 2
-            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in ratio)
+            and all(isinstance(v, numbers.Real) and math.isfinite(v) for v in ratio)
             and 0.0 < ratio[0] <= ratio[1]
         ):
             raise bad("crop_ratio", "a pair (lo, hi) of positive aspect ratios with lo <= hi")
         for name in ("brightness", "contrast", "saturation", "noise_std"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0.0):
+            if not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0.0):
                 raise bad(name, "a finite number >= 0 (0 = off)")
-        if not (isinstance(self.hue, (int, float)) and 0.0 <= self.hue <= 0.5):
+        if not (isinstance(self.hue, numbers.Real) and 0.0 <= self.hue <= 0.5):
             raise bad("hue", "a number in [0, 0.5]")
         if not (
-            isinstance(self.rotation_degrees, (int, float))
+            isinstance(self.rotation_degrees, numbers.Real)
             and 0.0 <= self.rotation_degrees <= 180.0
         ):
             raise bad("rotation_degrees", "a number of degrees in [0, 180] (0 = off)")

@@ -12,9 +12,7 @@ def load_openset(protocol: str, split: int, known_classes=(), data_dir: str | No
     if protocol == "digits":
         from gradmix_jax.data.digits import load_digits_openset
         return load_digits_openset(known, unknown)
-    raise NotImplementedError(
-        f"data.protocol={protocol!r} needs the TFDS loaders, which are not in this version yet; "
-        "the offline protocol 'digits' works")
+    raise ValueError(f"data.protocol={protocol!r} has no data loader in this version; allowed: ['digits']")
 
 
 __all__ = ["OpenSetData", "PROTOCOLS", "load_openset", "openness", "protocol_classes",
