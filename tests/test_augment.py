@@ -303,6 +303,17 @@ def test_rotation_and_noise_change_only_what_they_should():
     assert abs(diff[inside].mean()) < 0.05 and 0.1 < diff[inside].std() < 0.2
 
 
+def test_rotate_matches_dm_pix_away_from_the_border():
+    image = jnp.asarray(_images((12, 12, 3), np.float32, seed=9))
+    angle = jnp.float32(0.3)
+    ours = jax.jit(aug._rotate, compiler_options=_FAST)
+    expected = jax.jit(
+        lambda im, a: pix.rotate(im, a, order=1, mode="constant", cval=0.0), compiler_options=_FAST
+    )(image, angle)
+    np.testing.assert_allclose(ours(image, angle)[3:-3, 3:-3], expected[3:-3, 3:-3], atol=1e-5)
+    np.testing.assert_allclose(ours(image, jnp.float32(0.0)), image, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- #
 # Random resized crop box sampler
 # --------------------------------------------------------------------------- #
