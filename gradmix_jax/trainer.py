@@ -6,6 +6,7 @@ function of (seed, step), so a resumed run sees exactly the batches an uninterru
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -52,12 +53,22 @@ def num_train_steps(config, num_train: int) -> tuple[int, int]:
     return total, steps_per_epoch
 
 
+@functools.lru_cache(maxsize=2)
+def _epoch_permutation(seed: int, epoch: int, num_train: int) -> np.ndarray:
+    perm = np.random.default_rng([seed, epoch]).permutation(num_train).astype(np.int32)
+    perm.flags.writeable = False
+    return perm
+
+
 def batch_indices(seed: int, step: int, num_train: int, batch_size: int) -> np.ndarray:
-    """Indices of ``step``'s batch: epoch-wise permutations seeded by (seed, epoch)."""
+    """Indices of ``step``'s batch: epoch-wise permutations seeded by (seed, epoch).
+
+    A pure function of its arguments, so a resumed run draws exactly the batches of an
+    uninterrupted one; each epoch's permutation is computed once (cached).
+    """
     steps_per_epoch = max(num_train // batch_size, 1)
     epoch, pos = divmod(step, steps_per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(num_train)
-    return perm[pos * batch_size:(pos + 1) * batch_size].astype(np.int32)
+    return _epoch_permutation(seed, epoch, num_train)[pos * batch_size:(pos + 1) * batch_size]
 
 
 def extract_features(feature_fn, state: TrainState, images: np.ndarray, batch_size: int,

@@ -68,3 +68,13 @@ def test_known_classes_override():
     for bad in [(1, 1, 2), (0, 10), (-1, 2), (3,)]:
         with pytest.raises(ValueError, match="data.known_classes"):
             resolve_known_classes("digits", 0, bad)
+
+
+def test_batch_order_is_a_pure_function_of_seed_and_step():
+    from gradmix_jax.trainer import batch_indices
+    n, b = 100, 32  # 3 steps per epoch, 4 images dropped each epoch
+    epoch0 = np.concatenate([batch_indices(7, s, n, b) for s in range(3)])
+    assert len(np.unique(epoch0)) == 96 and epoch0.max() < n
+    np.testing.assert_array_equal(batch_indices(7, 4, n, b), batch_indices(7, 4, n, b))
+    assert not np.array_equal(batch_indices(7, 3, n, b), batch_indices(7, 0, n, b))  # new epoch order
+    assert not np.array_equal(batch_indices(8, 0, n, b), batch_indices(7, 0, n, b))
