@@ -96,7 +96,7 @@ def test_fused_grads_match_reference(setup, cfg):
     step = make_train_step(model, tx, AUG, cfg)
     key = jax.random.key(3)
     grads, _, metrics = jax.jit(step.compute_grads)(state, x, y, key)
-    want = reference_grads(model, state, x, y, key, cfg)
+    want = reference_grads(model, state, x, y, key, cfg)  # eager: cheaper than compiling it
     flat_got, _ = jax.flatten_util.ravel_pytree(grads)
     flat_want, _ = jax.flatten_util.ravel_pytree(want)
     assert np.isfinite(float(metrics["loss"]))
