@@ -35,6 +35,14 @@ ARCHITECTURES: dict[str, tuple[str, tuple[int, int, int, int]]] = {
 STEMS = ("cifar", "imagenet")
 
 
+def _conv_and_norm(dtype, train: bool):
+    """Bias-free conv and BatchNorm with PyTorch's defaults (momentum 0.1 == Flax 0.9, eps 1e-5)."""
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             epsilon=1e-5, dtype=dtype)
+    return conv, norm
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut. Output channels = filters."""
 
@@ -44,9 +52,7 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                                 epsilon=1e-5, dtype=self.dtype)
+        conv, norm = _conv_and_norm(self.dtype, train)
         residual = x
         y = conv(self.filters, (3, 3), (self.strides, self.strides), padding=1)(x)
         y = nn.relu(norm()(y))
@@ -67,9 +73,7 @@ class BottleneckBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                                 epsilon=1e-5, dtype=self.dtype)
+        conv, norm = _conv_and_norm(self.dtype, train)
         residual = x
         y = nn.relu(norm()(conv(self.filters, (1, 1))(x)))
         y = conv(self.filters, (3, 3), (self.strides, self.strides), padding=1)(y)
@@ -105,8 +109,7 @@ class ResNetEncoder(nn.Module):
         else:
             x = nn.Conv(self.width, (7, 7), (2, 2), padding=3, use_bias=False, dtype=self.dtype,
                         name="conv1")(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                         dtype=self.dtype, name="bn1")(x)
+        x = _conv_and_norm(self.dtype, train)[1](name="bn1")(x)
         x = nn.relu(x)
         if self.stem == "imagenet":
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
