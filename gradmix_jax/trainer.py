@@ -228,6 +228,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "train_images_per_second": (steps_timed * config.batch_size / train_seconds
                                     if train_seconds > 0 and steps_timed > 0 else None),
         "eval_seconds": eval_seconds,
+        # How many times the train step was compiled in this process (1 = traced once).
+        "train_step_compilations": train_step._cache_size(),
         "protocol": config.data.protocol,
         "split": config.data.split,
         "known_classes": list(data.known_classes),

@@ -34,6 +34,7 @@ def test_cli_end_to_end_and_resume(tmp_path):
                 "protocol", "split", "known_classes", "config"):
         assert key in results, key
     assert results["num_steps"] == 4 and results["resumed_from_step"] == 0
+    assert results["train_step_compilations"] == 1
     assert results["protocol"] == "digits" and results["known_classes"] == [2, 4, 5, 9, 8, 3]
     assert 0.0 <= results["auroc"] <= 1.0 and 0.0 <= results["closed_set_accuracy"] <= 1.0
     assert results["config"]["mixing"]["method"] == "gradmix"
@@ -44,6 +45,7 @@ def test_cli_end_to_end_and_resume(tmp_path):
     run_cli(workdir, "--config.num_steps=6")
     results = json.loads((workdir / "results.json").read_text())
     assert results["resumed_from_step"] == 4 and results["num_steps"] == 6
+    assert results["train_step_compilations"] == 1  # the restored state does not retrace
 
 
 def test_nan_loss_stops_with_clear_message(tmp_path):
