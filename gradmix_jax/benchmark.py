@@ -48,7 +48,7 @@ def time_method(config, method: str, images: np.ndarray, labels: np.ndarray, mes
     model = create_model(c.model.name, c.model.width, c.model.feature_dim, stem=c.model.stem)
     tx, schedule = make_optimizer(c.learning_rate, c.min_learning_rate, 10_000)
     repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-    aug = augment_params(c, images.shape[-1])
+    aug = augment_params(c)
     state = jax.jit(lambda k: init_state(model, tx, k, (c.data.image_size, c.data.image_size,
                                                          images.shape[-1])),
                     out_shardings=repl)(jax.random.key(c.seed))

@@ -25,7 +25,7 @@ from gradmix_jax.data import OpenSetData, load_openset, openness
 from gradmix_jax.models import create_model
 from gradmix_jax.train_step import (StepConfig, TrainState, init_state, make_feature_fn,
                                     make_optimizer, make_train_step)
-from gradmix_jax.validation import validate_config, validate_data_dependent
+from gradmix_jax.validation import ConfigError, validate_config, validate_data_dependent
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN/Inf; the last good checkpoint is kept."""
 
 
-def augment_params(config, channels: int) -> augment.AugmentParams:
+def augment_params(config) -> augment.AugmentParams:
     """The view augmentation of ``config.augment`` at ``data.image_size``."""
     size = (config.data.image_size, config.data.image_size)
     overrides = {k: (tuple(v) if isinstance(v, (list, tuple)) else v)
@@ -43,7 +43,8 @@ def augment_params(config, channels: int) -> augment.AugmentParams:
     try:
         return preset(size, **overrides)
     except ValueError as e:
-        raise ValueError(f"augment: {e}") from None
+        # AugmentParams names its fields "AugmentParams.<field>"; the config calls them "augment.<field>".
+        raise ConfigError(str(e).replace("AugmentParams.", "augment.", 1)) from None
 
 
 def num_train_steps(config, num_train: int) -> tuple[int, int]:
@@ -139,10 +140,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     mesh = parallel.make_mesh()
     validate_config(config, mesh.size)
+    aug_params = augment_params(config)
     data = load_openset(config.data.protocol, config.data.split, tuple(config.data.known_classes),
                         config.data.data_dir or None)
     validate_data_dependent(config, data.min_class_count(), len(data.train_images))
-    aug_params = augment_params(config, data.image_shape[-1])
     os.makedirs(workdir, exist_ok=True)
 
     total_steps, steps_per_epoch = num_train_steps(config, len(data.train_images))

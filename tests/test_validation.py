@@ -64,6 +64,14 @@ def test_k_larger_than_smallest_class_is_refused_before_training(tmp_path):
     assert not (tmp_path / "run").exists()  # nothing was started
 
 
+def test_bad_augment_field_is_refused_before_loading(tmp_path):
+    config = digits_config()
+    config.augment.flip_prob = 1.5
+    with pytest.raises(ConfigError, match=r"^augment.flip_prob=1.5 is invalid"):
+        trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_cli_prints_one_error_line(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "gradmix_jax.train", "--config", os.path.join(ROOT, "configs", "digits.py"),
