@@ -43,7 +43,7 @@ def _method_config(config, method: str):
 
 def time_method(config, method: str, images: np.ndarray, labels: np.ndarray, mesh) -> dict[str, Any]:
     c = _method_config(config, method)
-    validate_config(c, mesh.size, needs_data=False)
+    validate_config(c, mesh.size)
     b = c.bench
     model = create_model(c.model.name, c.model.width, c.model.feature_dim, stem=c.model.stem)
     tx, schedule = make_optimizer(c.learning_rate, c.min_learning_rate, 10_000)

@@ -23,6 +23,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from gradmix_jax import trainer  # imported late so --help stays fast
+    from gradmix_jax.checkpoint import CheckpointError
+    from gradmix_jax.data import DatasetNotPreparedError
     from gradmix_jax.validation import ConfigError
 
     config = _CONFIG.value
@@ -32,7 +34,7 @@ def main(argv):
         workdir = os.path.join("runs", f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     try:
         summary = trainer.train_and_evaluate(config, workdir)
-    except (ConfigError, trainer.NonFiniteLossError) as e:
+    except (ConfigError, DatasetNotPreparedError, CheckpointError, trainer.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(f"open-set AUROC {summary['auroc']:.4f}, closed-set accuracy "

@@ -38,22 +38,12 @@ def _get(config, dotted: str):
     return node
 
 
-# Protocols whose data loaders exist in this version (the TFDS/TinyImageNet ones come next).
-LOADABLE_PROTOCOLS = ("digits",)
-
-
-def validate_config(config, num_devices: int = 1, needs_data: bool = True) -> None:
-    """Raises ConfigError (one line) for the first bad field. Needs no data and no device work.
-
-    ``needs_data=False`` (synthetic-data benchmarks) skips the check that the protocol's loader exists.
-    """
+def validate_config(config, num_devices: int = 1) -> None:
+    """Raises ConfigError (one line) for the first bad field. Needs no data and no device work."""
     for field, allowed in CHOICES.items():
         value = _get(config, field)
         if value not in allowed:
             raise ConfigError(f"{field} must be one of {list(allowed)}, got {value!r}")
-    if needs_data and config.data.protocol not in LOADABLE_PROTOCOLS:
-        raise ConfigError(f"data.protocol={config.data.protocol!r} has no data loader in this version; "
-                          f"allowed: {list(LOADABLE_PROTOCOLS)}")
     if config.objective not in OBJECTIVES:
         raise ConfigError(f"objective must be one of {list(OBJECTIVES)}, got {config.objective!r}")
     if config.objective not in OBJECTIVES_IMPLEMENTED:

@@ -22,7 +22,6 @@ def digits_config():
 
 @pytest.mark.parametrize("field,value,message", [
     ("data.protocol", "imagenet", r"data.protocol must be one of \['digits'"),
-    ("data.protocol", "cifar10", r"data.protocol='cifar10' has no data loader in this version; allowed: \['digits'\]"),
     ("model.name", "resnet19", r"model.name must be one of \['resnet18', 'resnet34', 'resnet50'\]"),
     ("objective", "triplet", r"objective must be one of \['ce', 'ce_ssl', 'supcon'"),
     ("mixing.method", "cutout", r"mixing.method must be one of \['none', 'gradmix', 'cutmix', 'mixup'\]"),

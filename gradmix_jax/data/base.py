@@ -42,6 +42,7 @@ class OpenSetData:
 
 def remap_labels(labels: np.ndarray, known_classes) -> np.ndarray:
     """Source class ids -> 0..K-1 in the order of ``known_classes``; everything else -> -1."""
-    lut = np.full(int(max(labels.max(), max(known_classes))) + 1, -1, np.int32)
+    top = max(int(labels.max()) if len(labels) else 0, max(known_classes))
+    lut = np.full(top + 1, -1, np.int32)
     lut[np.asarray(known_classes)] = np.arange(len(known_classes), dtype=np.int32)
     return lut[labels]
