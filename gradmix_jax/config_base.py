@@ -78,3 +78,26 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.max_to_keep = 2
     c.progress_bar = True
     return c
+
+
+# The paper's Table 2 GradMix AUROC (fractions) and Table 8 settings per protocol.
+PAPER_AUROC = {"mnist": 0.998, "svhn": 0.947, "cifar10": 0.9133, "cifar_plus10": 0.9862,
+               "cifar_plus50": 0.9764, "tinyimagenet": 0.8192}
+
+
+def get_protocol_config(protocol: str, *, epochs: int, simclr_weight: float,
+                        layers: tuple[str, ...] = ("conv3_2", "conv4_2", "conv5_2"),
+                        image_size: int = 32, preset: str = "rgb",
+                        flip_prob: float | None = None) -> ml_collections.ConfigDict:
+    """The base config with one protocol's Table 8 hyper-parameters (θ = 1, k = 3, batch 256)."""
+    c = get_base_config()
+    c.data.protocol = protocol
+    c.data.image_size = image_size
+    c.num_epochs = epochs
+    c.supcon_weight = 1.0
+    c.simclr_weight = simclr_weight
+    c.gradmix.layers = layers
+    c.augment.preset = preset
+    if flip_prob is not None:
+        c.augment.flip_prob = flip_prob
+    return c
