@@ -1,0 +1,98 @@
+"""Shared pieces of the experiment runners: configs by name, overrides, resumable cells, tables."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import math
+import os
+from typing import Any, Callable, Iterable
+
+import ml_collections
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Tiny overrides for --smoke: same code path, minutes on a CPU.
+SMOKE_OVERRIDES = {"num_steps": 3, "batch_size": 32, "model.width": 4, "model.feature_dim": 16,
+                   "data.image_size": 16, "log_every_steps": 1, "checkpoint_every_steps": 3,
+                   "eval.batch_size": 256, "progress_bar": False}
+
+
+def load_config(name: str) -> ml_collections.ConfigDict:
+    """``configs/<name>.py``'s get_config()."""
+    path = os.path.join(ROOT, "configs", f"{name}.py")
+    if not os.path.exists(path):
+        raise SystemExit(f"error: no config {path}")
+    spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> None:
+    for dotted, value in overrides.items():
+        node = config
+        *path, leaf = dotted.split(".")
+        for p in path:
+            node = node[p]
+        if isinstance(value, str):
+            try:
+                value = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                pass
+        node[leaf] = value
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --set takes key=value, got {item!r}")
+        out[key] = value
+    return out
+
+
+def parse_splits(text: str) -> list[int]:
+    """'0-4' or '0,2,3' -> list of split indices."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def run_cell(workdir: str, config: ml_collections.ConfigDict,
+             train: Callable[[ml_collections.ConfigDict, str], dict]) -> dict:
+    """Runs one cell unless ``workdir/results.json`` exists (then it is read back: resumable)."""
+    path = os.path.join(workdir, "results.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return train(config, workdir)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / n)
+    return mean, std
+
+
+def write_table(path_stem: str, header: list[str], rows: list[list[Any]], title: str,
+                notes: list[str] = ()) -> None:
+    """Writes ``<stem>.md`` (markdown) and ``<stem>.csv``."""
+    import csv
+    with open(path_stem + ".csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
+    with open(path_stem + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
