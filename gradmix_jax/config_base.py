@@ -35,6 +35,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.data.known_classes = ()
     c.data.data_dir = ""
     c.data.image_size = 32  # images are resized to this (square) on the device
+    c.data.closed_set = False  # True: train/test on all classes (Table 3); protocol = the dataset
 
     # SimCLR view augmentation (gradmix_jax.augment.AugmentParams); preset 'rgb' or 'digits',
     # any field below that is not None overrides the preset.

@@ -37,9 +37,9 @@ def main(argv):
     except (ConfigError, DatasetNotPreparedError, CheckpointError, trainer.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(f"open-set AUROC {summary['auroc']:.4f}, closed-set accuracy "
-          f"{summary['closed_set_accuracy']:.4f}, {summary['num_steps']} steps in "
-          f"{summary['train_seconds']:.1f} s")
+    auroc = "n/a (closed set)" if summary["auroc"] is None else f"{summary['auroc']:.4f}"
+    print(f"open-set AUROC {auroc}, closed-set accuracy {summary['closed_set_accuracy']:.4f}, "
+          f"{summary['num_steps']} steps in {summary['train_seconds']:.1f} s")
     print(f"results: {os.path.join(workdir, 'results.json')}")
 
 

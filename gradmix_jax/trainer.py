@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gradmix_jax import augment, checkpoint, metrics, osr, parallel
-from gradmix_jax.data import OpenSetData, load_openset, openness
+from gradmix_jax.data import OpenSetData, load_closed_set, load_openset, openness
 from gradmix_jax.models import create_model
 from gradmix_jax.train_step import (StepConfig, TrainState, init_state, make_feature_fn,
                                     make_optimizer, make_train_step)
@@ -97,13 +97,14 @@ def evaluate(feature_fn, state: TrainState, data: OpenSetData, config, mesh) -> 
                                    jnp.asarray(test_f), data.num_known, k=config.eval.k)
     scores, preds = np.asarray(scores), np.asarray(preds)
     known = data.test_is_known
-    return {
-        "auroc": float(metrics.auroc(scores[known], scores[~known])),
-        "closed_set_accuracy": float(metrics.closed_set_accuracy(preds[known],
-                                                                 data.test_labels[known])),
-        "oscr": float(metrics.oscr(scores[known], preds[known] == data.test_labels[known],
-                                   scores[~known])),
-    }
+    results = {"closed_set_accuracy": float(metrics.closed_set_accuracy(preds[known],
+                                                                        data.test_labels[known])),
+               "auroc": None, "oscr": None}  # closed-set data has no unknown test samples
+    if (~known).any():
+        results["auroc"] = float(metrics.auroc(scores[known], scores[~known]))
+        results["oscr"] = float(metrics.oscr(scores[known], preds[known] == data.test_labels[known],
+                                             scores[~known]))
+    return results
 
 
 def _write_json(path: str, payload: dict) -> None:
@@ -141,8 +142,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mesh = parallel.make_mesh()
     validate_config(config, mesh.size)
     aug_params = augment_params(config)
-    data = load_openset(config.data.protocol, config.data.split, tuple(config.data.known_classes),
-                        config.data.data_dir or None)
+    if config.data.closed_set:
+        data = load_closed_set(config.data.protocol, config.data.data_dir or None)
+    else:
+        data = load_openset(config.data.protocol, config.data.split,
+                            tuple(config.data.known_classes), config.data.data_dir or None)
     validate_data_dependent(config, data.min_class_count(), len(data.train_images))
     os.makedirs(workdir, exist_ok=True)
 
@@ -244,7 +248,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "jax_version": jax.__version__,
         "config": config.to_dict(),
     }
-    scalars.write(total_steps, {f"eval/{k}": v for k, v in results.items()})
+    scalars.write(total_steps, {f"eval/{k}": v for k, v in results.items() if v is not None})
     scalars.close()
     if jax.process_index() == 0:
         _write_json(os.path.join(workdir, "results.json"), summary)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gradmix_jax.data.protocols import PROTOCOLS, check_split, resolve_known_classes
+from gradmix_jax.data.protocols import (CLOSED_SET_CLASSES, PROTOCOLS, check_split,
+                                        resolve_known_classes)
 from gradmix_jax.models import ARCHITECTURES, STEMS, validate_taps
 
 OBJECTIVES_IMPLEMENTED = ("supcon_ssl", "supcon", "simclr")
@@ -13,7 +14,7 @@ MIXING_METHODS = ("none", "gradmix", "cutmix", "mixup")
 CHOICES: dict[str, tuple[Any, ...]] = {
     "model.name": tuple(sorted(ARCHITECTURES)),
     "model.stem": STEMS,
-    "data.protocol": PROTOCOLS,
+    "data.protocol": PROTOCOLS + ("cifar100",),
     "augment.preset": ("rgb", "digits"),
     "mixing.method": MIXING_METHODS,
     "gradmix.ratio_of": ("side", "area"),
@@ -49,10 +50,21 @@ def validate_config(config, num_devices: int = 1) -> None:
     if config.objective not in OBJECTIVES_IMPLEMENTED:
         raise ConfigError(f"objective={config.objective!r} is not implemented in this version; "
                           f"allowed: {list(OBJECTIVES_IMPLEMENTED)}")
+    if config.data.closed_set:
+        if config.data.protocol not in CLOSED_SET_CLASSES:
+            raise ConfigError(f"data.protocol must be one of {list(CLOSED_SET_CLASSES)} when "
+                              f"data.closed_set=True, got {config.data.protocol!r}")
+        if config.data.known_classes:
+            raise ConfigError("data.known_classes must be empty when data.closed_set=True "
+                              "(closed-set training uses every class)")
+    elif config.data.protocol == "cifar100":
+        raise ConfigError("data.protocol='cifar100' is a closed-set dataset only; "
+                          "set data.closed_set=True or use one of " + str(list(PROTOCOLS)))
     try:
         validate_taps(config.gradmix.layers)
         check_split(config.data.split)
-        resolve_known_classes(config.data.protocol, config.data.split, config.data.known_classes)
+        if not config.data.closed_set:
+            resolve_known_classes(config.data.protocol, config.data.split, config.data.known_classes)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     lo, hi = (tuple(config.gradmix.ratio_range) + (None, None))[:2]

@@ -22,3 +22,12 @@ def test_osr_table_smoke_is_resumable(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0
     assert (tmp_path / "digits" / "split1" / "results.json").stat().st_mtime == mtime  # not rerun
+
+
+@pytest.mark.slow
+def test_closed_set_table_smoke(tmp_path):
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "closed_set_table.py"), "--datasets", "digits",
+           "--out", str(tmp_path), "--smoke"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| digits |" in (tmp_path / "table3.md").read_text()

@@ -153,7 +153,8 @@ def test_protocol_configs_validate(name):
 
 
 @pytest.mark.slow
-def test_cifar10_config_two_steps_with_mock_data(tmp_path):
+@pytest.mark.parametrize("closed_set", [False, True])
+def test_cifar10_config_two_steps_with_mock_data(tmp_path, closed_set):
     """configs/cifar10.py end to end (tiny overrides) on mock CIFAR10: writes results.json."""
     import importlib.util
     from gradmix_jax import trainer
@@ -163,9 +164,38 @@ def test_cifar10_config_two_steps_with_mock_data(tmp_path):
     c = module.get_config()
     c.num_steps, c.batch_size, c.model.width, c.model.feature_dim = 2, 16, 4, 8
     c.data.image_size, c.progress_bar, c.data.data_dir = 16, False, str(tmp_path)
+    c.data.closed_set = closed_set
     with tfds.testing.mock_data(num_examples=120):
         summary = trainer.train_and_evaluate(c, str(tmp_path / "run"))
     assert (tmp_path / "run" / "results.json").exists()
     assert summary["protocol"] == "cifar10" and summary["num_steps"] == 2
-    assert summary["openness"] == pytest.approx(0.2254, abs=1e-4)
-    assert 0.0 <= summary["auroc"] <= 1.0
+    assert 0.0 <= summary["closed_set_accuracy"] <= 1.0
+    if closed_set:
+        assert summary["auroc"] is None and summary["known_classes"] == list(range(10))
+    else:
+        assert summary["openness"] == pytest.approx(0.2254, abs=1e-4)
+        assert 0.0 <= summary["auroc"] <= 1.0
+
+
+def test_closed_set_cifar100_with_mock_data(tmp_path):
+    from gradmix_jax.data import load_closed_set
+    with tfds.testing.mock_data(num_examples=300):
+        d = load_closed_set("cifar100", str(tmp_path))
+        raw = sources.load_tfds_split("cifar100", "train", str(tmp_path))
+    assert d.num_known == 100 and d.unknown_classes == ()
+    np.testing.assert_array_equal(d.train_labels, raw[1])
+    assert (d.test_labels >= 0).all()
+
+
+def test_closed_set_config_checks():
+    from gradmix_jax.config_base import get_base_config
+    from gradmix_jax.validation import ConfigError, validate_config
+    c = get_base_config()
+    c.data.protocol = "cifar100"
+    with pytest.raises(ConfigError, match="closed-set dataset only"):
+        validate_config(c)
+    c.data.closed_set = True
+    validate_config(c)
+    c.data.protocol = "svhn"
+    with pytest.raises(ConfigError, match=r"data.protocol must be one of \['cifar10', 'cifar100', 'tinyimagenet'\] when data.closed_set=True"):
+        validate_config(c)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from gradmix_jax.data.base import OpenSetData, remap_labels
-from gradmix_jax.data.protocols import (PROTOCOLS, openness, protocol_classes,
-                                        resolve_known_classes)
+from gradmix_jax.data.protocols import (CLOSED_SET_CLASSES, PROTOCOLS, openness,
+                                        protocol_classes, resolve_known_classes)
 from gradmix_jax.data.sources import (TFDS_NAMES, DatasetNotPreparedError, default_data_dir,
                                       load_tfds_split, load_tinyimagenet_split)
 
@@ -14,6 +14,26 @@ from gradmix_jax.data.sources import (TFDS_NAMES, DatasetNotPreparedError, defau
 def _keep(images, labels, classes):
     mask = np.isin(labels, classes)
     return images[mask], labels[mask]
+
+
+def _source_splits(dataset: str, data_dir: str):
+    if dataset == "tinyimagenet":
+        return load_tinyimagenet_split("train", data_dir), load_tinyimagenet_split("val", data_dir)
+    name = TFDS_NAMES[dataset]
+    return load_tfds_split(name, "train", data_dir), load_tfds_split(name, "test", data_dir)
+
+
+def load_closed_set(dataset: str, data_dir: str | None = None) -> OpenSetData:
+    """Closed-set classification data (Table 3): every class of cifar10/cifar100, or the first 100
+    TinyImageNet classes; no unknown test samples."""
+    classes = list(range(CLOSED_SET_CLASSES[dataset]))
+    (x_train, y_train), (x_test, y_test) = _source_splits(dataset, data_dir or default_data_dir())
+    x_train, y_train = _keep(x_train, y_train, classes)
+    x_test, y_test = _keep(x_test, y_test, classes)
+    return OpenSetData(name=f"{dataset}-closed", train_images=x_train,
+                       train_labels=y_train.astype(np.int32), test_images=x_test,
+                       test_labels=y_test.astype(np.int32), known_classes=tuple(classes),
+                       unknown_classes=())
 
 
 def load_openset(protocol: str, split: int, known_classes=(), data_dir: str | None = None
@@ -29,13 +49,7 @@ def load_openset(protocol: str, split: int, known_classes=(), data_dir: str | No
         from gradmix_jax.data.digits import load_digits_openset
         return load_digits_openset(known, unknown)
     data_dir = data_dir or default_data_dir()
-    if protocol == "tinyimagenet":
-        train = load_tinyimagenet_split("train", data_dir)
-        test = load_tinyimagenet_split("val", data_dir)
-    else:
-        source = "cifar10" if protocol.startswith("cifar") else protocol
-        train = load_tfds_split(TFDS_NAMES[source], "train", data_dir)
-        test = load_tfds_split(TFDS_NAMES[source], "test", data_dir)
+    train, test = _source_splits("cifar10" if protocol.startswith("cifar") else protocol, data_dir)
     x_train, y_train = _keep(*train, known)
     if protocol in ("cifar_plus10", "cifar_plus50"):
         x_known, y_known = _keep(*test, known)
@@ -50,5 +64,6 @@ def load_openset(protocol: str, split: int, known_classes=(), data_dir: str | No
                        known_classes=tuple(known), unknown_classes=tuple(unknown))
 
 
-__all__ = ["DatasetNotPreparedError", "OpenSetData", "PROTOCOLS", "load_openset", "openness",
+__all__ = ["DatasetNotPreparedError", "OpenSetData", "PROTOCOLS", "load_closed_set", "load_openset",
+           "openness",
            "protocol_classes", "remap_labels", "resolve_known_classes"]

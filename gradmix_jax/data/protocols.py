@@ -11,6 +11,8 @@ from typing import Sequence
 PROTOCOLS: tuple[str, ...] = ("digits", "mnist", "svhn", "cifar10", "cifar_plus10", "cifar_plus50",
                               "tinyimagenet")
 NUM_SPLITS = 5
+# Closed-set classification (Table 3): all classes of these datasets (TinyImageNet: the first 100).
+CLOSED_SET_CLASSES = {"cifar10": 10, "cifar100": 100, "tinyimagenet": 100}
 
 
 @functools.cache
