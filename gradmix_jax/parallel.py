@@ -20,5 +20,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def batch_sharded(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P("data"))
+def batch_sharded(mesh: Mesh, axis: int = 0) -> NamedSharding:
+    """Sharded over devices along ``axis`` (the batch axis), replicated along the others."""
+    return NamedSharding(mesh, P(*([None] * axis), "data"))

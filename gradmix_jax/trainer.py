@@ -72,6 +72,27 @@ def batch_indices(seed: int, step: int, num_train: int, batch_size: int) -> np.n
     return _epoch_permutation(seed, epoch, num_train)[pos * batch_size:(pos + 1) * batch_size]
 
 
+def epoch_index_matrix(seed: int, epoch: int, num_train: int, batch_size: int) -> np.ndarray:
+    """All batches of ``epoch`` as [steps_per_epoch, batch_size]; row r = batch_indices(epoch*spe + r)."""
+    steps_per_epoch = max(num_train // batch_size, 1)
+    perm = _epoch_permutation(seed, epoch, num_train)
+    return perm[:steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
+
+
+def on_device_batches(train_step, steps_per_epoch: int):
+    """Wraps ``train_step(state, images, labels, idx)`` to take the epoch's index matrix instead.
+
+    The matrix goes to the device once per epoch; the step picks row ``state.step % steps_per_epoch``
+    on the device, so no host work or transfer happens per step.
+    """
+
+    def step(state, images, labels, epoch_indices):
+        idx = jax.lax.dynamic_index_in_dim(epoch_indices, state.step % steps_per_epoch, 0, keepdims=False)
+        return train_step(state, images, labels, idx)
+
+    return step
+
+
 def extract_features(feature_fn, state: TrainState, images: np.ndarray, batch_size: int,
                      mesh) -> np.ndarray:
     """Features of ``images`` in fixed-size (padded) batches: one compilation for any length."""
@@ -168,8 +189,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         log.info("resumed from step %d", int(state.step))
     start_step = int(state.step)
 
-    train_step = jax.jit(make_train_step(model, tx, aug_params, step_cfg, schedule),
-                         in_shardings=(repl, repl, repl, sharded), out_shardings=(repl, repl),
+    rows_sharded = parallel.batch_sharded(mesh, axis=1)
+    train_step = jax.jit(on_device_batches(make_train_step(model, tx, aug_params, step_cfg, schedule),
+                                           steps_per_epoch),
+                         in_shardings=(repl, repl, repl, rows_sharded), out_shardings=(repl, repl),
                          donate_argnums=(0,))
     images = jax.device_put(data.train_images, repl)
     labels = jax.device_put(data.train_labels.astype(np.int32), repl)
@@ -181,10 +204,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     history: list[dict[str, float]] = []
     t_first = None  # wall time when the first (compiling) step finished
     t_window, window_start = time.perf_counter(), start_step
+    epoch_indices, loaded_epoch = None, None
     for step in range(start_step, total_steps):
-        idx = jax.device_put(batch_indices(config.seed, step, len(data.train_images),
-                                           config.batch_size), sharded)
-        state, step_metrics = train_step(state, images, labels, idx)
+        epoch = step // steps_per_epoch
+        if epoch != loaded_epoch:
+            epoch_indices = jax.device_put(epoch_index_matrix(
+                config.seed, epoch, len(data.train_images), config.batch_size), rows_sharded)
+            loaded_epoch = epoch
+        state, step_metrics = train_step(state, images, labels, epoch_indices)
         done = step + 1
         if t_first is None:
             jax.block_until_ready(state)

@@ -78,3 +78,25 @@ def test_batch_order_is_a_pure_function_of_seed_and_step():
     np.testing.assert_array_equal(batch_indices(7, 4, n, b), batch_indices(7, 4, n, b))
     assert not np.array_equal(batch_indices(7, 3, n, b), batch_indices(7, 0, n, b))  # new epoch order
     assert not np.array_equal(batch_indices(8, 0, n, b), batch_indices(7, 0, n, b))
+
+
+def test_on_device_batches_pick_the_host_order():
+    import jax
+    import jax.numpy as jnp
+    from gradmix_jax.train_step import TrainState
+    from gradmix_jax.trainer import batch_indices, epoch_index_matrix, on_device_batches
+
+    n, b = 50, 8
+    spe = n // b
+
+    def fake_step(state, images, labels, idx):
+        return state.replace(step=state.step + 1), {"idx": idx, "first": images[idx][:, 0]}
+
+    step = jax.jit(on_device_batches(fake_step, spe))
+    state = TrainState(step=jnp.asarray(0, jnp.int32), params={}, batch_stats={}, opt_state=(),
+                       key=jnp.zeros(2, jnp.uint32))
+    images = jnp.arange(n)[:, None]
+    for s in range(2 * spe + 2):
+        state, m = step(state, images, images, epoch_index_matrix(3, s // spe, n, b))
+        np.testing.assert_array_equal(m["idx"], batch_indices(3, s, n, b))
+        np.testing.assert_array_equal(m["first"], batch_indices(3, s, n, b))
