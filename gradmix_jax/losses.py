@@ -2,10 +2,10 @@
 
 All functions are pure and work under ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
 
-Multi-device note: a future ``axis_name: str | None = None`` keyword can be appended to
-``supcon_loss`` / ``simclr_loss`` without breaking callers; it would ``jax.lax.all_gather``
-the contrast features (and labels) across that axis so that every device contrasts its own
-anchors against the global batch.
+Inside ``jax.pmap`` / ``jax.shard_map`` code pass ``axis_name``: every device contrasts its own
+anchors against the features all-gathered over that axis, and the 'mean' loss is ``pmean``-ed, so
+it equals the single-device loss on the global batch. Under plain ``jax.jit`` over a mesh (what
+the trainer does) no axis name is needed: XLA sees the global batch.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def supcon_loss(
     temperature: float = 0.05,
     base_temperature: float | None = None,
     reduction: str = "mean",
+    axis_name: str | None = None,
 ) -> jax.Array:
     """Supervised contrastive loss (Khosla et al. 2020), SupContrast's ``contrast_mode='all'``.
 
@@ -40,6 +41,9 @@ def supcon_loss(
         None means ``base_temperature = temperature`` (scale 1).
       reduction: 'mean' -> scalar mean over all batch*views anchors;
         'none' -> [batch, views], element [i, v] is the anchor of view v of sample i.
+      axis_name: a pmap/shard_map axis: ``features``/``labels`` are this device's equal-sized
+        shard of the global batch; negatives and positives come from the whole global batch,
+        'mean' returns the global mean (same on every device), 'none' this shard's anchors.
 
     Anchors without any positive (a singleton class seen in one view only) have
     mean_log_prob_pos = 0 (SupContrast divides by 1 instead of 0), so their loss is 0.
@@ -55,15 +59,27 @@ def supcon_loss(
     if base_temperature is None:
         base_temperature = temperature
 
-    # View-major stacking: row v * batch + i is view v of sample i (torch.cat(torch.unbind(.., 1))).
-    contrast = jnp.transpose(features, (1, 0, 2)).reshape(views * batch, dim)
-    ids = jnp.arange(batch) if labels is None else jnp.asarray(labels)
-    ids = jnp.tile(ids, views)  # [views * batch]
+    if axis_name is None:
+        all_features, offset = features, 0
+        all_labels = None if labels is None else jnp.asarray(labels)
+    else:
+        all_features = jax.lax.all_gather(features, axis_name, tiled=True)
+        offset = jax.lax.axis_index(axis_name) * batch
+        all_labels = None if labels is None else jax.lax.all_gather(jnp.asarray(labels), axis_name,
+                                                                    tiled=True)
+    total = all_features.shape[0]
 
-    not_self = ~jnp.eye(views * batch, dtype=bool)
-    positives = (ids[:, None] == ids[None, :]) & not_self
+    # View-major stacking: row v * total + j is view v of sample j (torch.cat(torch.unbind(.., 1))).
+    contrast = jnp.transpose(all_features, (1, 0, 2)).reshape(views * total, dim)
+    anchor = jnp.transpose(features, (1, 0, 2)).reshape(views * batch, dim)
+    anchor_rows = (jnp.arange(views)[:, None] * total + offset + jnp.arange(batch)[None, :]).reshape(-1)
+    ids = jnp.arange(total) if all_labels is None else all_labels
+    ids = jnp.tile(ids, views)  # [views * total]
 
-    logits = contrast @ contrast.T / temperature
+    not_self = jnp.arange(views * total)[None, :] != anchor_rows[:, None]
+    positives = (ids[anchor_rows][:, None] == ids[None, :]) & not_self
+
+    logits = anchor @ contrast.T / temperature
     # SupContrast subtracts the detached row max before exp; log_prob is invariant to that
     # shift, and a masked logsumexp gives the same value without underflow at small temperatures.
     log_denominator = jax.nn.logsumexp(
@@ -77,11 +93,14 @@ def supcon_loss(
 
     loss = -(temperature / base_temperature) * mean_log_prob_pos
     loss = loss.reshape(views, batch).T  # [batch, views]
-    return loss.mean() if reduction == "mean" else loss
+    if reduction == "none":
+        return loss
+    return loss.mean() if axis_name is None else jax.lax.pmean(loss.mean(), axis_name)
 
 
 def simclr_loss(
-    features: jax.Array, temperature: float = 0.05, reduction: str = "mean"
+    features: jax.Array, temperature: float = 0.05, reduction: str = "mean",
+    axis_name: str | None = None,
 ) -> jax.Array:
     """SimCLR / NT-Xent loss: ``supcon_loss`` with ``labels=None``.
 
@@ -90,7 +109,8 @@ def simclr_loss(
     Returns:
       scalar ('mean') or [batch, views] ('none').
     """
-    return supcon_loss(features, None, temperature=temperature, reduction=reduction)
+    return supcon_loss(features, None, temperature=temperature, reduction=reduction,
+                       axis_name=axis_name)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, reduction: str = "mean") -> jax.Array:

@@ -1,15 +1,19 @@
 """Run as a script with XLA_FLAGS=--xla_force_host_platform_device_count=8 (see test_multidevice.py).
 
 Trains 3 GradMix steps of a tiny ResNet on a 1-, 4- and 8-device mesh from the same state and
-batches, and prints the losses of each as JSON.
+batches, and evaluates the contrastive losses with ``axis_name`` under jax.pmap and jax.shard_map
+against the single-device loss of the global batch; prints everything as JSON.
 """
 
+import functools
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
-from gradmix_jax import augment, parallel
+from gradmix_jax import augment, losses, parallel
 from gradmix_jax.models import create_model
 from gradmix_jax.train_step import StepConfig, init_state, make_optimizer, make_train_step
 
@@ -35,8 +39,39 @@ def losses_on(devices, method):
     return out
 
 
+def axis_name_losses():
+    """SupCon/SimCLR values and feature gradients: global single-device vs pmap vs shard_map."""
+    rng = np.random.default_rng(1)
+    f = rng.normal(size=(16, 2, 6)).astype(np.float32)
+    f /= np.linalg.norm(f, axis=-1, keepdims=True)
+    y = rng.integers(0, 3, 16).astype(np.int32)
+
+    def supcon(f, y, axis_name=None):
+        return losses.supcon_loss(f, y, temperature=0.1, axis_name=axis_name)
+
+    def simclr(f, axis_name=None):
+        return losses.simclr_loss(f, temperature=0.1, axis_name=axis_name)
+
+    out = {"supcon_global": float(supcon(f, y)), "simclr_global": float(simclr(f))}
+    fp, yp = f.reshape(4, 4, 2, 6), y.reshape(4, 4)
+    out["supcon_pmap"] = np.asarray(jax.pmap(functools.partial(supcon, axis_name="d"), axis_name="d",
+                                             devices=jax.devices()[:4])(fp, yp)).tolist()
+    out["simclr_pmap"] = np.asarray(jax.pmap(functools.partial(simclr, axis_name="d"), axis_name="d",
+                                             devices=jax.devices()[:4])(fp)).tolist()
+    mesh = jax.make_mesh((8,), ("d",))
+    smap = jax.shard_map(functools.partial(supcon, axis_name="d"), mesh=mesh,
+                         in_specs=(P("d"), P("d")), out_specs=P())
+    fs, ys = (jax.device_put(a, jax.sharding.NamedSharding(mesh, P("d"))) for a in (f, y))
+    out["supcon_shard_map"] = float(jax.jit(smap)(fs, ys))
+    # Gradients: d(global loss)/d(features) equals the shard_map gradient of the pmean'd loss.
+    out["grad_global"] = np.asarray(jax.grad(supcon)(f, y)).ravel().tolist()
+    out["grad_shard_map"] = np.asarray(jax.jit(jax.grad(smap))(fs, ys)).ravel().tolist()
+    return out
+
+
 if __name__ == "__main__":
     assert jax.device_count() == 8, jax.devices()
     devices = jax.devices()
-    print(json.dumps({m: {n: losses_on(devices[:n], m) for n in (1, 4, 8)}
-                      for m in ("gradmix",)}))
+    result = {m: {n: losses_on(devices[:n], m) for n in (1, 4, 8)} for m in ("gradmix",)}
+    result["axis_name"] = axis_name_losses()
+    print(json.dumps(result))
