@@ -23,7 +23,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from gradmix_jax import parallel
-from gradmix_jax.models import create_model
+from gradmix_jax.models import model_from_config
 from gradmix_jax.train_step import StepConfig, init_state, make_optimizer, make_train_step
 from gradmix_jax.trainer import augment_params, epoch_index_matrix, on_device_batches
 from gradmix_jax.validation import validate_config
@@ -45,7 +45,7 @@ def time_method(config, method: str, images: np.ndarray, labels: np.ndarray, mes
     c = _method_config(config, method)
     validate_config(c, mesh.size)
     b = c.bench
-    model = create_model(c.model.name, c.model.width, c.model.feature_dim, stem=c.model.stem)
+    model = model_from_config(c)
     tx, schedule = make_optimizer(c.learning_rate, c.min_learning_rate, 10_000)
     repl = parallel.replicated(mesh)
     aug = augment_params(c)
@@ -114,7 +114,7 @@ def run_benchmark(config) -> dict[str, Any]:
     report["num_devices"] = mesh.size
     report["batch_size"] = config.batch_size
     report["model"] = {"name": config.model.name, "width": config.model.width,
-                       "image_size": size}
+                       "image_size": size, "dtype": str(model_from_config(config).dtype)}
     report["jax_version"] = jax.__version__
     return report
 

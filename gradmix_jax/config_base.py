@@ -28,6 +28,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.model.width = 64
     c.model.feature_dim = 128
     c.model.stem = "cifar"
+    c.model.dtype = "auto"  # activations: float32 | bfloat16 | auto (bf16 on GPU/TPU, f32 on CPU)
 
     c.data = ml_collections.ConfigDict()
     c.data.protocol = "cifar10"

@@ -33,6 +33,24 @@ ARCHITECTURES: dict[str, tuple[str, tuple[int, int, int, int]]] = {
 }
 
 STEMS = ("cifar", "imagenet")
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+def resolve_dtype(name: str):
+    """'auto' = bfloat16 on GPU/TPU, float32 on CPU; else the named dtype (activations only)."""
+    if name not in DTYPES:
+        raise ValueError(f"model.dtype must be one of {list(DTYPES)}, got {name!r}")
+    if name == "auto":
+        import jax
+        name = "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
+    return jnp.dtype(name)
+
+
+def model_from_config(config, num_classes: int = 0) -> "ContrastiveResNet":
+    """``create_model`` from ``config.model`` (name, width, feature_dim, stem, dtype)."""
+    m = config.model
+    return create_model(m.name, m.width, m.feature_dim, num_classes=num_classes, stem=m.stem,
+                        dtype=resolve_dtype(m.dtype))
 
 
 def _conv_and_norm(dtype, train: bool):
@@ -122,11 +140,14 @@ class ResNetEncoder(nn.Module):
             tap = TAP_NAMES[stage]
             x = self.perturb(tap, x)
             self.sow("intermediates", tap, x)
-        return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # pool in float32
 
 
 class ContrastiveResNet(nn.Module):
     """Encoder + 2-layer MLP projection head (L2-normalised) + optional linear classifier.
+
+    ``dtype`` is the activation dtype of the encoder (params stay float32); the pooled features,
+    the head and everything after it are float32.
 
     ``__call__(images [B,H,W,C], train) -> (z [B, feature_dim], aux)``;
     ``aux = {'features': [B, D], 'logits': [B, num_classes]}`` (logits only when num_classes > 0).

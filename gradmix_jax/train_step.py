@@ -164,8 +164,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     def mix_view(key, v1, taps, tap_grads, n):
         """Mixed view 1 and its per-sample loss weights."""
         if cfg.method == "gradmix":
-            maps = [attribution.layercam(_get(taps, tap_path(l))[0][:n],
-                                         _get(tap_grads, tap_path(l))[:n]) for l in cfg.layers]
+            # Attribution in float32 whatever the activation dtype.
+            maps = [attribution.layercam(_get(taps, tap_path(l))[0][:n].astype(jnp.float32),
+                                         _get(tap_grads, tap_path(l))[:n].astype(jnp.float32))
+                    for l in cfg.layers]
             heat = attribution.aggregate_maps(maps, out_size, normalize=cfg.normalize)
             mixed, masked = mixing.gradmix(key, v1, heat, ratio_range=cfg.ratio_range,
                                            ratio_of=cfg.ratio_of, fill=cfg.fill,

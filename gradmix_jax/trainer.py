@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from gradmix_jax import augment, checkpoint, metrics, osr, parallel
 from gradmix_jax.data import OpenSetData, load_closed_set, load_openset, openness
-from gradmix_jax.models import create_model
+from gradmix_jax.models import model_from_config
 from gradmix_jax.train_step import (StepConfig, TrainState, init_state, make_feature_fn,
                                     make_optimizer, make_train_step)
 from gradmix_jax.validation import ConfigError, validate_config, validate_data_dependent
@@ -172,8 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     os.makedirs(workdir, exist_ok=True)
 
     total_steps, steps_per_epoch = num_train_steps(config, len(data.train_images))
-    model = create_model(config.model.name, config.model.width, config.model.feature_dim,
-                         stem=config.model.stem)
+    model = model_from_config(config)
     tx, schedule = make_optimizer(config.learning_rate, config.min_learning_rate, total_steps,
                                   config.warmup_steps)
     step_cfg = StepConfig.from_config(config)
@@ -271,6 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "num_test_known": int(data.test_is_known.sum()),
         "num_test_unknown": int((~data.test_is_known).sum()),
         "device": jax.devices()[0].device_kind,
+        "activation_dtype": str(model.dtype),
         "num_devices": mesh.size,
         "jax_version": jax.__version__,
         "config": config.to_dict(),

@@ -6,7 +6,7 @@ from typing import Any
 
 from gradmix_jax.data.protocols import (CLOSED_SET_CLASSES, PROTOCOLS, check_split,
                                         resolve_known_classes)
-from gradmix_jax.models import ARCHITECTURES, STEMS, validate_taps
+from gradmix_jax.models import ARCHITECTURES, DTYPES, STEMS, validate_taps
 
 OBJECTIVES_IMPLEMENTED = ("supcon_ssl", "supcon", "simclr")
 OBJECTIVES = ("ce", "ce_ssl", "supcon", "supcon_ssl", "simclr", "moco")
@@ -14,6 +14,7 @@ MIXING_METHODS = ("none", "gradmix", "cutmix", "mixup")
 CHOICES: dict[str, tuple[Any, ...]] = {
     "model.name": tuple(sorted(ARCHITECTURES)),
     "model.stem": STEMS,
+    "model.dtype": DTYPES,
     "data.protocol": PROTOCOLS + ("cifar100",),
     "augment.preset": ("rgb", "digits"),
     "mixing.method": MIXING_METHODS,

@@ -144,3 +144,24 @@ def test_step_is_deterministic_given_state(setup):
     assert float(ma["loss"]) == float(mb["loss"])
     c, mc = step(dataclasses.replace(state, step=state.step + 1), x, y, idx)  # other fold_in key
     assert float(mc["loss"]) != float(ma["loss"])
+
+
+def test_bfloat16_activations_keep_float32_params_and_loss(setup):
+    _, tx, _, state, x, y = setup
+    model16 = create_model("resnet18", width=4, feature_dim=8, dtype=jnp.bfloat16)
+    model32 = create_model("resnet18", width=4, feature_dim=8)
+    cfg = StepConfig(method="gradmix")
+    key = jax.random.key(3)
+    g16, _, m16 = jax.jit(make_train_step(model16, tx, AUG, cfg).compute_grads)(state, x, y, key)
+    _, _, m32 = jax.jit(make_train_step(model32, tx, AUG, cfg).compute_grads)(state, x, y, key)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(g16))
+    assert m16["loss"].dtype == jnp.float32
+    np.testing.assert_allclose(float(m16["loss"]), float(m32["loss"]), rtol=0.05)
+
+
+def test_auto_dtype_resolves_per_backend():
+    from gradmix_jax.models import resolve_dtype
+    assert resolve_dtype("auto") == (jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
+    assert resolve_dtype("bfloat16") == jnp.bfloat16
+    with pytest.raises(ValueError, match=r"model.dtype must be one of \['auto', 'float32', 'bfloat16'\]"):
+        resolve_dtype("float16")
