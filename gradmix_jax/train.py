@@ -37,6 +37,9 @@ def main(argv):
     except (ConfigError, DatasetNotPreparedError, CheckpointError, trainer.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except trainer.TrainingPreempted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(0)
     auroc = "n/a (closed set)" if summary["auroc"] is None else f"{summary['auroc']:.4f}"
     print(f"open-set AUROC {auroc}, closed-set accuracy {summary['closed_set_accuracy']:.4f}, "
           f"{summary['num_steps']} steps in {summary['train_seconds']:.1f} s")

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 from typing import Any
 
@@ -32,6 +33,37 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN/Inf; the last good checkpoint is kept."""
+
+
+class TrainingPreempted(Exception):
+    """SIGTERM or an Orbax preemption notice: the state was saved; rerun the command to resume."""
+
+    def __init__(self, step: int, workdir: str):
+        super().__init__(f"preempted at step {step}: checkpoint saved in {workdir}/checkpoints; "
+                         "run the same command again to resume")
+        self.step = step
+
+
+class _SigtermWatch:
+    """Turns SIGTERM (what schedulers send before a kill) into a flag checked between steps."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def augment_params(config) -> augment.AugmentParams:
@@ -154,6 +186,61 @@ class _Scalars:
             self._writer.close()
 
 
+def _train_loop(config, workdir, train_step, state, images, labels, manager, scalars, bar, sigterm,
+                start_step: int, total_steps: int, steps_per_epoch: int, num_train: int,
+                rows_sharded):
+    """Runs steps start_step..total_steps-1; logs, checks the loss, checkpoints, handles preemption.
+
+    Returns (state, last logged loss, wall time after the first compiled step, logged history).
+    Metrics are fetched from the device only on log/checkpoint steps (one host sync each).
+    """
+    last_loss = float("nan")
+    history: list[dict[str, float]] = []
+    t_first = None  # wall time when the first (compiling) step finished
+    t_window, window_start = time.perf_counter(), start_step
+    epoch_indices, loaded_epoch = None, None
+    for step in range(start_step, total_steps):
+        epoch = step // steps_per_epoch
+        if epoch != loaded_epoch:
+            epoch_indices = jax.device_put(
+                epoch_index_matrix(config.seed, epoch, num_train, config.batch_size), rows_sharded)
+            loaded_epoch = epoch
+        state, step_metrics = train_step(state, images, labels, epoch_indices)
+        done = step + 1
+        if t_first is None:
+            jax.block_until_ready(state)
+            t_first = t_window = time.perf_counter()
+            window_start = done
+        preempt = sigterm.requested or manager.reached_preemption(done)
+        is_log = done % config.log_every_steps == 0 or done == total_steps
+        is_ckpt = done % config.checkpoint_every_steps == 0 or done == total_steps or preempt
+        if is_log or is_ckpt or done == start_step + 1:
+            m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+            if not math.isfinite(m["loss"]):
+                manager.wait_until_finished()
+                raise NonFiniteLossError(
+                    f"training loss is {m['loss']} at step {done}; stopped. The last good checkpoint "
+                    f"(step {manager.latest_step()}) in {workdir}/checkpoints is kept.")
+            last_loss = m["loss"]
+            now = time.perf_counter()
+            if done > window_start:
+                m["images_per_second"] = (done - window_start) * config.batch_size / (now - t_window)
+                t_window, window_start = now, done
+            m["step"] = done
+            history.append(m)
+            scalars.write(done, m)
+            bar.set_postfix(loss=f"{m['loss']:.3f}",
+                            img_s=f"{m.get('images_per_second', 0):.0f}", refresh=False)
+            if is_ckpt:
+                checkpoint.save(manager, done, state, force=preempt)
+        bar.update(1)
+        if preempt:
+            manager.wait_until_finished()
+            raise TrainingPreempted(done, workdir)
+    jax.block_until_ready(state)
+    return state, last_loss, t_first, history
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains on ``config.data``'s known classes, evaluates open-set recognition, writes results.json.
 
@@ -199,49 +286,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     scalars = _Scalars(workdir)
     bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
                disable=not config.progress_bar or jax.process_index() != 0, dynamic_ncols=True)
-    last_loss = float("nan")
-    history: list[dict[str, float]] = []
-    t_first = None  # wall time when the first (compiling) step finished
-    t_window, window_start = time.perf_counter(), start_step
-    epoch_indices, loaded_epoch = None, None
-    for step in range(start_step, total_steps):
-        epoch = step // steps_per_epoch
-        if epoch != loaded_epoch:
-            epoch_indices = jax.device_put(epoch_index_matrix(
-                config.seed, epoch, len(data.train_images), config.batch_size), rows_sharded)
-            loaded_epoch = epoch
-        state, step_metrics = train_step(state, images, labels, epoch_indices)
-        done = step + 1
-        if t_first is None:
-            jax.block_until_ready(state)
-            t_first = t_window = time.perf_counter()
-            window_start = done
-        is_log = done % config.log_every_steps == 0 or done == total_steps
-        is_ckpt = done % config.checkpoint_every_steps == 0 or done == total_steps
-        if is_log or is_ckpt or done == start_step + 1:
-            m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-            if not math.isfinite(m["loss"]):
-                manager.wait_until_finished()
-                raise NonFiniteLossError(
-                    f"training loss is {m['loss']} at step {done}; stopped. The last good checkpoint "
-                    f"(step {manager.latest_step()}) in {workdir}/checkpoints is kept.")
-            last_loss = m["loss"]
-            now = time.perf_counter()
-            if done > window_start:
-                m["images_per_second"] = (done - window_start) * config.batch_size / (now - t_window)
-                t_window, window_start = now, done
-            m["step"] = done
-            history.append(m)
-            scalars.write(done, m)
-            bar.set_postfix(loss=f"{m['loss']:.3f}",
-                            img_s=f"{m.get('images_per_second', 0):.0f}", refresh=False)
-            if is_ckpt:
-                checkpoint.save(manager, done, state)
-        bar.update(1)
-    jax.block_until_ready(state)
+    try:
+        with _SigtermWatch() as sigterm:
+            state, last_loss, t_first, history = _train_loop(
+                config, workdir, train_step, state, images, labels, manager, scalars, bar, sigterm,
+                start_step, total_steps, steps_per_epoch, len(data.train_images), rows_sharded)
+    finally:
+        bar.close()
+        manager.wait_until_finished()
     train_seconds = time.perf_counter() - t_first if t_first is not None else 0.0
-    bar.close()
-    manager.wait_until_finished()
 
     t_eval = time.perf_counter()
     feature_fn = jax.jit(make_feature_fn(model, aug_params.out_size, config.eval.features),

@@ -1,0 +1,88 @@
+"""Resume after SIGKILL ends where an uninterrupted run ends; SIGTERM saves and exits; bad checkpoints."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from test_end_to_end import TINY, run_cli
+from test_validation import ROOT
+
+LONG = ["--config.num_steps=160", "--config.checkpoint_every_steps=40", "--config.log_every_steps=20",
+        "--config.batch_size=16"]
+
+
+def start_cli(workdir, *extra):
+    cmd = [sys.executable, "-m", "gradmix_jax.train", "--config", os.path.join(ROOT, "configs", "digits.py"),
+           "--workdir", str(workdir), *TINY, *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoint(proc, workdir, step, timeout=300):
+    path = workdir / "checkpoints" / str(step)
+    t0 = time.time()
+    while not path.is_dir():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() - t0 < timeout
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+    full = tmp_path / "full"
+    run_cli(full, *LONG)
+    want = json.loads((full / "results.json").read_text())
+
+    killed = tmp_path / "killed"
+    proc = start_cli(killed, *LONG)
+    wait_for_checkpoint(proc, killed, 40)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "results.json").exists()
+    run_cli(killed, *LONG)
+    got = json.loads((killed / "results.json").read_text())
+    assert 40 <= got["resumed_from_step"] < 160
+    assert got["final_train_loss"] == pytest.approx(want["final_train_loss"], rel=1e-5)
+    assert got["auroc"] == pytest.approx(want["auroc"], abs=1e-6)
+    assert got["closed_set_accuracy"] == pytest.approx(want["closed_set_accuracy"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+    workdir = tmp_path / "run"
+    proc = start_cli(workdir, *LONG)
+    wait_for_checkpoint(proc, workdir, 40)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    line = [l for l in err.splitlines() if l.startswith("preempted at step")]
+    assert line, err[-2000:]
+    step = int(line[0].split()[3].rstrip(":"))
+    assert step >= 40 and (workdir / "checkpoints" / str(step)).is_dir()
+    assert not (workdir / "results.json").exists()
+
+
+def test_incompatible_and_corrupt_checkpoints_are_refused(tmp_path):
+    workdir = tmp_path / "run"
+    run_cli(workdir, "--config.num_steps=2", "--config.checkpoint_every_steps=2")
+    # another model size in the same workdir: a clear error, not a silent fresh start
+    cmd = [sys.executable, "-m", "gradmix_jax.train", "--config", os.path.join(ROOT, "configs", "digits.py"),
+           "--workdir", str(workdir), *TINY, "--config.num_steps=4", "--config.model.width=8"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 2
+    errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "checkpoint at step 2" in errors[0] and "does not match" in errors[0]
+    # corrupt the array data of the checkpoint
+    for root, _, files in os.walk(workdir / "checkpoints" / "2"):
+        for name in files:
+            if name not in ("_CHECKPOINT_METADATA",):
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(b"\x00garbage")
+    out = subprocess.run(cmd[:-1], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "checkpoint at step 2" in errors[0]
