@@ -16,19 +16,30 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: runs/<config>-<time>).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-process runs: host:port of process 0 (not needed on "
+    "Cloud TPU or SLURM, where JAX finds it).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process runs: process count.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index.")
 flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from gradmix_jax import trainer  # imported late so --help stays fast
+    from gradmix_jax import parallel, trainer  # imported late so --help stays fast
     from gradmix_jax.checkpoint import CheckpointError
     from gradmix_jax.data import DatasetNotPreparedError
     from gradmix_jax.validation import ConfigError
 
+    parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = _CONFIG.value
     workdir = _WORKDIR.value
+    import jax
+    if workdir is None and jax.process_count() > 1:
+        print("error: --workdir is required with several processes (they must share it)",
+              file=sys.stderr)
+        sys.exit(2)
     if workdir is None:
         name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
         workdir = os.path.join("runs", f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
@@ -41,6 +52,8 @@ def main(argv):
         print(str(e), file=sys.stderr)
         sys.exit(0)
     auroc = "n/a (closed set)" if summary["auroc"] is None else f"{summary['auroc']:.4f}"
+    if jax.process_index() != 0:
+        return
     print(f"open-set AUROC {auroc}, closed-set accuracy {summary['closed_set_accuracy']:.4f}, "
           f"{summary['num_steps']} steps in {summary['train_seconds']:.1f} s")
     print(f"results: {os.path.join(workdir, 'results.json')}")

@@ -130,15 +130,15 @@ def extract_features(feature_fn, state: TrainState, images: np.ndarray, batch_si
     """Features of ``images`` in fixed-size (padded) batches: one compilation for any length."""
     n = len(images)
     batch_size = min(batch_size, max(n, 1))
-    batch_size += (-batch_size) % mesh.size
+    batch_size += (-batch_size) % mesh.size  # every device (and process) gets an equal share
     out = []
     for start in range(0, n, batch_size):
         chunk = images[start:start + batch_size]
         pad = batch_size - len(chunk)
         if pad:
             chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-        chunk = jax.device_put(chunk, parallel.batch_sharded(mesh))
-        out.append(np.asarray(feature_fn(state.params, state.batch_stats, chunk))[:len(chunk) - pad])
+        chunk = parallel.global_batch_array(chunk, parallel.batch_sharded(mesh))
+        out.append(parallel.to_host(feature_fn(state.params, state.batch_stats, chunk))[:len(chunk) - pad])
     return np.concatenate(out)
 
 
@@ -202,8 +202,9 @@ def _train_loop(config, workdir, train_step, state, images, labels, manager, sca
     for step in range(start_step, total_steps):
         epoch = step // steps_per_epoch
         if epoch != loaded_epoch:
-            epoch_indices = jax.device_put(
-                epoch_index_matrix(config.seed, epoch, num_train, config.batch_size), rows_sharded)
+            epoch_indices = parallel.global_batch_array(
+                epoch_index_matrix(config.seed, epoch, num_train, config.batch_size), rows_sharded,
+                axis=1)
             loaded_epoch = epoch
         state, step_metrics = train_step(state, images, labels, epoch_indices)
         done = step + 1
@@ -280,8 +281,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                            steps_per_epoch),
                          in_shardings=(repl, repl, repl, rows_sharded), out_shardings=(repl, repl),
                          donate_argnums=(0,))
-    images = jax.device_put(data.train_images, repl)
-    labels = jax.device_put(data.train_labels.astype(np.int32), repl)
+    images = parallel.replicate(data.train_images, repl)
+    labels = parallel.replicate(data.train_labels.astype(np.int32), repl)
 
     scalars = _Scalars(workdir)
     bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
