@@ -25,5 +25,6 @@ def get_config():
         channels=3,
         warmup_steps=2,
         timed_steps=7,
+        checkpoint_stall=True,  # also time steps around an async checkpoint save (gradmix step)
     )
     return c

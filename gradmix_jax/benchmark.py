@@ -14,6 +14,7 @@ import copy
 import json
 import statistics
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -22,7 +23,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from gradmix_jax import parallel
+from gradmix_jax import checkpoint, parallel
 from gradmix_jax.models import model_from_config
 from gradmix_jax.train_step import StepConfig, init_state, make_optimizer, make_train_step
 from gradmix_jax.trainer import augment_params, epoch_index_matrix, on_device_batches
@@ -87,10 +88,36 @@ def time_method(config, method: str, images: np.ndarray, labels: np.ndarray, mes
             times.append(t2 - t1)
             host_times.append(t1 - t0)
     median = statistics.median(times)
-    return {"step_seconds": median, "images_per_second": c.batch_size / median,
-            "step_seconds_all": times, "compile_seconds": compile_seconds,
-            "flops_per_step": flops, "host_data_seconds": statistics.fmean(host_times),
-            "final_loss": float(m["loss"])}
+    result = {"step_seconds": median, "images_per_second": c.batch_size / median,
+              "step_seconds_all": times, "compile_seconds": compile_seconds,
+              "flops_per_step": flops, "host_data_seconds": statistics.fmean(host_times),
+              "final_loss": float(m["loss"])}
+    if b.checkpoint_stall and method == "gradmix":
+        result["checkpoint_stall"] = checkpoint_stall(compiled, state, dev_images, dev_labels, idx)
+    return result
+
+
+def checkpoint_stall(compiled, state, images, labels, idx, steps: int = 7, save_at: int = 3):
+    """Step times around an async Orbax save (as the trainer does it) against the median step.
+
+    The save step's time includes the ``save`` call (device-to-host copy; the write goes on in a
+    background thread during the following steps).
+    """
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        manager = checkpoint.make_manager(tmp, max_to_keep=1)
+        for i in range(steps):
+            t0 = time.perf_counter()
+            state, m = compiled(state, images, labels, idx)
+            jax.block_until_ready((state, m))
+            if i == save_at:
+                checkpoint.save(manager, i, state)
+            times.append(time.perf_counter() - t0)
+        manager.wait_until_finished()
+    median = statistics.median([t for i, t in enumerate(times) if i not in (save_at, save_at + 1)])
+    return {"median_step_seconds": median, "save_step_seconds": times[save_at],
+            "after_save_step_seconds": times[save_at + 1],
+            "worst_ratio": max(times[save_at], times[save_at + 1]) / median, "step_seconds_all": times}
 
 
 def run_benchmark(config) -> dict[str, Any]:
@@ -106,6 +133,11 @@ def run_benchmark(config) -> dict[str, Any]:
         print(f"{method:14s} {report[method]['step_seconds'] * 1e3:9.1f} ms/step "
               f"{report[method]['images_per_second']:9.1f} img/s "
               f"(compile {report[method]['compile_seconds']:.1f} s)", file=sys.stderr)
+        if "checkpoint_stall" in report[method]:
+            st = report[method]["checkpoint_stall"]
+            print(f"{'':14s} async checkpoint: save step {st['save_step_seconds'] * 1e3:.1f} ms, next "
+                  f"{st['after_save_step_seconds'] * 1e3:.1f} ms, median {st['median_step_seconds'] * 1e3:.1f} ms "
+                  f"(worst {st['worst_ratio']:.2f}x)", file=sys.stderr)
     if "none" in report:
         base = report["none"]["step_seconds"]
         report["ratio_to_none"] = {m: report[m]["step_seconds"] / base for m in b.methods}

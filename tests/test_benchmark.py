@@ -24,3 +24,5 @@ def test_benchmark_writes_report(tmp_path):
     assert report["ratio_to_none"]["none"] == 1.0
     assert report["ratio_to_none"]["gradmix"] == report["gradmix"]["step_seconds"] / report["none"]["step_seconds"]
     assert report["device"] and report["batch_size"] == 8
+    stall = report["gradmix"]["checkpoint_stall"]
+    assert len(stall["step_seconds_all"]) == 7 and stall["worst_ratio"] > 0
