@@ -153,27 +153,32 @@ def test_protocol_configs_validate(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("closed_set", [False, True])
-def test_cifar10_config_two_steps_with_mock_data(tmp_path, closed_set):
-    """configs/cifar10.py end to end (tiny overrides) on mock CIFAR10: writes results.json."""
+@pytest.mark.parametrize("name,closed_set", [("cifar10", False), ("cifar10", True), ("mnist", False),
+                                              ("cifar_plus10", False), ("tinyimagenet", False)])
+def test_protocol_config_two_steps_with_mock_data(tmp_path, name, closed_set):
+    """configs/<protocol>.py end to end (tiny overrides) on mock data: writes results.json."""
     import importlib.util
     from gradmix_jax import trainer
-    spec = importlib.util.spec_from_file_location("c10", os.path.join(ROOT, "configs", "cifar10.py"))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     c = module.get_config()
     c.num_steps, c.batch_size, c.model.width, c.model.feature_dim = 2, 16, 4, 8
     c.data.image_size, c.progress_bar, c.data.data_dir = 16, False, str(tmp_path)
     c.data.closed_set = closed_set
-    with tfds.testing.mock_data(num_examples=120):
+    if name == "tinyimagenet":  # the standard folder layout, 200 classes x 3 train / 1 val image
+        _write_tiny_imagenet(tmp_path, [f"n{i:08d}" for i in range(200)], per_class=3, val_per_class=1)
+        c.eval.k = 3
+    with tfds.testing.mock_data(num_examples=200):
         summary = trainer.train_and_evaluate(c, str(tmp_path / "run"))
     assert (tmp_path / "run" / "results.json").exists()
-    assert summary["protocol"] == "cifar10" and summary["num_steps"] == 2
+    assert summary["protocol"] == name and summary["num_steps"] == 2
     assert 0.0 <= summary["closed_set_accuracy"] <= 1.0
     if closed_set:
         assert summary["auroc"] is None and summary["known_classes"] == list(range(10))
     else:
-        assert summary["openness"] == pytest.approx(0.2254, abs=1e-4)
+        expected = {"cifar10": 0.2254, "mnist": 0.2254, "cifar_plus10": 0.4655, "tinyimagenet": 0.6838}
+        assert summary["openness"] == pytest.approx(expected[name], abs=1e-4)
         assert 0.0 <= summary["auroc"] <= 1.0
 
 
