@@ -17,8 +17,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.common import (SMOKE_OVERRIDES, apply_overrides, load_config,  # noqa: E402
-                                parse_overrides, run_cell, write_table)
+from experiments.common import (add_common_args, apply_overrides, load_config,  # noqa: E402
+                                overrides_from_args, run_cell, scale_note, write_table)
 
 PAPER_ACCURACY = {"cifar10": 0.941, "cifar100": 0.78, "tinyimagenet": 0.7246}
 CONFIG_OF = {"cifar10": "cifar10", "cifar100": "cifar10", "tinyimagenet": "tinyimagenet",
@@ -28,14 +28,12 @@ CONFIG_OF = {"cifar10": "cifar10", "cifar100": "cifar10", "tinyimagenet": "tinyi
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="cifar10,cifar100,tinyimagenet")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_common_args(parser)
     args = parser.parse_args(argv)
 
     from gradmix_jax import trainer
 
-    overrides = {**(SMOKE_OVERRIDES if args.smoke else {}), **parse_overrides(args.set)}
+    overrides = overrides_from_args(args)
     rows = []
     for dataset in args.datasets.split(","):
         if dataset not in CONFIG_OF:
@@ -50,12 +48,9 @@ def main(argv=None) -> int:
         print(f"{dataset}: accuracy {acc:.4f}", flush=True)
         paper = PAPER_ACCURACY.get(dataset)
         rows.append([dataset, f"{100 * acc:.2f}", f"{100 * paper:.2f}" if paper else "-"])
-    os.makedirs(args.out, exist_ok=True)
-    scale = "SMOKE scale (tiny model, 3 steps): not comparable to the paper" if args.smoke else "full configs"
     write_table(os.path.join(args.out, "table3"),
                 ["dataset", "accuracy % (ours, k-NN)", "accuracy % (paper, GradMix)"], rows,
-                "Table 3: closed-set classification", [f"Scale: {scale}.", f"Overrides: {overrides or 'none'}."])
-    print(open(os.path.join(args.out, "table3.md")).read())
+                "Table 3: closed-set classification", scale_note(args, overrides))
     return 0
 
 

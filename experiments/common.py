@@ -19,6 +19,24 @@ SMOKE_OVERRIDES = {"num_steps": 3, "batch_size": 32, "model.width": 4, "model.fe
                    "eval.batch_size": 256, "progress_bar": False}
 
 
+def add_common_args(parser) -> None:
+    """--out, --smoke and --set, shared by every runner."""
+    parser.add_argument("--out", required=True, help="output folder (tables, per-cell workdirs)")
+    parser.add_argument("--smoke", action="store_true", help="tiny overrides: minutes on a CPU")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field in every cell")
+
+
+def overrides_from_args(args) -> dict[str, Any]:
+    return {**(SMOKE_OVERRIDES if args.smoke else {}), **parse_overrides(args.set)}
+
+
+def scale_note(args, overrides) -> list[str]:
+    scale = ("SMOKE scale (tiny model, 3 steps): not comparable to the paper" if args.smoke
+             else "full configs")
+    return [f"Scale: {scale}.", f"Overrides: {overrides or 'none'}."]
+
+
 def load_config(name: str) -> ml_collections.ConfigDict:
     """``configs/<name>.py``'s get_config()."""
     path = os.path.join(ROOT, "configs", f"{name}.py")
@@ -84,8 +102,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def write_table(path_stem: str, header: list[str], rows: list[list[Any]], title: str,
                 notes: list[str] = ()) -> None:
-    """Writes ``<stem>.md`` (markdown) and ``<stem>.csv``."""
+    """Writes ``<stem>.md`` (markdown) and ``<stem>.csv`` and prints the markdown."""
     import csv
+    os.makedirs(os.path.dirname(path_stem) or ".", exist_ok=True)
     with open(path_stem + ".csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
@@ -96,3 +115,4 @@ def write_table(path_stem: str, header: list[str], rows: list[list[Any]], title:
         lines += [""] + [f"- {n}" for n in notes]
     with open(path_stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))

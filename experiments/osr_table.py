@@ -17,23 +17,22 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.common import (SMOKE_OVERRIDES, apply_overrides, load_config, mean_std,  # noqa: E402
-                                parse_overrides, parse_splits, run_cell, write_table)
+from experiments.common import (add_common_args, apply_overrides, load_config,  # noqa: E402
+                                mean_std, overrides_from_args, parse_splits, run_cell, scale_note,
+                                write_table)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protocols", default="mnist,svhn,cifar10,cifar_plus10,cifar_plus50,tinyimagenet")
     parser.add_argument("--splits", default="0-4")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_common_args(parser)
     args = parser.parse_args(argv)
 
     from gradmix_jax import trainer
     from gradmix_jax.config_base import PAPER_AUROC
 
-    overrides = {**(SMOKE_OVERRIDES if args.smoke else {}), **parse_overrides(args.set)}
+    overrides = overrides_from_args(args)
     rows = []
     for protocol in args.protocols.split(","):
         aurocs, accs = [], []
@@ -50,13 +49,10 @@ def main(argv=None) -> int:
         paper = PAPER_AUROC.get(protocol)
         rows.append([protocol, len(aurocs), f"{100 * m:.2f} ± {100 * s:.2f}", f"{100 * am:.2f}",
                      f"{100 * paper:.2f}" if paper is not None else "-"])
-    os.makedirs(args.out, exist_ok=True)
-    scale = "SMOKE scale (tiny model, 3 steps): not comparable to the paper" if args.smoke else "full configs"
     write_table(os.path.join(args.out, "table2"),
                 ["protocol", "splits", "AUROC % (ours, mean ± std)", "closed-set acc. % (ours)",
                  "AUROC % (paper, GradMix)"], rows, "Table 2: open-set AUROC",
-                [f"Scale: {scale}.", f"Overrides: {overrides or 'none'}."])
-    print(open(os.path.join(args.out, "table2.md")).read())
+                scale_note(args, overrides))
     return 0
 
 

@@ -61,6 +61,13 @@ def _conv_and_norm(dtype, train: bool):
     return conv, norm
 
 
+def _add_shortcut(x, y, strides: int, conv, norm):
+    """relu(y + shortcut(x)); the shortcut is a strided 1x1 conv + BN when the shapes differ."""
+    if x.shape != y.shape:
+        x = norm()(conv(y.shape[-1], (1, 1), (strides, strides))(x))
+    return nn.relu(y + x)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut. Output channels = filters."""
 
@@ -71,15 +78,11 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         conv, norm = _conv_and_norm(self.dtype, train)
-        residual = x
         y = conv(self.filters, (3, 3), (self.strides, self.strides), padding=1)(x)
         y = nn.relu(norm()(y))
         y = conv(self.filters, (3, 3), padding=1)(y)
         y = norm()(y)
-        if residual.shape != y.shape:
-            residual = conv(self.filters, (1, 1), (self.strides, self.strides))(residual)
-            residual = norm()(residual)
-        return nn.relu(y + residual)
+        return _add_shortcut(x, y, self.strides, conv, norm)
 
 
 class BottleneckBlock(nn.Module):
@@ -92,15 +95,11 @@ class BottleneckBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         conv, norm = _conv_and_norm(self.dtype, train)
-        residual = x
         y = nn.relu(norm()(conv(self.filters, (1, 1))(x)))
         y = conv(self.filters, (3, 3), (self.strides, self.strides), padding=1)(y)
         y = nn.relu(norm()(y))
         y = norm()(conv(self.filters * 4, (1, 1))(y))
-        if residual.shape != y.shape:
-            residual = conv(self.filters * 4, (1, 1), (self.strides, self.strides))(residual)
-            residual = norm()(residual)
-        return nn.relu(y + residual)
+        return _add_shortcut(x, y, self.strides, conv, norm)
 
 
 class ResNetEncoder(nn.Module):
