@@ -10,7 +10,7 @@ import datetime
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
@@ -27,6 +27,10 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        # Orbax and JAX log every save and backend probe at INFO; keep the terminal to the progress
+        # bar and results unless --verbosity asks for more.
+        logging.set_verbosity(logging.WARNING)
     from gradmix_jax import parallel, trainer  # imported late so --help stays fast
     from gradmix_jax.checkpoint import CheckpointError
     from gradmix_jax.data import DatasetNotPreparedError
