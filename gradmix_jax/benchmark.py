@@ -25,8 +25,8 @@ from ml_collections import config_flags
 
 from gradmix_jax import checkpoint, parallel
 from gradmix_jax.models import model_from_config
-from gradmix_jax.train_step import StepConfig, init_state, make_optimizer, make_train_step
-from gradmix_jax.trainer import augment_params, epoch_index_matrix, on_device_batches
+from gradmix_jax.train_step import StepConfig, make_optimizer
+from gradmix_jax.trainer import augment_params, build_jitted, epoch_index_matrix, steps_per_epoch_of
 from gradmix_jax.validation import validate_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/benchmark.py", "Benchmark config.",
@@ -49,16 +49,10 @@ def time_method(config, method: str, images: np.ndarray, labels: np.ndarray, mes
     model = model_from_config(c)
     tx, schedule = make_optimizer(c.learning_rate, c.min_learning_rate, 10_000)
     repl = parallel.replicated(mesh)
-    aug = augment_params(c)
-    state = jax.jit(lambda k: init_state(model, tx, k, (c.data.image_size, c.data.image_size,
-                                                         images.shape[-1])),
-                    out_shardings=repl)(jax.random.key(c.seed))
-    steps_per_epoch = len(images) // c.batch_size
-    rows_sharded = parallel.batch_sharded(mesh, axis=1)
-    step = jax.jit(on_device_batches(make_train_step(model, tx, aug, StepConfig.from_config(c), schedule),
-                                     steps_per_epoch),
-                   in_shardings=(repl, repl, repl, rows_sharded), out_shardings=(repl, repl),
-                   donate_argnums=(0,))
+    steps_per_epoch = steps_per_epoch_of(len(images), c.batch_size)
+    state, step, rows_sharded = build_jitted(
+        model, tx, augment_params(c), StepConfig.from_config(c), schedule, mesh, steps_per_epoch,
+        (c.data.image_size, c.data.image_size, images.shape[-1]), c.seed)
     dev_images = jax.device_put(images, repl)
     dev_labels = jax.device_put(labels, repl)
 

@@ -79,9 +79,14 @@ def augment_params(config) -> augment.AugmentParams:
         raise ConfigError(str(e).replace("AugmentParams.", "augment.", 1)) from None
 
 
+def steps_per_epoch_of(num_train: int, batch_size: int) -> int:
+    """Full batches per epoch; the last incomplete batch of an epoch is dropped."""
+    return max(num_train // batch_size, 1)
+
+
 def num_train_steps(config, num_train: int) -> tuple[int, int]:
-    """(total steps, steps per epoch); the last incomplete batch of an epoch is dropped."""
-    steps_per_epoch = max(num_train // config.batch_size, 1)
+    """(total steps, steps per epoch)."""
+    steps_per_epoch = steps_per_epoch_of(num_train, config.batch_size)
     total = config.num_steps if config.num_steps > 0 else config.num_epochs * steps_per_epoch
     return total, steps_per_epoch
 
@@ -99,16 +104,33 @@ def batch_indices(seed: int, step: int, num_train: int, batch_size: int) -> np.n
     A pure function of its arguments, so a resumed run draws exactly the batches of an
     uninterrupted one; each epoch's permutation is computed once (cached).
     """
-    steps_per_epoch = max(num_train // batch_size, 1)
-    epoch, pos = divmod(step, steps_per_epoch)
-    return _epoch_permutation(seed, epoch, num_train)[pos * batch_size:(pos + 1) * batch_size]
+    epoch, pos = divmod(step, steps_per_epoch_of(num_train, batch_size))
+    return epoch_index_matrix(seed, epoch, num_train, batch_size)[pos]
 
 
 def epoch_index_matrix(seed: int, epoch: int, num_train: int, batch_size: int) -> np.ndarray:
     """All batches of ``epoch`` as [steps_per_epoch, batch_size]; row r = batch_indices(epoch*spe + r)."""
-    steps_per_epoch = max(num_train // batch_size, 1)
+    steps_per_epoch = steps_per_epoch_of(num_train, batch_size)
     perm = _epoch_permutation(seed, epoch, num_train)
     return perm[:steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
+
+
+def build_jitted(model, tx, aug_params, step_cfg: StepConfig, schedule, mesh, steps_per_epoch: int,
+                 image_shape: tuple[int, int, int], seed: int):
+    """(initial state, jitted donated step) on ``mesh``: state replicated, index rows sharded.
+
+    The step is ``step(state, images, labels, epoch_indices [steps_per_epoch, batch])``.
+    Returns (state, step, rows_sharding).
+    """
+    repl = parallel.replicated(mesh)
+    rows_sharded = parallel.batch_sharded(mesh, axis=1)
+    state = jax.jit(lambda k: init_state(model, tx, k, image_shape), out_shardings=repl)(
+        jax.random.key(seed))
+    step = jax.jit(on_device_batches(make_train_step(model, tx, aug_params, step_cfg, schedule),
+                                     steps_per_epoch),
+                   in_shardings=(repl, repl, repl, rows_sharded), out_shardings=(repl, repl),
+                   donate_argnums=(0,))
+    return state, step, rows_sharded
 
 
 def on_device_batches(train_step, steps_per_epoch: int):
@@ -267,8 +289,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
 
     image_shape = (config.data.image_size, config.data.image_size, data.image_shape[-1])
-    state = jax.jit(lambda k: init_state(model, tx, k, image_shape), out_shardings=repl)(
-        jax.random.key(config.seed))
+    state, train_step, rows_sharded = build_jitted(model, tx, aug_params, step_cfg, schedule, mesh,
+                                                   steps_per_epoch, image_shape, config.seed)
     manager = checkpoint.make_manager(workdir, config.max_to_keep)
     restored = checkpoint.restore_latest(manager, state)
     if restored is not None:
@@ -276,11 +298,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         log.info("resumed from step %d", int(state.step))
     start_step = int(state.step)
 
-    rows_sharded = parallel.batch_sharded(mesh, axis=1)
-    train_step = jax.jit(on_device_batches(make_train_step(model, tx, aug_params, step_cfg, schedule),
-                                           steps_per_epoch),
-                         in_shardings=(repl, repl, repl, rows_sharded), out_shardings=(repl, repl),
-                         donate_argnums=(0,))
     images = parallel.replicate(data.train_images, repl)
     labels = parallel.replicate(data.train_labels.astype(np.int32), repl)
 
