@@ -18,8 +18,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.learning_rate = 1e-3  # Adam, cosine to min_learning_rate (paper App. D.2)
     c.min_learning_rate = 5.12e-5
     c.warmup_steps = 0
+    # supcon_ssl (paper) | supcon | ce | ce_ssl (classifier head) | simclr | moco (self-supervised)
     c.objective = "supcon_ssl"
-    c.supcon_weight = 1.0  # θ
+    c.supcon_weight = 1.0  # θ: weight of the supervised term (SupCon, or CE for ce/ce_ssl)
     c.simclr_weight = 1.0  # λ
     c.temperature = 0.05
 
@@ -70,10 +71,15 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.gradmix.loss_weight = "area"  # area = masked fraction (paper) | kept (authors') | one
     c.gradmix.exact = False  # True: recompute view 2 beside the mixed view (authors' code)
 
+    c.moco = ml_collections.ConfigDict()  # objective='moco' only (MoCo v1, paper App. G)
+    c.moco.queue_size = 4096
+    c.moco.momentum = 0.999  # key encoder = EMA of the query encoder
+
     c.eval = ml_collections.ConfigDict()
     c.eval.k = 3
     c.eval.features = "encoder"  # encoder (pooled backbone) | projection (normalised z)
     c.eval.batch_size = 512
+    c.eval.id_samples = 5000  # training features used for the TwoNN intrinsic dimension (0 = skip)
 
     c.log_every_steps = 50
     c.checkpoint_every_steps = 1000

@@ -1,4 +1,4 @@
-"""Training losses: supervised contrastive (SupCon), SimCLR (NT-Xent) and cross-entropy.
+"""Training losses: supervised contrastive (SupCon), SimCLR (NT-Xent), MoCo (InfoNCE) and cross-entropy.
 
 All functions are pure and work under ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
 
@@ -111,6 +111,38 @@ def simclr_loss(
     """
     return supcon_loss(features, None, temperature=temperature, reduction=reduction,
                        axis_name=axis_name)
+
+
+def moco_loss(
+    queries: jax.Array, keys: jax.Array, queue: jax.Array, temperature: float = 0.07,
+    reduction: str = "mean", axis_name: str | None = None,
+) -> jax.Array:
+    """MoCo (He et al. 2020) InfoNCE: each query's positive is its own key, negatives the queue.
+
+    ``logits_i = [q_i·k_i, q_i·queue_1, ..., q_i·queue_K] / T``; loss_i = cross-entropy with target 0.
+
+    Args:
+      queries: [N, D] L2-normalised query embeddings (gradients flow through these).
+      keys: [N, D] L2-normalised key embeddings (from the momentum encoder; treat as constants:
+        this function does not stop their gradient, the caller decides).
+      queue: [K, D] L2-normalised negatives from earlier batches.
+      temperature: softmax temperature (MoCo v1: 0.07).
+      reduction: 'mean' -> scalar; 'none' -> [N].
+      axis_name: inside pmap/shard_map, 'mean' is ``pmean``-ed over this axis (the positives are
+        per-sample and the queue is replicated, so no gathering is needed).
+    """
+    _check_reduction(reduction)
+    if queries.ndim != 2 or keys.shape != queries.shape or queue.ndim != 2 \
+            or queue.shape[1] != queries.shape[1]:
+        raise ValueError(f"queries and keys must be [N, D] and queue [K, D]; got {queries.shape}, "
+                         f"{keys.shape}, {queue.shape}")
+    positive = jnp.sum(queries * keys, axis=-1, keepdims=True)  # [N, 1]
+    negative = queries @ queue.T  # [N, K]
+    logits = jnp.concatenate([positive, negative], axis=1) / temperature
+    loss = jax.nn.logsumexp(logits, axis=1) - logits[:, 0]
+    if reduction == "none":
+        return loss
+    return loss.mean() if axis_name is None else jax.lax.pmean(loss.mean(), axis_name)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, reduction: str = "mean") -> jax.Array:

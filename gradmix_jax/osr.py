@@ -199,3 +199,57 @@ def _class_mean_scores(
     predictions = jnp.argmin(sq_dist, axis=-1).astype(jnp.int32)
     scores = -jnp.sqrt(sq_dist.min(axis=-1))
     return scores, predictions
+
+
+def mahalanobis_scores(
+    train_features: jax.Array,
+    train_labels: jax.Array,
+    test_features: jax.Array,
+    num_classes: int,
+    ridge: float = 1e-6,
+) -> tuple[jax.Array, jax.Array]:
+    """NNO as in the paper's Appendix A: Mahalanobis distance to the closest class mean.
+
+    Class means and ONE shared (tied) covariance of the raw training features around their class
+    means (Lee et al. 2018); the precision is the inverse of ``cov + ridge * mean(diag(cov)) * I``
+    (the ridge keeps rank-deficient covariances, e.g. ReLU features with dead units, invertible).
+
+    Args:
+      train_features: [N, D]; train_labels: int [N] in [0, C); test_features: [T, D].
+      num_classes: C, static.
+      ridge: relative diagonal loading, >= 0.
+    Returns:
+      (scores [T] = -distance to the closest class mean (higher = known),
+       predictions [T] int32 = index of that class).
+    """
+    _check_positive_int("num_classes", num_classes)
+    if not ridge >= 0:
+        raise ValueError(f"ridge must be >= 0, got {ridge}")
+    counts = _concrete_class_counts(train_labels, num_classes)
+    if counts is not None and counts.min() < 1:
+        raise ValueError(
+            f"train_labels must contain every class in [0, num_classes={num_classes}); "
+            f"class {int(counts.argmin())} is empty"
+        )
+    return _mahalanobis_scores(jnp.asarray(train_features, jnp.float32), jnp.asarray(train_labels),
+                               jnp.asarray(test_features, jnp.float32), num_classes=num_classes,
+                               ridge=ridge)
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes",))
+def _mahalanobis_scores(train_features, train_labels, test_features, num_classes, ridge):
+    labels = train_labels.astype(jnp.int32)
+    counts = jnp.bincount(labels, length=num_classes)
+    means = jax.ops.segment_sum(train_features, labels, num_segments=num_classes)
+    means = means / jnp.maximum(counts, 1)[:, None]  # [C, D]
+    centred = train_features - means[labels]
+    cov = centred.T @ centred / train_features.shape[0]  # [D, D]
+    dim = cov.shape[0]
+    cov = cov + ridge * jnp.trace(cov) / dim * jnp.eye(dim, dtype=cov.dtype)
+    precision = jnp.linalg.inv(cov)
+    # (t - m)^T P (t - m) = t P t + m P m - 2 t P m, without a [T, C, D] tensor.
+    tp = test_features @ precision
+    sq = (jnp.sum(tp * test_features, axis=1, keepdims=True)
+          + jnp.sum((means @ precision) * means, axis=1)[None, :] - 2.0 * tp @ means.T)
+    sq = jnp.where(counts[None, :] > 0, jnp.maximum(sq, 0.0), jnp.inf)  # [T, C]
+    return -jnp.sqrt(sq.min(axis=1)), jnp.argmin(sq, axis=1).astype(jnp.int32)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from gradmix_jax import augment, checkpoint, metrics, osr, parallel
 from gradmix_jax.data import OpenSetData, load_closed_set, load_openset, openness
 from gradmix_jax.models import model_from_config
-from gradmix_jax.train_step import (StepConfig, TrainState, init_state, make_feature_fn,
+from gradmix_jax.train_step import (StepConfig, TrainState, init_state, make_eval_fn,
                                     make_optimizer, make_train_step)
 from gradmix_jax.validation import ConfigError, validate_config, validate_data_dependent
 
@@ -124,7 +124,7 @@ def build_jitted(model, tx, aug_params, step_cfg: StepConfig, schedule, mesh, st
     """
     repl = parallel.replicated(mesh)
     rows_sharded = parallel.batch_sharded(mesh, axis=1)
-    state = jax.jit(lambda k: init_state(model, tx, k, image_shape), out_shardings=repl)(
+    state = jax.jit(lambda k: init_state(model, tx, k, image_shape, step_cfg), out_shardings=repl)(
         jax.random.key(seed))
     step = jax.jit(on_device_batches(make_train_step(model, tx, aug_params, step_cfg, schedule),
                                      steps_per_epoch),
@@ -148,8 +148,12 @@ def on_device_batches(train_step, steps_per_epoch: int):
 
 
 def extract_features(feature_fn, state: TrainState, images: np.ndarray, batch_size: int,
-                     mesh) -> np.ndarray:
-    """Features of ``images`` in fixed-size (padded) batches: one compilation for any length."""
+                     mesh):
+    """``feature_fn`` on ``images`` in fixed-size (padded) batches: one compilation for any length.
+
+    ``feature_fn(params, batch_stats, images)`` returns an array or a dict of arrays (batch-major);
+    the result has the same structure as NumPy.
+    """
     n = len(images)
     batch_size = min(batch_size, max(n, 1))
     batch_size += (-batch_size) % mesh.size  # every device (and process) gets an equal share
@@ -160,25 +164,49 @@ def extract_features(feature_fn, state: TrainState, images: np.ndarray, batch_si
         if pad:
             chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
         chunk = parallel.global_batch_array(chunk, parallel.batch_sharded(mesh))
-        out.append(parallel.to_host(feature_fn(state.params, state.batch_stats, chunk))[:len(chunk) - pad])
-    return np.concatenate(out)
+        outputs = feature_fn(state.params, state.batch_stats, chunk)
+        out.append(jax.tree.map(lambda a: parallel.to_host(a)[:len(chunk) - pad], outputs))
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *out)
 
 
-def evaluate(feature_fn, state: TrainState, data: OpenSetData, config, mesh) -> dict[str, float]:
-    """k-NN open-set evaluation (Algorithm 1) on the known train split and the whole test split."""
-    train_f = extract_features(feature_fn, state, data.train_images, config.eval.batch_size, mesh)
-    test_f = extract_features(feature_fn, state, data.test_images, config.eval.batch_size, mesh)
+def evaluate(eval_fn, state: TrainState, data: OpenSetData, config, mesh) -> dict[str, Any]:
+    """Open-set evaluation on the known train split and the whole test split.
+
+    'auroc' / 'closed_set_accuracy' / 'oscr' use the k-NN rule (Algorithm 1), the paper's method.
+    Beside it (Table 1): 'auroc_nno' (Mahalanobis distance to the closest class mean, App. A) for
+    every model, 'auroc_msp' / 'auroc_entropy' (and 'closed_set_accuracy_logits') for models with
+    a classifier head (else None), and 'intrinsic_dimension' (TwoNN on up to eval.id_samples
+    training features).
+    """
+    train = extract_features(eval_fn, state, data.train_images, config.eval.batch_size, mesh)
+    test = extract_features(eval_fn, state, data.test_images, config.eval.batch_size, mesh)
+    train_f, test_f = train["features"], test["features"]
     scores, preds = osr.knn_scores(jnp.asarray(train_f), jnp.asarray(data.train_labels),
                                    jnp.asarray(test_f), data.num_known, k=config.eval.k)
     scores, preds = np.asarray(scores), np.asarray(preds)
     known = data.test_is_known
-    results = {"closed_set_accuracy": float(metrics.closed_set_accuracy(preds[known],
-                                                                        data.test_labels[known])),
-               "auroc": None, "oscr": None}  # closed-set data has no unknown test samples
-    if (~known).any():
+    y_known = data.test_labels[known]
+    results = {"closed_set_accuracy": float(metrics.closed_set_accuracy(preds[known], y_known)),
+               "auroc": None, "oscr": None, "auroc_nno": None, "auroc_msp": None,
+               "auroc_entropy": None, "closed_set_accuracy_logits": None}
+    other_scores = {"nno": np.asarray(osr.mahalanobis_scores(train_f, data.train_labels, test_f,
+                                                             data.num_known)[0])}
+    if "logits" in test:
+        logits = jnp.asarray(test["logits"])
+        other_scores["msp"] = np.asarray(osr.msp_score(logits))
+        other_scores["entropy"] = np.asarray(osr.entropy_score(logits))
+        results["closed_set_accuracy_logits"] = float(metrics.closed_set_accuracy(
+            np.argmax(test["logits"][known], axis=1), y_known))
+    if (~known).any():  # closed-set data has no unknown test samples
         results["auroc"] = float(metrics.auroc(scores[known], scores[~known]))
-        results["oscr"] = float(metrics.oscr(scores[known], preds[known] == data.test_labels[known],
-                                             scores[~known]))
+        results["oscr"] = float(metrics.oscr(scores[known], preds[known] == y_known, scores[~known]))
+        for name, s in other_scores.items():
+            results[f"auroc_{name}"] = float(metrics.auroc(s[known], s[~known]))
+    results["intrinsic_dimension"] = None
+    if config.eval.id_samples:
+        # A fixed subset keeps TwoNN's O(n^2) distances affordable on 30k+ training images.
+        take = np.random.default_rng(0).permutation(len(train_f))[:config.eval.id_samples]
+        results["intrinsic_dimension"] = metrics.intrinsic_dimension(train_f[np.sort(take)])
     return results
 
 
@@ -282,7 +310,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     os.makedirs(workdir, exist_ok=True)
 
     total_steps, steps_per_epoch = num_train_steps(config, len(data.train_images))
-    model = model_from_config(config)
+    model = model_from_config(config, num_classes=data.num_known if config.objective in ("ce", "ce_ssl")
+                              else 0)
     tx, schedule = make_optimizer(config.learning_rate, config.min_learning_rate, total_steps,
                                   config.warmup_steps)
     step_cfg = StepConfig.from_config(config)
@@ -315,9 +344,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_seconds = time.perf_counter() - t_first if t_first is not None else 0.0
 
     t_eval = time.perf_counter()
-    feature_fn = jax.jit(make_feature_fn(model, aug_params.out_size, config.eval.features),
-                         in_shardings=(repl, repl, sharded))
-    results = evaluate(feature_fn, state, data, config, mesh)
+    eval_fn = jax.jit(make_eval_fn(model, aug_params.out_size, config.eval.features),
+                      in_shardings=(repl, repl, sharded))
+    results = evaluate(eval_fn, state, data, config, mesh)
     eval_seconds = time.perf_counter() - t_eval
     steps_timed = total_steps - start_step - 1
     summary: dict[str, Any] = {
@@ -338,6 +367,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "unknown_classes": list(data.unknown_classes),
         "openness": openness(len(data.known_classes), len(data.unknown_classes)),
         "num_train_images": int(len(data.train_images)),
+        "image_shape": list(image_shape),
+        "num_classes": int(model.num_classes),
         "num_test_known": int(data.test_is_known.sum()),
         "num_test_unknown": int((~data.test_is_known).sum()),
         "device": jax.devices()[0].device_kind,

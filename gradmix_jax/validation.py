@@ -8,7 +8,6 @@ from gradmix_jax.data.protocols import (CLOSED_SET_CLASSES, PROTOCOLS, check_spl
                                         resolve_known_classes)
 from gradmix_jax.models import ARCHITECTURES, DTYPES, STEMS, validate_taps
 
-OBJECTIVES_IMPLEMENTED = ("supcon_ssl", "supcon", "simclr")
 OBJECTIVES = ("ce", "ce_ssl", "supcon", "supcon_ssl", "simclr", "moco")
 MIXING_METHODS = ("none", "gradmix", "cutmix", "mixup")
 CHOICES: dict[str, tuple[Any, ...]] = {
@@ -48,9 +47,12 @@ def validate_config(config, num_devices: int = 1) -> None:
             raise ConfigError(f"{field} must be one of {list(allowed)}, got {value!r}")
     if config.objective not in OBJECTIVES:
         raise ConfigError(f"objective must be one of {list(OBJECTIVES)}, got {config.objective!r}")
-    if config.objective not in OBJECTIVES_IMPLEMENTED:
-        raise ConfigError(f"objective={config.objective!r} is not implemented in this version; "
-                          f"allowed: {list(OBJECTIVES_IMPLEMENTED)}")
+    if config.objective == "moco":
+        if not config.moco.queue_size >= config.batch_size:
+            raise ConfigError(f"moco.queue_size must be >= batch_size ({config.batch_size}), "
+                              f"got {config.moco.queue_size}")
+        if not 0 <= config.moco.momentum < 1:
+            raise ConfigError(f"moco.momentum must be in [0, 1), got {config.moco.momentum}")
     if config.data.closed_set:
         if config.data.protocol not in CLOSED_SET_CLASSES:
             raise ConfigError(f"data.protocol must be one of {list(CLOSED_SET_CLASSES)} when "
@@ -82,6 +84,8 @@ def validate_config(config, num_devices: int = 1) -> None:
     for field, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{field} must be > 0, got {value!r}")
+    if not (config.eval.id_samples == 0 or config.eval.id_samples >= 3):
+        raise ConfigError(f"eval.id_samples must be 0 (skip) or >= 3, got {config.eval.id_samples}")
     if config.num_steps < 0 or config.num_epochs < 0 or (config.num_steps == 0 and config.num_epochs == 0):
         raise ConfigError("num_steps (> 0) or num_epochs (> 0) must give a positive training length, "
                           f"got num_steps={config.num_steps}, num_epochs={config.num_epochs}")

@@ -118,3 +118,27 @@ def test_class_mean_scores_matches_loop():
     np.testing.assert_array_equal(np.asarray(preds), exp_preds)
     with pytest.raises(ValueError, match="class 3 is empty"):
         class_mean_scores(train, labels, test, num_classes=4)
+
+
+def test_mahalanobis_scores_match_scipy():
+    """NNO (App. A): distance to the closest class mean under the tied covariance, vs scipy."""
+    from scipy.spatial.distance import mahalanobis
+
+    rng = np.random.default_rng(3)
+    num_classes, dim = 3, 4
+    labels = np.repeat(np.arange(num_classes), 20)
+    train = rng.normal(size=(60, dim)) * [1.0, 3.0, 0.5, 2.0] + labels[:, None] * 2.0
+    test = rng.normal(size=(7, dim)) * 2.0
+    means = np.stack([train[labels == c].mean(0) for c in range(num_classes)])
+    # Tied covariance (MLE), computed independently: sum of per-class scatter matrices / N.
+    scatter = sum(np.cov(train[labels == c].T, bias=True) * (labels == c).sum()
+                  for c in range(num_classes)) / len(train)
+    vi = np.linalg.inv(scatter)
+    dists = np.array([[mahalanobis(t, m, vi) for m in means] for t in test])
+    from gradmix_jax.osr import mahalanobis_scores
+    scores, preds = jax.jit(mahalanobis_scores, static_argnames=("num_classes", "ridge"))(
+        train, labels, test, num_classes=num_classes, ridge=0.0)
+    np.testing.assert_allclose(scores, -dists.min(1), rtol=1e-4)
+    np.testing.assert_array_equal(preds, dists.argmin(1))
+    with pytest.raises(ValueError, match="class 2 is empty"):
+        mahalanobis_scores(train[:40], labels[:40], test, num_classes=3)

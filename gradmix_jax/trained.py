@@ -1,0 +1,121 @@
+"""A finished run as a Python object: ``load_trained(workdir)`` -> model, weights and helpers.
+
+The experiment scripts train cells with ``trainer.train_and_evaluate`` and then evaluate the
+trained encoders further (OOD sets, corruptions, linear probes, attribution maps). This module
+rebuilds the run's model from ``<workdir>/results.json`` and restores the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from gradmix_jax import augment, checkpoint, parallel
+from gradmix_jax.models import ContrastiveResNet, model_from_config
+from gradmix_jax.train_step import StepConfig, TrainState, init_state, make_eval_fn, make_optimizer
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """A trained ContrastiveResNet with its run's config.
+
+    ``variables = {'params', 'batch_stats'}``; ``known_classes`` are the source-dataset class ids
+    in label order (label i = known_classes[i]).
+    """
+
+    model: ContrastiveResNet
+    variables: dict[str, Any]
+    config: ml_collections.ConfigDict
+    known_classes: tuple[int, ...]
+    step: int
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (self.config.data.image_size, self.config.data.image_size)
+
+    def preprocess(self, images: np.ndarray) -> jax.Array:
+        """uint8 [N, H, W, C] -> float32 [N, S, S, C] in [0, 1] (the evaluation transform)."""
+        return augment.eval_transform(images, self.image_size)
+
+    def _outputs(self, images: np.ndarray, which: str, batch_size: int) -> dict[str, np.ndarray]:
+        if which not in ("encoder", "projection"):
+            raise ValueError(f"which must be one of ['encoder', 'projection'], got {which!r}")
+        fn = _eval_fn(self.model, self.image_size, which)
+        out = []
+        for start in range(0, len(images), batch_size):
+            chunk = np.asarray(images[start:start + batch_size])
+            pad = batch_size - len(chunk)
+            if pad:  # fixed shapes: one compilation for any number of images
+                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+            o = fn(self.variables["params"], self.variables["batch_stats"], chunk)
+            out.append({k: np.asarray(v)[:batch_size - pad] for k, v in o.items()})
+        return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
+
+    def features(self, images: np.ndarray, which: str = "encoder", batch_size: int = 256
+                 ) -> np.ndarray:
+        """Eval-mode features of uint8 images [N, H, W, C] -> [N, D] (encoder or projection z)."""
+        return self._outputs(images, which, min(batch_size, max(len(images), 1)))["features"]
+
+    def logits(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Classifier logits [N, C] of uint8 images (ce / ce_ssl models only)."""
+        if self.model.num_classes == 0:
+            raise ValueError(f"objective={self.config.objective!r} has no classifier head; "
+                             "logits exist for objective in ['ce', 'ce_ssl']")
+        return self._outputs(images, "encoder", min(batch_size, max(len(images), 1)))["logits"]
+
+
+_EVAL_FNS: dict = {}
+
+
+def _eval_fn(model, size, which):
+    key = (model, size, which)
+    if key not in _EVAL_FNS:
+        _EVAL_FNS[key] = jax.jit(make_eval_fn(model, size, which))
+    return _EVAL_FNS[key]
+
+
+def load_trained(workdir: str) -> TrainedModel:
+    """The model of a finished (or checkpointed) run in ``workdir``.
+
+    Needs ``<workdir>/results.json`` (written at the end of ``train_and_evaluate``) and
+    ``<workdir>/checkpoints``. Raises FileNotFoundError if either is missing and
+    ``checkpoint.CheckpointError`` if the checkpoint does not fit the recorded config.
+    """
+    path = os.path.join(workdir, "results.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: train first (python -m gradmix_jax.train "
+                                f"--workdir {workdir} ...)")
+    with open(path) as f:
+        results = json.load(f)
+    config = ml_collections.ConfigDict(results["config"])
+    if "image_shape" not in results:
+        raise ValueError(f"{path} predates image_shape in results.json; retrain the run")
+    image_shape = tuple(results["image_shape"])
+    model = model_from_config(config, num_classes=int(results.get("num_classes", 0)))
+    tx, _ = make_optimizer(config.learning_rate, config.min_learning_rate, max(results["num_steps"], 1),
+                           config.warmup_steps)
+    cfg = StepConfig.from_config(config)
+    # Abstract state (no compute) in the layout the run saved, placed on this process's device.
+    abstract = jax.eval_shape(lambda k: init_state(model, tx, k, image_shape, cfg), jax.random.key(0))
+    sharding = parallel.replicated(parallel.make_mesh(jax.local_devices()[:1]))
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                            abstract)
+    manager = checkpoint.make_manager(workdir, config.max_to_keep)
+    try:
+        if manager.latest_step() is None:
+            raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+        state: TrainState = checkpoint.restore_latest(manager, abstract)
+    finally:
+        manager.close()
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    return TrainedModel(model=model, variables=variables, config=config,
+                        known_classes=tuple(results["known_classes"]), step=int(state.step))
+
+
+__all__ = ["TrainedModel", "load_trained"]
