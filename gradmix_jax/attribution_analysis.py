@@ -92,7 +92,8 @@ def _check_images(images) -> None:
 
 
 def _check_temperature(temperature: float) -> None:
-    if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
+    is_number = isinstance(temperature, (int, float, np.integer, np.floating))
+    if not (is_number and temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be a finite float > 0, got {temperature!r}")
 
 
@@ -442,7 +443,7 @@ def save_activated_fraction_plot(path: str, thresholds, curves_by_model: Mapping
             raise ValueError(f"curves_by_model[{name!r}] must have shape {thresholds.shape}, "
                              f"got {np.shape(curve)}")
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, ax = plt.subplots(figsize=(6, 4))
     for name, curve in curves_by_model.items():
         ax.plot(thresholds, curve, marker="o", label=name)
     ax.set_xscale("log")
@@ -451,7 +452,7 @@ def save_activated_fraction_plot(path: str, thresholds, curves_by_model: Mapping
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -205,6 +205,7 @@ def _run(script, out, *extra):
     return time.time() - start
 
 
+@pytest.mark.slow  # ~60-80 s on a 2-core CPU: fig7 trains two smoke cells, fig8 reuses them (~10 s)
 def test_fig7_and_fig8_smoke_share_their_cells(tmp_path):
     _run("fig7_attribution_maps.py", tmp_path, "--num_images", "4")
     stem = tmp_path / "fig7_digits_split0"
