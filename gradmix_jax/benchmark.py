@@ -4,14 +4,20 @@
 
 For each method: compile time, then the median wall time of ``timed_steps`` steps (each waited
 for with ``block_until_ready``) after ``warmup_steps``; images/s = batch / median; FLOPs per step
-from XLA's cost analysis of the compiled step. ``gradmix_exact`` is GradMix with
+(XLA's cost analysis of the lowered step, and the analytic model FLOPs, see ``gradmix_jax.flops``)
+and the MFU of each against the device's peak. ``gradmix_exact`` is GradMix with
 ``gradmix.exact=True``. Ratios are against ``none`` measured in the same run.
+
+``bench.grid`` (e.g. ``('float32/256/32', 'bfloat16/1024/64')``: dtype/batch/image size) runs
+several settings in one process; ``bench.profile_dir`` writes a ``jax.profiler`` trace of a few
+GradMix steps and the compiled step's HLO text with op counts.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -23,7 +29,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from gradmix_jax import checkpoint, parallel
+from gradmix_jax import checkpoint, flops, parallel
 from gradmix_jax.models import model_from_config
 from gradmix_jax.train_step import StepConfig, make_optimizer
 from gradmix_jax.trainer import augment_params, build_jitted, epoch_index_matrix, steps_per_epoch_of
@@ -62,11 +68,9 @@ def time_method(config, method: str, images: np.ndarray, labels: np.ndarray, mes
                                                  c.batch_size), rows_sharded)
 
     t0 = time.perf_counter()
-    compiled = step.lower(state, dev_images, dev_labels, indices(0)).compile()
+    lowered = step.lower(state, dev_images, dev_labels, indices(0))
+    compiled = lowered.compile()
     compile_seconds = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
 
     times, host_times = [], []
     idx = None
@@ -82,13 +86,43 @@ def time_method(config, method: str, images: np.ndarray, labels: np.ndarray, mes
             times.append(t2 - t1)
             host_times.append(t1 - t0)
     median = statistics.median(times)
+    xla = flops.xla_flops(lowered)
+    analytic = flops.model_step_flops(c, method, images.shape[-1])
     result = {"step_seconds": median, "images_per_second": c.batch_size / median,
               "step_seconds_all": times, "compile_seconds": compile_seconds,
-              "flops_per_step": flops, "host_data_seconds": statistics.fmean(host_times),
-              "final_loss": float(m["loss"])}
+              "xla_flops_per_step": xla, "model_flops_per_step": analytic,
+              "xla_flop_rate": xla / median, "model_flop_rate": analytic / median,
+              "host_data_seconds": statistics.fmean(host_times), "final_loss": float(m["loss"])}
     if b.checkpoint_stall and method == "gradmix":
         result["checkpoint_stall"] = checkpoint_stall(compiled, state, dev_images, dev_labels, idx)
+    if b.profile_dir and method == "gradmix":
+        setting = f"{c.model.dtype}_b{c.batch_size}_s{c.data.image_size}"
+        result["profile"] = profile_step(compiled, state, dev_images, dev_labels, idx,
+                                         os.path.join(b.profile_dir, setting))
     return result
+
+
+def hlo_op_counts(hlo_text: str) -> dict[str, int]:
+    """How often the ops that cost time without doing model math appear in compiled HLO text."""
+    import re
+    ops = re.findall(r"=\s*[^\s]+\s+([a-z][a-z0-9-]*)\(", hlo_text)
+    kinds = ("convolution", "custom-call", "dot", "transpose", "copy", "fusion", "all-reduce",
+             "all-gather", "while", "sort", "scatter", "gather")
+    return {k: sum(op == k for op in ops) for k in kinds}
+
+
+def profile_step(compiled, state, images, labels, idx, directory: str, steps: int = 3):
+    """A ``jax.profiler`` trace of ``steps`` steps (view in TensorBoard/Perfetto) and the compiled
+    step's HLO in ``directory``; returns the HLO op counts."""
+    os.makedirs(directory, exist_ok=True)
+    text = compiled.as_text()
+    with open(os.path.join(directory, "train_step_gradmix.hlo.txt"), "w") as f:
+        f.write(text)
+    with jax.profiler.trace(directory):
+        for _ in range(steps):
+            state, m = compiled(state, images, labels, idx)
+        jax.block_until_ready((state, m))
+    return {"dir": directory, "hlo_op_counts": hlo_op_counts(text)}
 
 
 def checkpoint_stall(compiled, state, images, labels, idx, steps: int = 12,
@@ -118,7 +152,35 @@ def checkpoint_stall(compiled, state, images, labels, idx, steps: int = 12,
             "worst_ratio": max(s["ratio"] for s in saves), "step_seconds_all": times}
 
 
+def _grid_configs(config):
+    """The config once per ``bench.grid`` entry 'dtype/batch/size' (or as given if empty)."""
+    if not config.bench.grid:
+        return [config]
+    out = []
+    for entry in config.bench.grid:
+        try:
+            dtype, batch, size = entry.split("/")
+            c = copy.deepcopy(config)
+            with c.unlocked():
+                c.model.dtype, c.batch_size, c.data.image_size = dtype, int(batch), int(size)
+        except ValueError:
+            raise SystemExit(f"error: bench.grid entries must be 'dtype/batch/size', got {entry!r}")
+        out.append(c)
+    return out
+
+
 def run_benchmark(config) -> dict[str, Any]:
+    """One report (see ``run_setting``) or, with ``bench.grid``, {'runs': [report per setting]}."""
+    configs = _grid_configs(config)
+    for c in configs:
+        validate_config(c, parallel.make_mesh().size)
+    if len(configs) == 1 and not config.bench.grid:
+        return run_setting(configs[0])
+    return {"runs": [run_setting(c) for c in configs]}
+
+
+def run_setting(config) -> dict[str, Any]:
+    """Per method timings, FLOPs and MFU for one (dtype, batch, image size)."""
     mesh = parallel.make_mesh()
     b = config.bench
     rng = np.random.default_rng(config.seed)
@@ -140,12 +202,22 @@ def run_benchmark(config) -> dict[str, Any]:
     if "none" in report:
         base = report["none"]["step_seconds"]
         report["ratio_to_none"] = {m: report[m]["step_seconds"] / base for m in b.methods}
+    dtype = str(model_from_config(config).dtype)
+    peak, source = flops.peak_flops(jax.devices()[0].device_kind, dtype, b.peak_tflops)
+    report["peak_flops_per_device"], report["peak_source"] = peak, source
+    for method in b.methods:
+        r = report[method]
+        r["mfu_xla"] = r["xla_flop_rate"] / (peak * mesh.size)
+        r["mfu_model"] = r["model_flop_rate"] / (peak * mesh.size)
+        print(f"{method:14s} MFU {100 * r['mfu_model']:.1f}% (model FLOPs), "
+              f"{100 * r['mfu_xla']:.1f}% (XLA FLOPs) of {peak / 1e12:.2f} TFLOP/s ({source})",
+              file=sys.stderr)
     report["device"] = jax.devices()[0].device_kind
     report["platform"] = jax.devices()[0].platform
     report["num_devices"] = mesh.size
     report["batch_size"] = config.batch_size
     report["model"] = {"name": config.model.name, "width": config.model.width,
-                       "image_size": size, "dtype": str(model_from_config(config).dtype)}
+                       "image_size": size, "dtype": dtype}
     report["jax_version"] = jax.__version__
     return report
 

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+from gradmix_jax import flops
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -24,5 +26,37 @@ def test_benchmark_writes_report(tmp_path):
     assert report["ratio_to_none"]["none"] == 1.0
     assert report["ratio_to_none"]["gradmix"] == report["gradmix"]["step_seconds"] / report["none"]["step_seconds"]
     assert report["device"] and report["batch_size"] == 8
+    assert report["peak_flops_per_device"] > 0 and report["peak_source"]
+    for method, images_trained in (("none", 2), ("gradmix", 3)):
+        r = report[method]
+        # Analytic model FLOPs: 3 x forward FLOPs per trained image (2N clean, +N mixed).
+        assert r["model_flops_per_step"] == 3 * images_trained * 8 * flops.forward_flops(
+            "resnet18", 4, 16, 3, "cifar", 128)
+        assert r["xla_flops_per_step"] > r["model_flops_per_step"] / 2
+        assert r["mfu_model"] == r["model_flops_per_step"] / r["step_seconds"] / report["peak_flops_per_device"]
+        assert 0 < r["mfu_xla"] < 1
     stall = report["gradmix"]["checkpoint_stall"]
     assert len(stall["step_seconds_all"]) == 12 and len(stall["saves"]) == 2 and stall["worst_ratio"] > 0
+
+
+def test_grid_and_hlo_op_counts():
+    from gradmix_jax import benchmark
+    from gradmix_jax.trainer import augment_params  # noqa: F401  (import order as the CLI)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_cfg", os.path.join(ROOT, "configs", "benchmark.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.bench.grid = ("bfloat16/64/16", "float32/8/32")
+    got = [(c.model.dtype, c.batch_size, c.data.image_size) for c in benchmark._grid_configs(config)]
+    assert got == [("bfloat16", 64, 16), ("float32", 8, 32)]
+    config.bench.grid = ("float32-8-32",)
+    import pytest
+    with pytest.raises(SystemExit, match="dtype/batch/size"):
+        benchmark._grid_configs(config)
+    hlo = ("%a = f32[2,3]{1,0} transpose(%p), dimensions={1,0}\n"
+           "%b = f32[2,3]{1,0} copy(%a)\n  ROOT %c = f32[2,2]{1,0} dot(%b, %a)\n"
+           "%d = f32[2,3]{1,0} transpose(%b)\n")
+    counts = benchmark.hlo_op_counts(hlo)
+    assert counts["transpose"] == 2 and counts["copy"] == 1 and counts["dot"] == 1
+    assert counts["convolution"] == 0
