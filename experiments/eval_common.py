@@ -1,0 +1,87 @@
+"""Shared pieces of the evaluation runners (Tables 4-6): train-or-reuse a cell, load the trained
+model, the cell's data, and evaluation results cached as JSON next to the cell's results.json."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+from experiments.common import run_cell
+
+TrainFn = Callable[[Any, str], dict]
+LoadFn = Callable[[str], Any]
+
+
+def default_train(config, workdir: str) -> dict:
+    from gradmix_jax import trainer
+    return trainer.train_and_evaluate(config, workdir)
+
+
+def default_load(workdir: str):
+    from gradmix_jax.trained import load_trained
+    return load_trained(workdir)
+
+
+class Cell:
+    """One trained configuration: trains it unless ``workdir/results.json`` exists; the model is
+    loaded only when an evaluation is not cached yet (so a finished table re-renders instantly)."""
+
+    def __init__(self, workdir: str, config, train_fn: TrainFn | None = None,
+                 load_fn: LoadFn | None = None):
+        self.workdir = workdir
+        self.config = config
+        self.results = run_cell(workdir, config, train_fn or default_train)
+        self._load_fn = load_fn or default_load
+        self._trained = None
+
+    @property
+    def trained(self):
+        if self._trained is None:
+            self._trained = self._load_fn(self.workdir)
+        return self._trained
+
+    def features(self, images, which: str | None = None):
+        """Eval-mode features [N, D] of uint8 images [N, H, W, C] (``config.eval.features`` by default)."""
+        return self.trained.features(images, which=which or self.config.eval.features)
+
+
+def cell_data(config):
+    """The split the cell was trained on (same loaders and arguments as the trainer)."""
+    from gradmix_jax.data import load_closed_set, load_openset
+    data_dir = config.data.data_dir or None
+    if config.data.closed_set:
+        return load_closed_set(config.data.protocol, data_dir)
+    return load_openset(config.data.protocol, config.data.split, tuple(config.data.known_classes),
+                        data_dir)
+
+
+def write_json(path: str, payload: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def cached_json(path: str, settings: dict, compute: Callable[[], dict]) -> dict:
+    """``compute()`` once per ``settings``: reads ``path`` when its stored settings are equal,
+    otherwise computes, stores ``{'settings': settings, **result}`` and returns it."""
+    settings = json.loads(json.dumps(settings))  # tuples -> lists, as they come back from disk
+    stored = read_json(path)
+    if stored is not None and stored.get("settings") == settings:
+        return stored
+    payload = {"settings": settings, **compute()}
+    write_json(path, payload)
+    return payload
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
