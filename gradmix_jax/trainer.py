@@ -236,7 +236,7 @@ class _Scalars:
             self._writer.close()
 
 
-def _train_loop(config, workdir, train_step, state, images, labels, manager, scalars, bar, sigterm,
+def _train_loop(config, workdir, train_step, state, images, labels, saver, scalars, bar, sigterm,
                 start_step: int, total_steps: int, steps_per_epoch: int, num_train: int,
                 rows_sharded):
     """Runs steps start_step..total_steps-1; logs, checks the loss, checkpoints, handles preemption.
@@ -262,16 +262,16 @@ def _train_loop(config, workdir, train_step, state, images, labels, manager, sca
             jax.block_until_ready(state)
             t_first = t_window = time.perf_counter()
             window_start = done
-        preempt = sigterm.requested or manager.reached_preemption(done)
+        preempt = sigterm.requested or saver.manager.reached_preemption(done)
         is_log = done % config.log_every_steps == 0 or done == total_steps
         is_ckpt = done % config.checkpoint_every_steps == 0 or done == total_steps or preempt
         if is_log or is_ckpt or done == start_step + 1:
             m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
             if not math.isfinite(m["loss"]):
-                manager.wait_until_finished()
+                saver.wait_until_finished()
                 raise NonFiniteLossError(
                     f"training loss is {m['loss']} at step {done}; stopped. The last good checkpoint "
-                    f"(step {manager.latest_step()}) in {workdir}/checkpoints is kept.")
+                    f"(step {saver.manager.latest_step()}) in {workdir}/checkpoints is kept.")
             last_loss = m["loss"]
             now = time.perf_counter()
             if done > window_start:
@@ -283,10 +283,10 @@ def _train_loop(config, workdir, train_step, state, images, labels, manager, sca
             bar.set_postfix(loss=f"{m['loss']:.3f}",
                             img_s=f"{m.get('images_per_second', 0):.0f}", refresh=False)
             if is_ckpt:
-                checkpoint.save(manager, done, state, force=preempt)
+                saver.save(done, state, force=preempt)
         bar.update(1)
         if preempt:
-            manager.wait_until_finished()
+            saver.wait_until_finished()
             raise TrainingPreempted(done, workdir)
     jax.block_until_ready(state)
     return state, last_loss, t_first, history
@@ -333,14 +333,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     scalars = _Scalars(workdir)
     bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
                disable=not config.progress_bar or jax.process_index() != 0, dynamic_ncols=True)
+    saver = checkpoint.BackgroundSaver(manager, state)
     try:
         with _SigtermWatch() as sigterm:
             state, last_loss, t_first, history = _train_loop(
-                config, workdir, train_step, state, images, labels, manager, scalars, bar, sigterm,
+                config, workdir, train_step, state, images, labels, saver, scalars, bar, sigterm,
                 start_step, total_steps, steps_per_epoch, len(data.train_images), rows_sharded)
     finally:
         bar.close()
-        manager.wait_until_finished()
+        saver.wait_until_finished()
     train_seconds = time.perf_counter() - t_first if t_first is not None else 0.0
 
     t_eval = time.perf_counter()

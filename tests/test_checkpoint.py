@@ -86,3 +86,36 @@ def test_incompatible_and_corrupt_checkpoints_are_refused(tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
     assert len(errors) == 1 and "checkpoint at step 2" in errors[0]
+
+
+def test_background_saver_snapshot_survives_donation(tmp_path, monkeypatch):
+    """The saved values are the state at save time even though the next step donates (and
+    overwrites) the state's buffers while the save is still running."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from gradmix_jax import checkpoint
+
+    state = {"w": jnp.arange(100_000, dtype=jnp.float32), "step": jnp.asarray(3, jnp.int32)}
+    bump = jax.jit(lambda s: {"w": s["w"] + 1.0, "step": s["step"] + 1}, donate_argnums=0)
+    saver = checkpoint.BackgroundSaver(checkpoint.make_manager(str(tmp_path)), state)
+    saver.save(3, state)
+    for _ in range(5):
+        state = bump(state)
+    saver.save(8, state)
+    saver.wait_until_finished()
+    assert saver.manager.all_steps() == [3, 8]
+    template = {"w": jnp.zeros(100_000, jnp.float32), "step": jnp.asarray(0, jnp.int32)}
+    restored = saver.manager.restore(3, args=checkpoint.ocp.args.StandardRestore(template))
+    np.testing.assert_array_equal(restored["w"], np.arange(100_000, dtype=np.float32))
+    assert int(restored["step"]) == 3
+    assert float(checkpoint.restore_latest(saver.manager, template)["w"][0]) == 5.0
+    # A save that fails on the helper thread is re-raised in the training thread.
+    def failing_save(manager, step, state, force=False):
+        raise OSError(f"disk full at step {step}")
+    monkeypatch.setattr(checkpoint, "save", failing_save)
+    saver.save(9, state)
+    with pytest.raises(OSError, match="disk full at step 9"):
+        saver.wait_until_finished()
+    saver.wait_until_finished()  # the error is reported once
