@@ -18,14 +18,16 @@ from gradmix_jax.models import create_model
 from gradmix_jax.train_step import StepConfig, init_state, make_optimizer, make_train_step
 
 
-def losses_on(devices, method):
+def losses_on(devices, method, objective="supcon_ssl"):
     mesh = parallel.make_mesh(devices)
     repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     model = create_model("resnet18", width=4, feature_dim=8)
     tx, schedule = make_optimizer(1e-3, 1e-4, 10)
     aug = augment.AugmentParams.digits((8, 8))
-    state = jax.jit(lambda k: init_state(model, tx, k, (8, 8, 1)), out_shardings=repl)(jax.random.key(0))
-    step = jax.jit(make_train_step(model, tx, aug, StepConfig(method=method), schedule),
+    cfg = StepConfig(method=method, objective=objective, moco_queue_size=40)
+    state = jax.jit(lambda k: init_state(model, tx, k, (8, 8, 1), cfg), out_shardings=repl)(
+        jax.random.key(0))
+    step = jax.jit(make_train_step(model, tx, aug, cfg, schedule),
                    in_shardings=(repl, repl, repl, sharded), out_shardings=(repl, repl),
                    donate_argnums=(0,))
     rng = np.random.default_rng(0)
@@ -36,6 +38,8 @@ def losses_on(devices, method):
         idx = jax.device_put(np.arange(16 * i, 16 * i + 16, dtype=np.int32), sharded)
         state, m = step(state, images, labels, idx)
         out.append(float(m["loss"]))
+    if objective == "moco":  # the replicated queue holds the same keys on every mesh
+        out.append(float(jnp.sum(state.moco.queue * jnp.arange(1, 41)[:, None])))
     return out
 
 
@@ -73,5 +77,6 @@ if __name__ == "__main__":
     assert jax.device_count() == 8, jax.devices()
     devices = jax.devices()
     result = {m: {n: losses_on(devices[:n], m) for n in (1, 4, 8)} for m in ("gradmix",)}
+    result["moco"] = {n: losses_on(devices[:n], "none", "moco") for n in (1, 4, 8)}
     result["axis_name"] = axis_name_losses()
     print(json.dumps(result))
