@@ -152,8 +152,8 @@ def plot_fig5(path: str, per_corruption: dict, corruptions_: list[str], title: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     datasets = list(dict.fromkeys(d for d, _ in per_corruption))
-    fig, axes = plt.subplots(len(datasets), 1, figsize=(max(6.0, 0.7 * len(corruptions_)), 3.2 * len(datasets)),
-                             squeeze=False)
+    size = (max(7.0, 0.7 * len(corruptions_)), 1.0 + 3.2 * len(datasets))
+    fig, axes = plt.subplots(len(datasets), 1, figsize=size, squeeze=False)
     x = np.arange(len(corruptions_))
     for ax, dataset in zip(axes[:, 0], datasets):
         mixings = [m for m in MIXINGS if (dataset, m) in per_corruption]
@@ -165,7 +165,7 @@ def plot_fig5(path: str, per_corruption: dict, corruptions_: list[str], title: s
         ax.set_ylabel("mean accuracy drop D̄_c (%)")
         ax.set_title(dataset)
         ax.legend()
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -193,15 +193,20 @@ def main(argv=None, *, train_fn=None, load_fn=None) -> int:
 
     datasets = (args.datasets or ("digits" if args.smoke else "cifar10,tinyimagenet")).split(",")
     mixings = args.mixings.split(",")
-    corruptions_ = (args.corruptions or (SMOKE_CORRUPTIONS if args.smoke else ",".join(corruption_lib.CORRUPTIONS))).split(",")
+    default_corruptions = SMOKE_CORRUPTIONS if args.smoke else ",".join(corruption_lib.CORRUPTIONS)
+    corruptions_ = (args.corruptions or default_corruptions).split(",")
+    known_names = corruption_lib.CORRUPTIONS + corruption_lib.SYNTHETIC_CORRUPTIONS
     severities = parse_splits(args.severities)
     for name, values, allowed in (("--datasets", datasets, DATASETS), ("--mixings", mixings, MIXINGS),
-                                  ("--corruptions", corruptions_, corruption_lib.CORRUPTIONS + corruption_lib.SYNTHETIC_CORRUPTIONS),
+                                  ("--corruptions", corruptions_, known_names),
                                   ("--severities", severities, corruption_lib.SEVERITIES)):
         bad = [v for v in values if v not in allowed]
         if bad:
             raise SystemExit(f"error: {name} entries must be in {list(dict.fromkeys(allowed))}, got {bad}")
     sources = {d: resolve_source(d, args.source) for d in datasets}
+    if "folder" in sources.values() and not args.tinyimagenet_c_dir:
+        raise SystemExit("error: --tinyimagenet-c-dir is required for TinyImageNet (the Tiny-ImageNet-C "
+                         "folder), or use --source synthetic")
     for d, source in sources.items():
         if source == "synthetic":
             bad = [c for c in corruptions_ if c not in corruption_lib.SYNTHETIC_CORRUPTIONS]
@@ -209,7 +214,8 @@ def main(argv=None, *, train_fn=None, load_fn=None) -> int:
                 raise SystemExit(f"error: synthetic corruptions ({d}) must be in "
                                  f"{list(corruption_lib.SYNTHETIC_CORRUPTIONS)}, got {bad}")
         elif any(c not in corruption_lib.CORRUPTIONS for c in corruptions_):
-            raise SystemExit(f"error: --corruptions for {source} must be in {list(corruption_lib.CORRUPTIONS)}")
+            raise SystemExit(f"error: --corruptions for {source} must be in "
+                             f"{list(corruption_lib.CORRUPTIONS)}")
 
     overrides = overrides_from_args(args)
     drops, notes = {}, []
@@ -252,17 +258,18 @@ def main(argv=None, *, train_fn=None, load_fn=None) -> int:
         row = [s] + [pct(drops[c]["mean"] if s == "Avg." else drops[c]["per_severity"][s]) for c in cells]
         row += [f"{PAPER_TABLE5[c][5 if s == 'Avg.' else s - 1]:.2f}" for c in paper_cells]
         rows.append(row)
-    title = "Table 5: mean accuracy drop D̄_s (%) per severity" + (" (SYNTHETIC corruptions)" if synthetic else "")
+    title = ("Table 5: mean accuracy drop D̄_s (%) per severity"
+             + (" (SYNTHETIC corruptions)" if synthetic else ""))
     write_table(os.path.join(args.out, "table5"), header, rows, title, notes + scale_note(args, overrides))
 
     header_c = ["corruption"] + [f"{d}{tag[d]} {MIXING_LABEL[m]} (ours)" for d, m in cells]
     rows_c = [[c] + [pct(drops[cell]["per_corruption"][c]) for cell in cells] for c in corruptions_]
     write_table(os.path.join(args.out, "table5_per_corruption"), header_c, rows_c,
                 "Fig. 5 data: mean accuracy drop D̄_c (%) per corruption" +
-                (" (SYNTHETIC corruptions)" if synthetic else ""), notes[:1])
+                (" (SYNTHETIC corruptions)" if synthetic else ""), notes[:2 if synthetic else 1])
     fig_title = "Accuracy drop under corruption (Fig. 5)" + (
-        " - SYNTHETIC corruptions, smoke scale" if synthetic and args.smoke else
-        " - SYNTHETIC corruptions" if synthetic else "")
+        "\nSYNTHETIC corruptions, smoke scale" if synthetic and args.smoke else
+        "\nSYNTHETIC corruptions" if synthetic else "")
     plot_fig5(os.path.join(args.out, "fig5.png"),
               {c: drops[c]["per_corruption"] for c in cells}, corruptions_, fig_title)
     return 0

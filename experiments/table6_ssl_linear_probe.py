@@ -106,7 +106,8 @@ def plot_fig6(path: str, results: dict, title: str) -> None:
         ax.set_xticks(x, [MIXING_LABEL[m] for m in mixings])
         ax.set_title(f"{objective} {arch}")
         ax.set_ylabel("linear-probe accuracy (%)")
-        ax.legend()
+        ax.set_ylim(0, 118)  # room for the legend above 100%
+        ax.legend(loc="upper center", ncol=2, fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -180,7 +181,8 @@ def main(argv=None, *, train_fn=None, load_fn=None) -> int:
     write_table(os.path.join(args.out, "table6"),
                 ["objective", "architecture", "augmentation", "Acc@1 % (ours)", "Acc@5 % (ours)",
                  "train Acc@1 % (ours)", "Acc@1 % (paper, ImageNet100)", "Acc@5 % (paper, ImageNet100)"],
-                rows, "Table 6: linear probe of self-supervised encoders", notes + scale_note(args, overrides))
+                rows, "Table 6: linear probe of self-supervised encoders",
+                notes + scale_note(args, overrides))
     plot_fig6(os.path.join(args.out, "fig6.png"), results,
               f"Linear probe on {dataset} (Fig. 6)" + (" - smoke scale" if args.smoke else ""))
     return 0
