@@ -11,9 +11,8 @@ or GradMix (L = L_ssl + γ²·L_ssl^aug); then a linear classifier on the frozen
 ResNet18 (not available here), so the paper columns are the ImageNet100 numbers, shown on the
 ResNet18 rows for reference only.
 
-Data: TinyImageNet with ``data.closed_set=True``, i.e. the first 100 classes (the only closed-set
-TinyImageNet in gradmix_jax.data.CLOSED_SET_CLASSES; the paper uses all 200); training images for
-both SSL and the probe, the validation images of those classes as test set. ``--smoke``: digits
+Data: full TinyImageNet (``data.closed_set=True``, ``data.closed_set_classes=200``, as App. G);
+training images for both SSL and the probe, the 10,000 validation images as test set. ``--smoke``: digits
 (known classes of split 0), tiny model, 3 steps.
 
 Linear probe (gradmix_jax.evaluation.linear_probe): standardised pooled encoder features, SGD with
@@ -64,6 +63,7 @@ def cell_config(dataset: str, objective: str, arch: str, mixing: str, overrides:
     config.mixing.method = mixing
     if dataset == "tinyimagenet":
         config.data.closed_set = True
+        config.data.closed_set_classes = 200  # full TinyImageNet (App. G)
         config.num_epochs = SSL_EPOCHS
         config.num_steps = 0
         if "moco" in config:  # App. G: queue 4096, key-encoder momentum 0.999

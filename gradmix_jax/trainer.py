@@ -302,7 +302,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     validate_config(config, mesh.size)
     aug_params = augment_params(config)
     if config.data.closed_set:
-        data = load_closed_set(config.data.protocol, config.data.data_dir or None)
+        data = load_closed_set(config.data.protocol, config.data.data_dir or None,
+                               config.data.closed_set_classes)
     else:
         data = load_openset(config.data.protocol, config.data.split,
                             tuple(config.data.known_classes), config.data.data_dir or None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gradmix_jax.data.protocols import (CLOSED_SET_CLASSES, PROTOCOLS, check_split,
+from gradmix_jax.data.protocols import (CLOSED_SET_CLASSES, CLOSED_SET_SOURCE_CLASSES, PROTOCOLS, check_split,
                                         resolve_known_classes)
 from gradmix_jax.models import ARCHITECTURES, DTYPES, STEMS, validate_taps
 
@@ -57,6 +57,10 @@ def validate_config(config, num_devices: int = 1) -> None:
         if config.data.protocol not in CLOSED_SET_CLASSES:
             raise ConfigError(f"data.protocol must be one of {list(CLOSED_SET_CLASSES)} when "
                               f"data.closed_set=True, got {config.data.protocol!r}")
+        total = CLOSED_SET_SOURCE_CLASSES[config.data.protocol]
+        if config.data.closed_set_classes and not 2 <= config.data.closed_set_classes <= total:
+            raise ConfigError(f"data.closed_set_classes must be 0 (default) or in [2, {total}] for "
+                              f"{config.data.protocol}, got {config.data.closed_set_classes}")
         if config.data.known_classes:
             raise ConfigError("data.known_classes must be empty when data.closed_set=True "
                               "(closed-set training uses every class)")

@@ -204,3 +204,19 @@ def test_closed_set_config_checks():
     c.data.protocol = "svhn"
     with pytest.raises(ConfigError, match=r"data.protocol must be one of \['cifar10', 'cifar100', 'tinyimagenet'\] when data.closed_set=True"):
         validate_config(c)
+    c.data.protocol = "tinyimagenet"
+    c.data.closed_set_classes = 200
+    validate_config(c)
+    c.data.closed_set_classes = 201
+    with pytest.raises(ConfigError, match=r"data.closed_set_classes must be 0 \(default\) or in \[2, 200\]"):
+        validate_config(c)
+
+
+def test_closed_set_first_n_classes_with_mock_data(tmp_path):
+    from gradmix_jax.data import load_closed_set
+    with tfds.testing.mock_data(num_examples=300):
+        d = load_closed_set("cifar100", str(tmp_path), num_classes=7)
+        raw_x, raw_y = sources.load_tfds_split("cifar100", "train", str(tmp_path))
+    assert d.known_classes == tuple(range(7)) and d.num_known == 7
+    np.testing.assert_array_equal(d.train_labels, raw_y[raw_y < 7])
+    assert d.test_labels.max() < 7

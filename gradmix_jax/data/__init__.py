@@ -23,10 +23,11 @@ def _source_splits(dataset: str, data_dir: str):
     return load_tfds_split(name, "train", data_dir), load_tfds_split(name, "test", data_dir)
 
 
-def load_closed_set(dataset: str, data_dir: str | None = None) -> OpenSetData:
-    """Closed-set classification data (Table 3): every class of cifar10/cifar100, or the first 100
-    TinyImageNet classes; no unknown test samples."""
-    classes = list(range(CLOSED_SET_CLASSES[dataset]))
+def load_closed_set(dataset: str, data_dir: str | None = None, num_classes: int = 0) -> OpenSetData:
+    """Closed-set classification data: the first ``num_classes`` classes of the dataset (0 = Table
+    3's choice: every class of cifar10/cifar100, the first 100 TinyImageNet classes); no unknown
+    test samples."""
+    classes = list(range(num_classes or CLOSED_SET_CLASSES[dataset]))
     (x_train, y_train), (x_test, y_test) = _source_splits(dataset, data_dir or default_data_dir())
     x_train, y_train = _keep(x_train, y_train, classes)
     x_test, y_test = _keep(x_test, y_test, classes)
