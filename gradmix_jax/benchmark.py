@@ -279,7 +279,10 @@ def main(argv):
     if _JSON.value:
         with open(_JSON.value, "w") as f:
             f.write(text)
-    print(json.dumps(report.get("ratio_to_none", {}), indent=2))
+    runs = report.get("runs", [report])
+    print(json.dumps([{"dtype": r["model"]["dtype"], "batch": r["batch_size"],
+                       "image_size": r["model"]["image_size"], **r.get("ratio_to_none", {})}
+                      for r in runs], indent=2))
 
 
 if __name__ == "__main__":
