@@ -56,6 +56,11 @@ class BackgroundSaver:
     asynchronous), and ``manager.save`` runs on a helper thread with that snapshot, so the
     device-to-host copy overlaps the following steps. At most one save is in flight; the next
     ``save`` (and ``wait_until_finished``) first waits for it and re-raises its error, if any.
+
+    With several processes (``jax.process_count() > 1``) ``save`` runs on the calling thread:
+    Orbax's multi-process save synchronises the processes, and doing that from a helper thread
+    while the training thread launches the next steps' cross-process collectives can order the
+    two differently on different processes and deadlock.
     """
 
     def __init__(self, manager: ocp.CheckpointManager, state_template=None):
@@ -84,6 +89,9 @@ class BackgroundSaver:
     def save(self, step: int, state, force: bool = False) -> None:
         import threading
         self.wait()
+        if jax.process_count() > 1:
+            save(self.manager, step, state, force=force)
+            return
         snapshot = self._copy(state)
         self._thread = threading.Thread(target=self._run, args=(step, snapshot, force),
                                         name=f"checkpoint-save-{step}", daemon=True)
