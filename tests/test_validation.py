@@ -79,3 +79,18 @@ def test_cli_prints_one_error_line(tmp_path):
     assert out.returncode == 2
     errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
     assert errors == ["error: mixing.method must be one of ['none', 'gradmix', 'cutmix', 'mixup'], got 'cutout'"]
+
+
+@pytest.mark.parametrize("objective,field,value,message", [
+    ("moco", "moco.queue_size", 64, r"moco.queue_size must be >= batch_size \(128\), got 64"),
+    ("moco", "moco.momentum", 1.0, r"moco.momentum must be in \[0, 1\), got 1.0"),
+    ("ce", "eval.id_samples", 2, r"eval.id_samples must be 0 \(skip\) or >= 3, got 2"),
+])
+def test_objective_specific_fields(objective, field, value, message):
+    config = digits_config()
+    config.objective = objective
+    validate_config(config)  # the defaults are valid for every objective
+    section, leaf = field.split(".")
+    config[section][leaf] = value
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config)

@@ -1,0 +1,47 @@
+"""load_trained(workdir) rebuilds a finished run: same features, logits and scores as its evaluation."""
+
+import numpy as np
+import pytest
+
+from test_validation import digits_config
+
+from gradmix_jax import metrics, osr, trainer
+from gradmix_jax.data import load_openset
+from gradmix_jax.trained import load_trained
+
+
+def test_load_trained_reproduces_the_runs_evaluation(tmp_path):
+    config = digits_config()
+    config.objective = "ce_ssl"  # a classifier head, so logits exist
+    config.num_steps = 2
+    config.model.width = 4
+    config.model.feature_dim = 16
+    config.data.image_size = 8
+    config.batch_size = 32
+    config.checkpoint_every_steps = 2
+    config.eval.id_samples = 0
+    config.progress_bar = False
+    summary = trainer.train_and_evaluate(config, str(tmp_path))
+
+    trained = load_trained(str(tmp_path))
+    assert trained.step == 2 and trained.known_classes == tuple(summary["known_classes"])
+    data = load_openset("digits", config.data.split)
+    train_f = trained.features(data.train_images, batch_size=100)  # 100 does not divide the sizes
+    test_f = trained.features(data.test_images)
+    scores, _ = osr.knn_scores(train_f, data.train_labels, test_f, data.num_known, k=config.eval.k)
+    scores = np.asarray(scores)
+    known = data.test_is_known
+    np.testing.assert_allclose(metrics.auroc(scores[known], scores[~known]), summary["auroc"], atol=1e-6)
+    logits = trained.logits(data.test_images[:7])
+    assert logits.shape == (7, data.num_known)
+    msp = np.asarray(osr.msp_score(trained.logits(data.test_images)))
+    np.testing.assert_allclose(metrics.auroc(msp[known], msp[~known]), summary["auroc_msp"], atol=1e-6)
+    z = trained.features(data.test_images[:5], which="projection")
+    np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="which must be one of"):
+        trained.features(data.test_images[:5], which="logits")
+
+
+def test_load_trained_without_a_run_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="results.json not found"):
+        load_trained(str(tmp_path))
