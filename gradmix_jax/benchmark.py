@@ -152,56 +152,6 @@ def checkpoint_stall(compiled, state, images, labels, idx, steps: int = 12,
             "worst_ratio": max(s["ratio"] for s in saves), "step_seconds_all": times}
 
 
-def hlo_op_counts(hlo_text: str) -> dict[str, int]:
-    """How often the ops that cost time without doing model math appear in compiled HLO text."""
-    import re
-    ops = re.findall(r"=\s*[^\s]+\s+([a-z][a-z0-9-]*)\(", hlo_text)
-    kinds = ("convolution", "custom-call", "dot", "transpose", "copy", "fusion", "all-reduce",
-             "all-gather", "while", "sort", "scatter", "gather")
-    return {k: sum(op == k for op in ops) for k in kinds}
-
-
-def profile_step(compiled, state, images, labels, idx, directory: str, steps: int = 3):
-    """A ``jax.profiler`` trace of ``steps`` steps (view in TensorBoard/Perfetto) and the compiled
-    step's HLO in ``directory``; returns the HLO op counts."""
-    os.makedirs(directory, exist_ok=True)
-    text = compiled.as_text()
-    with open(os.path.join(directory, "train_step_gradmix.hlo.txt"), "w") as f:
-        f.write(text)
-    with jax.profiler.trace(directory):
-        for _ in range(steps):
-            state, m = compiled(state, images, labels, idx)
-        jax.block_until_ready((state, m))
-    return {"dir": directory, "hlo_op_counts": hlo_op_counts(text)}
-
-
-def checkpoint_stall(compiled, state, images, labels, idx, steps: int = 12,
-                     save_at: tuple[int, ...] = (3, 8)):
-    """Step times around async Orbax saves (as the trainer makes them) against the median step.
-
-    A save step's time includes the ``save`` call (device-to-host copy and Orbax's synchronous
-    part); the write goes on in a background thread during the following steps. Two saves are
-    made, because the first one also pays Orbax's one-time set-up.
-    """
-    times = []
-    with tempfile.TemporaryDirectory() as tmp:
-        manager = checkpoint.make_manager(tmp, max_to_keep=1)
-        for i in range(steps):
-            t0 = time.perf_counter()
-            state, m = compiled(state, images, labels, idx)
-            jax.block_until_ready((state, m))
-            if i in save_at:
-                checkpoint.save(manager, i, state)
-            times.append(time.perf_counter() - t0)
-        manager.wait_until_finished()
-    near_save = {i + d for i in save_at for d in (0, 1)}
-    median = statistics.median([t for i, t in enumerate(times) if i not in near_save])
-    saves = [{"save_step_seconds": times[i], "after_save_step_seconds": times[i + 1],
-              "ratio": max(times[i], times[i + 1]) / median} for i in save_at]
-    return {"median_step_seconds": median, "saves": saves,
-            "worst_ratio": max(s["ratio"] for s in saves), "step_seconds_all": times}
-
-
 def _grid_configs(config):
     """The config once per ``bench.grid`` entry 'dtype/batch/size' (or as given if empty)."""
     if not config.bench.grid:
