@@ -27,15 +27,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.common import (add_common_args, apply_overrides, load_config,  # noqa: E402
-                                overrides_from_args, scale_note)
-from experiments.grid_common import (check_protocols, comma_list, refuse_overrides,  # noqa: E402
-                                     run_auroc_ablation, split_list)
+from experiments.common import add_common_args, overrides_from_args, scale_note  # noqa: E402
+from experiments.grid_common import (ABLATION_K, ablation_config_fn,  # noqa: E402
+                                     add_protocol_split_args, comma_list, protocols_and_splits,
+                                     refuse_overrides, run_auroc_ablation)
 
 LAYER_SETS = ("conv3_2", "conv4_2", "conv5_2", "conv3_2+conv4_2", "conv4_2+conv5_2",
               "conv3_2+conv4_2+conv5_2")
 SMOKE_LAYER_SETS = ("conv3_2", "conv4_2+conv5_2", "conv3_2+conv4_2+conv5_2")
-ABLATION_K = 10  # §4.1 Ablations: "We fix k = 10 in each study for fair comparison."
 PAPER_NOTES = [
     "Paper (Fig. 4 right): bars only, no numbers in the text. Text: the layer choice changes AUROC "
     "non-negligibly, especially on TinyImageNet; layer aggregation improves on single layers on "
@@ -61,34 +60,21 @@ def main(argv=None, *, train_fn=None) -> int:
     parser.add_argument("--layer_sets", default=None,
                         help="comma list of '+'-joined layers (default " + ",".join(LAYER_SETS) +
                         "; " + ",".join(SMOKE_LAYER_SETS) + " with --smoke)")
-    parser.add_argument("--protocols", default=None,
-                        help="comma list of config names (default cifar10,tinyimagenet; digits with --smoke)")
-    parser.add_argument("--splits", default=None, help="e.g. 0-4 or 0,2 (default 0-4; 0 with --smoke)")
+    add_protocol_split_args(parser)
     add_common_args(parser)
     args = parser.parse_args(argv)
 
     layer_sets = parse_layer_sets(args.layer_sets or ",".join(SMOKE_LAYER_SETS if args.smoke else LAYER_SETS))
-    protocols = comma_list(args.protocols or ("digits" if args.smoke else "cifar10,tinyimagenet"),
-                           "--protocols")
-    check_protocols(protocols)
-    splits = split_list(args.splits or ("0" if args.smoke else "0-4"))
+    protocols, splits = protocols_and_splits(args)
     overrides = overrides_from_args(args)
     refuse_overrides(overrides, ("mixing.method", "gradmix.layers"), "fig4_layer_ablation.py")
-
-    def make_config(protocol: str, extra: dict, split: int):
-        config = load_config(protocol)
-        config.eval.k = ABLATION_K
-        apply_overrides(config, overrides)
-        apply_overrides(config, extra)
-        config.data.split = split
-        return config
 
     variants = [("+".join(layers), "+".join(layers), {"mixing.method": "gradmix", "gradmix.layers": layers})
                 for layers in layer_sets]
     notes = PAPER_NOTES + [
         f"Ours: k-NN AUROC (Algorithm 1) with eval.k={ABLATION_K} unless overridden, mean ± std "
         "(population) over splits; objective from each protocol's config, mixing.method=gradmix."]
-    run_auroc_ablation(args, variants, make_config, protocols, splits, train_fn, "fig4_layers",
+    run_auroc_ablation(args, variants, ablation_config_fn(overrides), protocols, splits, train_fn, "fig4_layers",
                        "Fig. 4 (right): open-set AUROC by GradMix attribution layers",
                        notes + scale_note(args, overrides))
     return 0

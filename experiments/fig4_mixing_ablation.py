@@ -27,13 +27,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.common import (add_common_args, apply_overrides, load_config,  # noqa: E402
-                                overrides_from_args, scale_note)
-from experiments.grid_common import (check_protocols, comma_list, float_list,  # noqa: E402
-                                     refuse_overrides, run_auroc_ablation, split_list)
+from experiments.common import add_common_args, overrides_from_args, scale_note  # noqa: E402
+from experiments.grid_common import (ABLATION_K, ablation_config_fn,  # noqa: E402
+                                     add_protocol_split_args, comma_list, float_list,
+                                     protocols_and_splits, refuse_overrides, run_auroc_ablation)
 
 METHODS = ("none", "mixup", "cutmix", "gradmix")
-ABLATION_K = 10  # §4.1 Ablations: "We fix k = 10 in each study for fair comparison."
 PAPER_NOTES = [
     "Paper (Fig. 4 left): bars only, no numbers in the text. Text: augmented models beat the one "
     "without extra augmentation on both protocols; GradMix improves AUROC by over 3% compared to "
@@ -66,9 +65,7 @@ def main(argv=None, *, train_fn=None) -> int:
                         "1.0 with --smoke)")
     parser.add_argument("--cutmix_alphas", default=None, help="comma list of α > 0 (default 0.2,1.0; "
                         "1.0 with --smoke)")
-    parser.add_argument("--protocols", default=None,
-                        help="comma list of config names (default cifar10,tinyimagenet; digits with --smoke)")
-    parser.add_argument("--splits", default=None, help="e.g. 0-4 or 0,2 (default 0-4; 0 with --smoke)")
+    add_protocol_split_args(parser)
     add_common_args(parser)
     args = parser.parse_args(argv)
 
@@ -76,26 +73,15 @@ def main(argv=None, *, train_fn=None) -> int:
     default_alphas = "1.0" if args.smoke else "0.2,1.0"
     mixup_alphas = float_list(args.mixup_alphas or default_alphas, "--mixup_alphas")
     cutmix_alphas = float_list(args.cutmix_alphas or default_alphas, "--cutmix_alphas")
-    protocols = comma_list(args.protocols or ("digits" if args.smoke else "cifar10,tinyimagenet"),
-                           "--protocols")
-    check_protocols(protocols)
-    splits = split_list(args.splits or ("0" if args.smoke else "0-4"))
+    protocols, splits = protocols_and_splits(args)
     overrides = overrides_from_args(args)
     refuse_overrides(overrides, ("mixing.method", "mixing.alpha"), "fig4_mixing_ablation.py")
-
-    def make_config(protocol: str, extra: dict, split: int):
-        config = load_config(protocol)
-        config.eval.k = ABLATION_K
-        apply_overrides(config, overrides)
-        apply_overrides(config, extra)
-        config.data.split = split
-        return config
 
     variants = variants_from(methods, mixup_alphas, cutmix_alphas)
     notes = PAPER_NOTES + [
         f"Ours: k-NN AUROC (Algorithm 1) with eval.k={ABLATION_K} unless overridden, mean ± std "
         "(population) over splits; objective and GradMix layers from each protocol's config."]
-    run_auroc_ablation(args, variants, make_config, protocols, splits, train_fn,
+    run_auroc_ablation(args, variants, ablation_config_fn(overrides), protocols, splits, train_fn,
                        "fig4_mixing", "Fig. 4 (left): open-set AUROC by mixing augmentation",
                        notes + scale_note(args, overrides),
                        baseline="none" if "none" in methods else None)

@@ -62,6 +62,41 @@ def check_protocols(protocols: Sequence[str]) -> None:
         raise SystemExit(f"error: --protocols: no configs/<name>.py for {missing}")
 
 
+def add_protocol_split_args(parser) -> None:
+    """--protocols and --splits, shared by the grid runners."""
+    parser.add_argument("--protocols", default=None,
+                        help="comma list of config names (default cifar10,tinyimagenet; digits with --smoke)")
+    parser.add_argument("--splits", default=None, help="e.g. 0-4 or 0,2 (default 0-4; 0 with --smoke)")
+
+
+def protocols_and_splits(args) -> tuple[list[str], list[int]]:
+    """The checked --protocols and --splits (paper defaults, or digits split 0 with --smoke)."""
+    protocols = comma_list(args.protocols or ("digits" if args.smoke else "cifar10,tinyimagenet"),
+                           "--protocols")
+    check_protocols(protocols)
+    return protocols, split_list(args.splits or ("0" if args.smoke else "0-4"))
+
+
+# §4.1 Ablations: "We fix k = 10 in each study for fair comparison."
+ABLATION_K = 10
+
+
+def ablation_config_fn(overrides: dict) -> Callable:
+    """``make_config(protocol, extra, split)`` of the Fig. 4 ablations: the protocol's config with
+    k = ABLATION_K, then the --set overrides, then the cell's own fields and split."""
+    from experiments.common import apply_overrides, load_config
+
+    def make_config(protocol: str, extra: dict, split: int):
+        config = load_config(protocol)
+        config.eval.k = ABLATION_K
+        apply_overrides(config, overrides)
+        apply_overrides(config, extra)
+        config.data.split = split
+        return config
+
+    return make_config
+
+
 def refuse_overrides(overrides: dict, fields: Sequence[str], script: str) -> None:
     """One-line error when --set names a field the script sets per cell (its ablation variable)."""
     bad = [f for f in overrides if f in fields]

@@ -30,8 +30,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.common import (add_common_args, apply_overrides, load_config,  # noqa: E402
                                 overrides_from_args, scale_note, write_table)
-from experiments.grid_common import (check_protocols, comma_list, refuse_overrides,  # noqa: E402
-                                     run_checked_cell, split_list, summarize, validate_all)
+from experiments.grid_common import (add_protocol_split_args, comma_list,  # noqa: E402
+                                     protocols_and_splits, refuse_overrides, run_checked_cell,
+                                     summarize, validate_all)
 
 OBJECTIVES = ("ce", "ce_ssl", "supcon", "supcon_ssl")
 LABEL = {"ce": "CE", "ce_ssl": "CE + SSL", "supcon": "SupCon", "supcon_ssl": "SupCon + SSL"}
@@ -65,17 +66,12 @@ def main(argv=None, *, train_fn=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objectives", default=",".join(OBJECTIVES),
                         help="comma list of " + ",".join(OBJECTIVES))
-    parser.add_argument("--protocols", default=None,
-                        help="comma list of config names (default cifar10,tinyimagenet; digits with --smoke)")
-    parser.add_argument("--splits", default=None, help="e.g. 0-4 or 0,2 (default 0-4; 0 with --smoke)")
+    add_protocol_split_args(parser)
     add_common_args(parser)
     args = parser.parse_args(argv)
 
     objectives = comma_list(args.objectives, "--objectives", OBJECTIVES)
-    protocols = comma_list(args.protocols or ("digits" if args.smoke else "cifar10,tinyimagenet"),
-                           "--protocols")
-    check_protocols(protocols)
-    splits = split_list(args.splits or ("0" if args.smoke else "0-4"))
+    protocols, splits = protocols_and_splits(args)
     overrides = overrides_from_args(args)
     refuse_overrides(overrides, ("objective",), "table1_objectives.py")
     cells = {(p, o, s): (os.path.join(args.out, p, o, f"split{s}"), cell_config(p, o, s, overrides))
