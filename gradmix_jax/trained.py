@@ -46,16 +46,10 @@ class TrainedModel:
     def _outputs(self, images: np.ndarray, which: str, batch_size: int) -> dict[str, np.ndarray]:
         if which not in ("encoder", "projection"):
             raise ValueError(f"which must be one of ['encoder', 'projection'], got {which!r}")
-        fn = _eval_fn(self.model, self.image_size, which)
-        out = []
-        for start in range(0, len(images), batch_size):
-            chunk = np.asarray(images[start:start + batch_size])
-            pad = batch_size - len(chunk)
-            if pad:  # fixed shapes: one compilation for any number of images
-                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-            o = fn(self.variables["params"], self.variables["batch_stats"], chunk)
-            out.append({k: np.asarray(v)[:batch_size - pad] for k, v in o.items()})
-        return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
+        from gradmix_jax.trainer import extract_features  # the trainer's padded batching
+        mesh = parallel.make_mesh(jax.local_devices()[:1])
+        return extract_features(_eval_fn(self.model, self.image_size, which), self.variables,
+                                np.asarray(images), batch_size, mesh)
 
     def features(self, images: np.ndarray, which: str = "encoder", batch_size: int = 256
                  ) -> np.ndarray:

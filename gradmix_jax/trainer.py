@@ -147,10 +147,10 @@ def on_device_batches(train_step, steps_per_epoch: int):
     return step
 
 
-def extract_features(feature_fn, state: TrainState, images: np.ndarray, batch_size: int,
-                     mesh):
+def extract_features(feature_fn, variables: dict, images: np.ndarray, batch_size: int, mesh):
     """``feature_fn`` on ``images`` in fixed-size (padded) batches: one compilation for any length.
 
+    ``variables = {'params', 'batch_stats'}``.
     ``feature_fn(params, batch_stats, images)`` returns an array or a dict of arrays (batch-major);
     the result has the same structure as NumPy.
     """
@@ -164,7 +164,7 @@ def extract_features(feature_fn, state: TrainState, images: np.ndarray, batch_si
         if pad:
             chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
         chunk = parallel.global_batch_array(chunk, parallel.batch_sharded(mesh))
-        outputs = feature_fn(state.params, state.batch_stats, chunk)
+        outputs = feature_fn(variables["params"], variables["batch_stats"], chunk)
         out.append(jax.tree.map(lambda a: parallel.to_host(a)[:len(chunk) - pad], outputs))
     return jax.tree.map(lambda *parts: np.concatenate(parts), *out)
 
@@ -178,8 +178,9 @@ def evaluate(eval_fn, state: TrainState, data: OpenSetData, config, mesh) -> dic
     a classifier head (else None), and 'intrinsic_dimension' (TwoNN on up to eval.id_samples
     training features).
     """
-    train = extract_features(eval_fn, state, data.train_images, config.eval.batch_size, mesh)
-    test = extract_features(eval_fn, state, data.test_images, config.eval.batch_size, mesh)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    train = extract_features(eval_fn, variables, data.train_images, config.eval.batch_size, mesh)
+    test = extract_features(eval_fn, variables, data.test_images, config.eval.batch_size, mesh)
     train_f, test_f = train["features"], test["features"]
     scores, preds = osr.knn_scores(jnp.asarray(train_f), jnp.asarray(data.train_labels),
                                    jnp.asarray(test_f), data.num_known, k=config.eval.k)
