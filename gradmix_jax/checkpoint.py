@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import jax
 import orbax.checkpoint as ocp
@@ -87,7 +88,6 @@ class BackgroundSaver:
             raise error
 
     def save(self, step: int, state, force: bool = False) -> None:
-        import threading
         self.wait()
         if jax.process_count() > 1:
             save(self.manager, step, state, force=force)

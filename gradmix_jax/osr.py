@@ -35,6 +35,16 @@ def _concrete_class_counts(labels: jax.Array, num_classes: int) -> np.ndarray | 
     return np.bincount(labels.astype(np.int64), minlength=num_classes)
 
 
+def _check_no_empty_class(labels: jax.Array, num_classes: int) -> None:
+    """ValueError naming the first empty class (concrete labels only; skipped under tracing)."""
+    counts = _concrete_class_counts(labels, num_classes)
+    if counts is not None and counts.min() < 1:
+        raise ValueError(
+            f"train_labels must contain every class in [0, num_classes={num_classes}); "
+            f"class {int(counts.argmin())} is empty"
+        )
+
+
 def _check_positive_int(name: str, value: int) -> None:
     if not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -158,12 +168,7 @@ def class_mean_scores(
     Empty classes raise ValueError with concrete labels; under jit they are never predicted.
     """
     _check_positive_int("num_classes", num_classes)
-    counts = _concrete_class_counts(train_labels, num_classes)
-    if counts is not None and counts.min() < 1:
-        raise ValueError(
-            f"train_labels must contain every class in [0, num_classes={num_classes}); "
-            f"class {int(counts.argmin())} is empty"
-        )
+    _check_no_empty_class(train_labels, num_classes)
     return _class_mean_scores(
         jnp.asarray(train_features),
         jnp.asarray(train_labels),
@@ -225,12 +230,7 @@ def mahalanobis_scores(
     _check_positive_int("num_classes", num_classes)
     if not ridge >= 0:
         raise ValueError(f"ridge must be >= 0, got {ridge}")
-    counts = _concrete_class_counts(train_labels, num_classes)
-    if counts is not None and counts.min() < 1:
-        raise ValueError(
-            f"train_labels must contain every class in [0, num_classes={num_classes}); "
-            f"class {int(counts.argmin())} is empty"
-        )
+    _check_no_empty_class(train_labels, num_classes)
     return _mahalanobis_scores(jnp.asarray(train_features, jnp.float32), jnp.asarray(train_labels),
                                jnp.asarray(test_features, jnp.float32), num_classes=num_classes,
                                ridge=ridge)
