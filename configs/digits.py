@@ -16,6 +16,7 @@ split, but by less than the seed-to-seed spread (see below):
 Re-run of this file on split 0 with three seeds (idle 2-core CPU, 2026-11-26, whole command):
 seed 0: 0.9684 (126 s), seed 1: 0.9331 (122 s), seed 2: 0.9575 (120 s); mean 0.953, i.e. at the
 raw-pixel level (0.9544) on average. The seed spread (~0.035) is larger than any recipe effect found.
+With the later train-step code (objectives refactor, same day) seed 0 gave 0.9528 (128 s).
 
 Tried on split 0 (ResNet18; "gm" = GradMix; AUROC / closed-set acc with encoder features, k=3;
 train-step cost; rows marked (c) came from an in-process script that runs the same train step and
