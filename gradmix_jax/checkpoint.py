@@ -97,6 +97,12 @@ class BackgroundSaver:
                                         name=f"checkpoint-save-{step}", daemon=True)
         self._thread.start()
 
+    def in_progress(self) -> bool:
+        """Whether a save is still being copied to the host or written (no waiting)."""
+        if self._thread is not None and self._thread.is_alive():
+            return True
+        return self.manager.is_saving_in_progress()
+
     def wait_until_finished(self) -> None:
         """Every save is on disk (and committed) when this returns."""
         self.wait()

@@ -36,7 +36,17 @@ def test_benchmark_writes_report(tmp_path):
         assert r["mfu_model"] == r["model_flops_per_step"] / r["step_seconds"] / report["peak_flops_per_device"]
         assert 0 < r["mfu_xla"] < 1
     stall = report["gradmix"]["checkpoint_stall"]
-    assert len(stall["step_seconds_all"]) == 12 and len(stall["saves"]) == 2 and stall["worst_ratio"] > 0
+    assert len(stall["saves"]) == 2 and stall["worst_ratio"] > 0
+    pending = stall["save_pending_after_step"]
+    assert len(pending) == len(stall["step_seconds_all"]) and not pending[-1]
+    first, second = stall["saves"]
+    assert first["step"] == 5 and first["finished_in_window"] and second["finished_in_window"]
+    # Each window is the save step plus every step begun while that save was still in flight,
+    # and the second save starts 5 clean steps after the first one's window.
+    for save in (first, second):
+        w = save["window_steps"]
+        assert all(pending[save["step"]:save["step"] + w - 1]) and not pending[save["step"] + w - 1]
+    assert second["step"] == first["step"] + first["window_steps"] + 5
 
 
 def test_grid_and_hlo_op_counts():
