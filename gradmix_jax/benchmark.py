@@ -48,10 +48,11 @@ def _method_config(config, method: str):
     return c
 
 
-def time_method(config, method: str, images: np.ndarray, labels: np.ndarray, mesh) -> dict[str, Any]:
-    c = _method_config(config, method)
-    validate_config(c, mesh.size)
-    b = c.bench
+def compiled_step(c, images: np.ndarray, labels: np.ndarray, mesh):
+    """The trainer's jitted step for config ``c``, lowered and compiled on device-held data.
+
+    Returns (lowered, compiled, state, dev_images, dev_labels, indices, compile_seconds), where
+    ``indices(i)`` is step ``i``'s epoch index matrix on the device."""
     model = model_from_config(c)
     tx, schedule = make_optimizer(c.learning_rate, c.min_learning_rate, 10_000)
     repl = parallel.replicated(mesh)
@@ -70,7 +71,17 @@ def time_method(config, method: str, images: np.ndarray, labels: np.ndarray, mes
     t0 = time.perf_counter()
     lowered = step.lower(state, dev_images, dev_labels, indices(0))
     compiled = lowered.compile()
-    compile_seconds = time.perf_counter() - t0
+    return (lowered, compiled, state, dev_images, dev_labels, indices,
+            time.perf_counter() - t0)
+
+
+def time_method(config, method: str, images: np.ndarray, labels: np.ndarray, mesh) -> dict[str, Any]:
+    c = _method_config(config, method)
+    validate_config(c, mesh.size)
+    b = c.bench
+    steps_per_epoch = steps_per_epoch_of(len(images), c.batch_size)
+    lowered, compiled, state, dev_images, dev_labels, indices, compile_seconds = compiled_step(
+        c, images, labels, mesh)
 
     times, host_times = [], []
     idx = None
@@ -126,7 +137,7 @@ def profile_step(compiled, state, images, labels, idx, directory: str, steps: in
 
 
 def checkpoint_stall(compiled, state, images, labels, idx, saves: int = 2, clean_steps: int = 5,
-                     max_steps: int = 300):
+                     max_steps: int = 300, make_saver=None):
     """Step times around async Orbax saves (made as the trainer makes them) against the median.
 
     A save step's time includes the ``BackgroundSaver.save`` call (a device-side snapshot and the
@@ -135,11 +146,13 @@ def checkpoint_stall(compiled, state, images, labels, idx, saves: int = 2, clean
     the save finished (copy and write done, ``BackgroundSaver.in_progress()`` false). Saves are
     ``clean_steps`` steps apart from any window, and the median is over the steps outside every
     window. Two saves are made by default, because the first one also pays Orbax's one-time set-up.
+    ``make_saver(manager, state)`` builds the saver (default ``checkpoint.BackgroundSaver``).
     """
+    make_saver = make_saver or checkpoint.BackgroundSaver
     times, pending, save_steps = [], [], []
     clean_run = 0
     with tempfile.TemporaryDirectory() as tmp:
-        saver = checkpoint.BackgroundSaver(checkpoint.make_manager(tmp, max_to_keep=1), state)
+        saver = make_saver(checkpoint.make_manager(tmp, max_to_keep=1), state)
         for i in range(max_steps):
             t0 = time.perf_counter()
             state, m = compiled(state, images, labels, idx)

@@ -108,14 +108,14 @@ def test_background_saver_snapshot_survives_donation(tmp_path, monkeypatch):
     assert not saver.in_progress()
     assert saver.manager.all_steps() == [3, 8]
     template = {"w": jnp.zeros(100_000, jnp.float32), "step": jnp.asarray(0, jnp.int32)}
-    restored = saver.manager.restore(3, args=checkpoint.ocp.args.StandardRestore(template))
+    restored = checkpoint.restore(saver.manager, 3, template)
     np.testing.assert_array_equal(restored["w"], np.arange(100_000, dtype=np.float32))
     assert int(restored["step"]) == 3
     assert float(checkpoint.restore_latest(saver.manager, template)["w"][0]) == 5.0
     # A save that fails on the helper thread is re-raised in the training thread.
-    def failing_save(manager, step, state, force=False):
+    def failing_save(step, args=None, force=False):
         raise OSError(f"disk full at step {step}")
-    monkeypatch.setattr(checkpoint, "save", failing_save)
+    monkeypatch.setattr(saver.manager, "save", failing_save)
     saver.save(9, state)
     with pytest.raises(OSError, match="disk full at step 9"):
         saver.wait_until_finished()

@@ -1,0 +1,104 @@
+"""The packed on-disk layout: pack/unpack, layout checks, old (unpacked) checkpoints, mesh restore."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gradmix_jax import checkpoint
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _tree():
+    # jax.tree.leaves orders dict keys: a, b, c, d, e.
+    return {"a": jnp.arange(6, dtype=jnp.float32).reshape(2, 3),
+            "b": jnp.asarray(7, jnp.int32),
+            "c": jnp.asarray([1, 2], jnp.uint32),
+            "d": jnp.asarray([0.5, 1.5, 2.5, 3.5], jnp.bfloat16),
+            "e": jnp.asarray([10.0, 11.0, 12.0, 13.0, 14.0], jnp.float32)}
+
+
+def test_layout_pack_unpack_under_jit():
+    tree = _tree()
+    # groups sorted by name: bfloat16=0, float32=1, int32=2, uint32=3; per leaf [group, ndim, *shape]
+    want_layout = [1, 2, 2, 3,  2, 0,  3, 1, 2,  0, 1, 4,  1, 1, 5]
+    np.testing.assert_array_equal(checkpoint.layout_of(tree), want_layout)
+    packed = jax.jit(checkpoint.pack)(tree)
+    assert sorted(packed) == ["data_bfloat16", "data_float32", "data_int32", "data_uint32"]
+    np.testing.assert_array_equal(packed["data_float32"], [0, 1, 2, 3, 4, 5, 10, 11, 12, 13, 14])
+    np.testing.assert_array_equal(packed["data_int32"], [7])
+    np.testing.assert_array_equal(packed["data_uint32"], [1, 2])
+    assert packed["data_bfloat16"].dtype == jnp.bfloat16
+    back = jax.jit(lambda p: checkpoint.unpack(p, tree))(packed)
+    for k in tree:
+        assert back[k].shape == tree[k].shape and back[k].dtype == tree[k].dtype
+        np.testing.assert_array_equal(np.asarray(back[k], np.float64), np.asarray(tree[k], np.float64))
+
+
+def test_save_restore_and_refusals(tmp_path):
+    tree = _tree()
+    manager = checkpoint.make_manager(str(tmp_path / "packed"))
+    checkpoint.save(manager, 4, tree)
+    manager.wait_until_finished()
+    manager.close()
+    manager = checkpoint.make_manager(str(tmp_path / "packed"))  # as a new process opens it
+    saved = manager.item_metadata(4).tree
+    assert sorted(saved) == ["data_bfloat16", "data_float32", "data_int32", "data_uint32", "layout"]
+    template = jax.tree.map(jnp.zeros_like, tree)
+    got = checkpoint.restore_latest(manager, template)
+    for k in tree:
+        np.testing.assert_array_equal(np.asarray(got[k], np.float64), np.asarray(tree[k], np.float64))
+    # Same element counts per dtype, other shapes: refused by the layout check, not scrambled.
+    swapped = dict(template, a=jnp.zeros((3, 2), jnp.float32))
+    with pytest.raises(checkpoint.CheckpointError, match="step 4 .* does not match"):
+        checkpoint.restore_latest(manager, swapped)
+    # Another size: refused before any array is read.
+    bigger = dict(template, e=jnp.zeros((6,), jnp.float32))
+    with pytest.raises(checkpoint.CheckpointError, match="does not match"):
+        checkpoint.restore_latest(manager, bigger)
+
+
+def test_unpacked_checkpoint_of_earlier_versions_restores(tmp_path):
+    tree = _tree()
+    manager = checkpoint.make_manager(str(tmp_path / "old"))
+    manager.save(2, args=checkpoint.ocp.args.StandardSave(tree))
+    manager.wait_until_finished()
+    manager.close()
+    manager = checkpoint.make_manager(str(tmp_path / "old"))
+    got = checkpoint.restore_latest(manager, jax.tree.map(jnp.zeros_like, tree))
+    np.testing.assert_array_equal(got["e"], tree["e"])
+    assert int(got["b"]) == 7
+
+
+_MESH_CHECK = r"""
+import sys, jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from gradmix_jax import checkpoint
+mesh = Mesh(np.array(jax.devices()), ("data",))
+repl = NamedSharding(mesh, P())
+state = {"w": jax.device_put(jnp.arange(12.0).reshape(3, 4), repl),
+         "step": jax.device_put(jnp.asarray(5, jnp.int32), repl)}
+saver = checkpoint.BackgroundSaver(checkpoint.make_manager(sys.argv[1]), state)
+saver.save(5, state)
+saver.wait_until_finished()
+target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state)
+got = checkpoint.restore_latest(saver.manager, target)
+assert len(jax.devices()) == 4
+assert all(x.sharding == repl for x in jax.tree.leaves(got)), [x.sharding for x in jax.tree.leaves(got)]
+np.testing.assert_array_equal(got["w"], np.arange(12.0).reshape(3, 4))
+assert int(got["step"]) == 5
+print("ok")
+"""
+
+
+def test_background_save_and_restore_on_a_4_device_mesh(tmp_path):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+    out = subprocess.run([sys.executable, "-c", _MESH_CHECK, str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=300, cwd=os.path.dirname(HERE))
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
