@@ -22,6 +22,7 @@ Runs the benchmark's GradMix step (ResNet18 width 64, batch 256, 32x32) and, per
   devpack_thread  the packed device arrays handed to Orbax on the thread (Orbax copies them)
   devpack_pinned  the packed arrays moved to 'pinned_host' memory, then as devpack
   production      ``checkpoint.BackgroundSaver`` as it is now (devpack_pinned, packed on-disk layout)
+  production_si   production with the shorter switch interval (not yet measured on a GPU)
 
 Before the packed layout, ``background`` was the library's saver. Results: README "Checkpoint
 stall".
@@ -129,7 +130,7 @@ class ThreadSaver(checkpoint.BackgroundSaver):
 def saver_factory(mode):
     if mode == "direct":
         return DirectSaver
-    if mode == "production":
+    if mode in ("production", "production_si"):
         return checkpoint.BackgroundSaver
 
     def make(manager, state):
