@@ -96,8 +96,8 @@ def restore(manager: ocp.CheckpointManager, step: int, target):
         got = {k: tuple(v.shape) for k, v in saved.items()}
         if got != {LAYOUT_KEY: want.shape, **{k: (n,) for k, n in sizes.items()}}:
             raise ValueError(f"saved arrays {got} are not this state's {sizes}")
-        leaf = jax.tree.leaves(abstract)[0]
-        sharding = leaf.sharding if getattr(leaf, "sharding", None) is not None else None
+        # The packed arrays go where the (replicated) state lives.
+        sharding = getattr(jax.tree.leaves(abstract)[0], "sharding", None)
         template = {LAYOUT_KEY: np.zeros(want.shape, np.int32),
                     **{k: jax.ShapeDtypeStruct((n,), jnp.dtype(k[len(DATA_PREFIX):]),
                                                sharding=sharding) for k, n in sizes.items()}}
