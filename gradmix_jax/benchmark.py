@@ -140,8 +140,8 @@ def checkpoint_stall(compiled, state, images, labels, idx, saves: int = 2, clean
                      max_steps: int = 300, make_saver=None):
     """Step times around async Orbax saves (made as the trainer makes them) against the median.
 
-    A save step's time includes the ``BackgroundSaver.save`` call (a device-side snapshot and the
-    hand-off to the saving thread); the device-to-host copy and the file write run during the
+    A save step's time includes the ``BackgroundSaver.save`` call (the device-side packing, the
+    dispatch of its copy to host memory and the hand-off to the saving thread); the device-to-host copy and the file write run during the
     following steps. Each save's window is the save step and every step until the one during which
     the save finished (copy and write done, ``BackgroundSaver.in_progress()`` false). Saves are
     ``clean_steps`` steps apart from any window, and the median is over the steps outside every
@@ -233,9 +233,8 @@ def run_setting(config) -> dict[str, Any]:
             st = report[method]["checkpoint_stall"]
             for k, sv in enumerate(st["saves"]):
                 print(f"{'':14s} async checkpoint {k + 1}: save step {sv['save_step_seconds'] * 1e3:.1f} ms, "
-                      f"median "
-                      f"{st['median_step_seconds'] * 1e3:.1f} ms; worst of {sv['window_steps']} steps "
-                      f"until written {sv['ratio']:.2f}x", file=sys.stderr)
+                      f"median {st['median_step_seconds'] * 1e3:.1f} ms; worst of {sv['window_steps']} "
+                      f"steps until written {sv['ratio']:.2f}x", file=sys.stderr)
     if "none" in report:
         base = report["none"]["step_seconds"]
         report["ratio_to_none"] = {m: report[m]["step_seconds"] / base for m in b.methods}

@@ -35,8 +35,12 @@ LAYOUT_KEY = "layout"
 DATA_PREFIX = "data_"
 
 
+def _dtype_name(leaf) -> str:
+    return str(jnp.dtype(leaf.dtype))
+
+
 def _dtype_groups(tree) -> list[str]:
-    return sorted({str(jnp.dtype(leaf.dtype)) for leaf in jax.tree.leaves(tree)})
+    return sorted({_dtype_name(leaf) for leaf in jax.tree.leaves(tree)})
 
 
 def layout_of(tree) -> np.ndarray:
@@ -44,7 +48,7 @@ def layout_of(tree) -> np.ndarray:
     groups = _dtype_groups(tree)
     rows: list[int] = []
     for leaf in jax.tree.leaves(tree):
-        rows += [groups.index(str(jnp.dtype(leaf.dtype))), len(leaf.shape), *leaf.shape]
+        rows += [groups.index(_dtype_name(leaf)), len(leaf.shape), *leaf.shape]
     return np.asarray(rows, np.int32)
 
 
@@ -52,7 +56,7 @@ def pack(state) -> dict[str, jax.Array]:
     """{'data_<dtype>': every leaf of that dtype raveled and concatenated}; jit it (one dispatch)."""
     groups: dict[str, list[jax.Array]] = {}
     for leaf in jax.tree.leaves(state):
-        groups.setdefault(DATA_PREFIX + str(jnp.dtype(leaf.dtype)), []).append(leaf.ravel())
+        groups.setdefault(DATA_PREFIX + _dtype_name(leaf), []).append(leaf.ravel())
     return {k: jnp.concatenate(v) for k, v in groups.items()}
 
 
@@ -62,7 +66,7 @@ def unpack(packed: dict[str, jax.Array], target):
     offsets: dict[str, int] = {}
     out = []
     for leaf in leaves:
-        key = DATA_PREFIX + str(jnp.dtype(leaf.dtype))
+        key = DATA_PREFIX + _dtype_name(leaf)
         start, size = offsets.get(key, 0), int(np.prod(leaf.shape, dtype=np.int64))
         out.append(packed[key][start:start + size].reshape(leaf.shape))
         offsets[key] = start + size
@@ -120,10 +124,15 @@ def restore(manager: ocp.CheckpointManager, step: int, target):
 _pack_jit = jax.jit(pack)
 
 
+def _save_packed(manager: ocp.CheckpointManager, step: int, layout: np.ndarray, packed,
+                 force: bool) -> bool:
+    return manager.save(step, args=ocp.args.StandardSave({LAYOUT_KEY: layout, **packed}),
+                        force=force)
+
+
 def save(manager: ocp.CheckpointManager, step: int, state, force: bool = False) -> bool:
     """Saves ``state`` in the packed layout (synchronous device-to-host copy, async write)."""
-    return manager.save(step, args=ocp.args.StandardSave(
-        {LAYOUT_KEY: layout_of(state), **_pack_jit(state)}), force=force)
+    return _save_packed(manager, step, layout_of(state), _pack_jit(state), force)
 
 
 def _has_pinned_host(device) -> bool:
@@ -143,8 +152,8 @@ class BackgroundSaver:
     """Async saves that do not stall the training loop.
 
     Orbax's ``save`` returns only after the state is in host memory, and its per-array host work
-    holds the GIL; on an H100 a ResNet18 state cost 200-500 ms of training-loop time per save,
-    also when ``save`` ran on a helper thread (measured, README "Checkpoint stall"). Here a save is:
+    holds the GIL; on an H100 a ResNet18 state cost 200-820 ms of training-loop time per save,
+    also when ``save`` ran on a helper thread (measured, README "Checkpoint stalls"). Here a save is:
     one jitted ``pack`` of the state on the device (a few flat arrays, new buffers, so the next
     step may donate ``state``), a DMA of those into pinned host memory (both dispatched
     asynchronously), and ``manager.save`` of the few host arrays on a helper thread. At most one
@@ -170,8 +179,7 @@ class BackgroundSaver:
 
     def _run(self, step: int, packed, force: bool) -> None:
         try:
-            self.manager.save(step, args=ocp.args.StandardSave({LAYOUT_KEY: self._layout, **packed}),
-                              force=force)
+            _save_packed(self.manager, step, self._layout, packed, force)
         except BaseException as e:  # re-raised in the training thread
             self._error = e
 

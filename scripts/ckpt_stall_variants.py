@@ -70,13 +70,7 @@ def _snapshot(state):
     return jax.tree.map(lambda x: x.copy(), state)
 
 
-@jax.jit
-def pack(state):
-    """The state's leaves as one flat array per dtype, on the device (one dispatch)."""
-    groups = {}
-    for leaf in jax.tree.leaves(state):
-        groups.setdefault(str(leaf.dtype), []).append(leaf.ravel())
-    return {k: jax.numpy.concatenate(v) for k, v in groups.items()}
+pack = jax.jit(checkpoint.pack)  # the library's device-side packing (one flat array per dtype)
 
 
 def to_pinned(tree):
