@@ -18,9 +18,11 @@ from __future__ import annotations
 import copy
 import json
 import os
+import queue
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -105,7 +107,9 @@ def time_method(config, method: str, images: np.ndarray, labels: np.ndarray, mes
               "xla_flop_rate": xla / median, "model_flop_rate": analytic / median,
               "host_data_seconds": statistics.fmean(host_times), "final_loss": float(m["loss"])}
     if b.checkpoint_stall and method == "gradmix":
-        result["checkpoint_stall"] = checkpoint_stall(compiled, state, dev_images, dev_labels, idx)
+        for key, pipelined in (("checkpoint_stall", False), ("checkpoint_stall_pipelined", True)):
+            result[key], state = checkpoint_stall(compiled, state, dev_images, dev_labels, idx,
+                                                  pipelined=pipelined)
     if b.profile_dir and method == "gradmix":
         setting = f"{c.model.dtype}_b{c.batch_size}_s{c.data.image_size}"
         result["profile"] = profile_step(compiled, state, dev_images, dev_labels, idx,
@@ -137,55 +141,136 @@ def profile_step(compiled, state, images, labels, idx, directory: str, steps: in
 
 
 def checkpoint_stall(compiled, state, images, labels, idx, saves: int = 2, clean_steps: int = 5,
-                     max_steps: int = 300, make_saver=None):
+                     max_steps: int = 300, make_saver=None, pipelined: bool = False,
+                     max_in_flight: int = 8):
     """Step times around async Orbax saves (made as the trainer makes them) against the median.
 
-    A save step's time includes the ``BackgroundSaver.save`` call (the device-side packing, the
-    dispatch of its copy to host memory and the hand-off to the saving thread); the device-to-host copy and the file write run during the
-    following steps. Each save's window is the save step and every step until the one during which
-    the save finished (copy and write done, ``BackgroundSaver.in_progress()`` false). Saves are
-    ``clean_steps`` steps apart from any window, and the median is over the steps outside every
-    window. Two saves are made by default, because the first one also pays Orbax's one-time set-up.
-    ``make_saver(manager, state)`` builds the saver (default ``checkpoint.BackgroundSaver``).
+    Returns (report, state). Two ways of timing a step:
+
+    * ``pipelined=False``: every step is waited for (``block_until_ready``) before the next one is
+      launched, and its time is launch to ready; a save step's time includes the
+      ``BackgroundSaver.save`` call. Any host-side delay (e.g. the training thread waiting for the
+      GIL while the saving thread runs Python) shows in full. Each save's window is the save step
+      and every step until the one during which the save finished (``in_progress()`` false).
+    * ``pipelined=True``: as the trainer runs: steps are launched without waiting (at most
+      ``max_in_flight`` ahead of the device); at a save step the loop waits for that step's
+      metrics (the trainer checks the loss before it saves), then saves, then goes on. A watcher
+      thread records when each step's metrics are ready; a step's time is the time between two
+      such completions, i.e. what the device's step rate is. A save's window is the steps after
+      the save step until the first one that completed with the save finished; the first of them
+      also carries the host round trip of the save step.
+
+    Saves are ``clean_steps`` steps apart from any window, and the median is over the steps
+    outside every window. Two saves are made by default, because the first one also pays Orbax's
+    one-time set-up. ``make_saver(manager, state)`` builds the saver (default
+    ``checkpoint.BackgroundSaver``).
     """
     make_saver = make_saver or checkpoint.BackgroundSaver
-    times, pending, save_steps = [], [], []
-    clean_run = 0
     with tempfile.TemporaryDirectory() as tmp:
         saver = make_saver(checkpoint.make_manager(tmp, max_to_keep=1), state)
-        for i in range(max_steps):
-            t0 = time.perf_counter()
-            state, m = compiled(state, images, labels, idx)
-            jax.block_until_ready((state, m))
-            saving_now = len(save_steps) < saves and clean_run >= clean_steps
-            if saving_now:
-                saver.save(i, state)
-                save_steps.append(i)
-            times.append(time.perf_counter() - t0)
-            in_window = saving_now or (i > 0 and pending[-1])
-            pending.append(saver.in_progress())
-            clean_run = 0 if in_window else clean_run + 1
-            if len(save_steps) == saves and clean_run >= clean_steps:
-                break
+        run = _stall_pipelined if pipelined else _stall_synchronous
+        times, pending, save_steps, windows, state = run(
+            compiled, state, images, labels, idx, saver, saves, clean_steps, max_steps,
+            max_in_flight)
         saver.wait_until_finished()
-    windows = []
-    for i in save_steps:
-        end = i
-        while end + 1 < len(times) and pending[end]:
-            end += 1
-        windows.append(list(range(i, end + 1)))
     in_windows = {j for w in windows for j in w}
-    median = statistics.median([t for i, t in enumerate(times) if i not in in_windows])
+    clean = [t for i, t in enumerate(times) if i not in in_windows and t == t]
+    median = statistics.median(clean)
     report = []
     for i, w in zip(save_steps, windows):
         report.append({"step": i, "save_step_seconds": times[i],
                        "after_save_step_seconds": times[i + 1] if i + 1 < len(times) else None,
                        "window_steps": len(w), "finished_in_window": not pending[w[-1]],
                        "ratio": max(times[j] for j in w) / median,
+                       "mean_ratio": statistics.fmean(times[j] for j in w) / median,
                        "excess_seconds": sum(times[j] - median for j in w)})
-    return {"median_step_seconds": median, "saves": report,
-            "worst_ratio": max(s["ratio"] for s in report), "step_seconds_all": times,
-            "save_pending_after_step": pending}
+    return ({"mode": "pipelined" if pipelined else "synchronous",
+             "median_step_seconds": median, "saves": report,
+             "worst_ratio": max(s["ratio"] for s in report),
+             # The noise floor: the slowest step outside every window, against the same median.
+             "clean_worst_ratio": max(clean) / median, "clean_steps": len(clean),
+             "step_seconds_all": [t if t == t else None for t in times],  # NaN: no step before
+             "save_pending_after_step": pending}, state)
+
+
+def _stall_synchronous(compiled, state, images, labels, idx, saver, saves, clean_steps,
+                       max_steps, max_in_flight):
+    times, pending, save_steps = [], [], []
+    clean_run = 0
+    for i in range(max_steps):
+        t0 = time.perf_counter()
+        state, m = compiled(state, images, labels, idx)
+        jax.block_until_ready((state, m))
+        saving_now = len(save_steps) < saves and clean_run >= clean_steps
+        if saving_now:
+            saver.save(i, state)
+            save_steps.append(i)
+        times.append(time.perf_counter() - t0)
+        in_window = saving_now or (i > 0 and pending[-1])
+        pending.append(saver.in_progress())
+        clean_run = 0 if in_window else clean_run + 1
+        if len(save_steps) == saves and clean_run >= clean_steps:
+            break
+    windows = []
+    for i in save_steps:
+        end = i
+        while end + 1 < len(times) and pending[end]:
+            end += 1
+        windows.append(list(range(i, end + 1)))
+    return times, pending, save_steps, windows, state
+
+
+def _stall_pipelined(compiled, state, images, labels, idx, saver, saves, clean_steps, max_steps,
+                     max_in_flight):
+    ready_at: list[float] = []  # when step j's metrics were ready (watcher thread)
+    pending: list[bool] = []  # whether a save was in flight when step j was seen ready
+    launched: queue.Queue = queue.Queue()
+
+    def watch():
+        while (m := launched.get()) is not None:
+            jax.block_until_ready(m)
+            ready_at.append(time.perf_counter())
+            pending.append(saver.in_progress())
+
+    watcher = threading.Thread(target=watch, name="stall-watcher", daemon=True)
+    watcher.start()
+    save_steps: list[int] = []
+    in_flight: list = []
+
+    def clean_since_last_window() -> int:
+        # Completed steps since the last save's window closed (or since the start).
+        seen = len(pending)
+        if not save_steps:
+            return seen
+        j = save_steps[-1] + 1
+        while j < seen and pending[j]:
+            j += 1
+        return max(0, seen - j - 1)
+
+    try:
+        for i in range(max_steps):
+            state, m = compiled(state, images, labels, idx)
+            launched.put(m)
+            in_flight.append(m)
+            if len(save_steps) < saves and clean_since_last_window() >= clean_steps:
+                jax.block_until_ready(m)
+                saver.save(i, state)
+                save_steps.append(i)
+            if len(in_flight) > max_in_flight:
+                jax.block_until_ready(in_flight.pop(0))
+            if len(save_steps) == saves and clean_since_last_window() >= clean_steps:
+                break
+    finally:
+        launched.put(None)
+        watcher.join()
+    times = [float("nan")] + [b - a for a, b in zip(ready_at, ready_at[1:])]
+    windows = []
+    for i in save_steps:
+        end = min(i + 1, len(times) - 1)
+        while end + 1 < len(times) and pending[end]:
+            end += 1
+        windows.append(list(range(i + 1, end + 1)))
+    return times, pending, save_steps, windows, state
 
 
 def _grid_configs(config):
@@ -229,12 +314,17 @@ def run_setting(config) -> dict[str, Any]:
         print(f"{method:14s} {report[method]['step_seconds'] * 1e3:9.1f} ms/step "
               f"{report[method]['images_per_second']:9.1f} img/s "
               f"(compile {report[method]['compile_seconds']:.1f} s)", file=sys.stderr)
-        if "checkpoint_stall" in report[method]:
-            st = report[method]["checkpoint_stall"]
+        for key in ("checkpoint_stall", "checkpoint_stall_pipelined"):
+            if key not in report[method]:
+                continue
+            st = report[method][key]
             for k, sv in enumerate(st["saves"]):
-                print(f"{'':14s} async checkpoint {k + 1}: save step {sv['save_step_seconds'] * 1e3:.1f} ms, "
-                      f"median {st['median_step_seconds'] * 1e3:.1f} ms; worst of {sv['window_steps']} "
-                      f"steps until written {sv['ratio']:.2f}x", file=sys.stderr)
+                print(f"{'':14s} async checkpoint {k + 1} ({st['mode']}): median "
+                      f"{st['median_step_seconds'] * 1e3:.1f} ms; {sv['window_steps']} steps until "
+                      f"written: worst {sv['ratio']:.2f}x, mean {sv['mean_ratio']:.2f}x, "
+                      f"excess {sv['excess_seconds'] * 1e3:.0f} ms", file=sys.stderr)
+            print(f"{'':14s} slowest of {st['clean_steps']} steps without a save "
+                  f"({st['mode']}): {st['clean_worst_ratio']:.2f}x", file=sys.stderr)
     if "none" in report:
         base = report["none"]["step_seconds"]
         report["ratio_to_none"] = {m: report[m]["step_seconds"] / base for m in b.methods}

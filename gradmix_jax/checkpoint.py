@@ -17,13 +17,29 @@ class CheckpointError(RuntimeError):
 
 def make_manager(workdir: str, max_to_keep: int = 2, save_interval_steps: int = 1
                  ) -> ocp.CheckpointManager:
+    """The ``CheckpointManager`` of ``<workdir>/checkpoints`` (async saves, old steps deleted in
+    the background).
+
+    Arrays are written without compression: Orbax's default zstd cost 2-4x the CPU time of a save
+    (0.22-0.61 s against 0.07-0.15 s for a 138 MB state on this 2-core CPU, README "Checkpoint
+    stalls"), CPU time that a save takes from training, for 8% fewer bytes on disk. Checkpoints
+    written compressed (earlier versions) read back the same way.
+    """
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                            save_interval_steps=save_interval_steps,
-                                           enable_async_checkpointing=True)
+                                           enable_async_checkpointing=True,
+                                           enable_background_delete=True)
     # The handler named up front: a fresh process can read a checkpoint's metadata before any save.
     return ocp.CheckpointManager(directory, options=options,
-                                 item_handlers=ocp.StandardCheckpointHandler())
+                                 item_handlers=ocp.PyTreeCheckpointHandler(use_compression=False))
+
+
+def _restore_args(manager: ocp.CheckpointManager, step: int, template):
+    """Restores checkpoint ``step`` as ``template`` (arrays, ``jax.ShapeDtypeStruct`` with
+    shardings, or NumPy arrays)."""
+    return manager.restore(step, args=ocp.args.PyTreeRestore(
+        template, restore_args=ocp.checkpoint_utils.construct_restore_args(template)))
 
 
 # On-disk layout: the state's leaves (``jax.tree.leaves`` order) packed into one flat array per
@@ -94,7 +110,7 @@ def restore(manager: ocp.CheckpointManager, step: int, target):
     try:
         saved = manager.item_metadata(step).tree
         if LAYOUT_KEY not in saved:  # the unpacked layout written before the packed one
-            return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+            return _restore_args(manager, step, abstract)
         want = layout_of(abstract)
         sizes = {k: int(v.shape[0]) for k, v in jax.eval_shape(pack, abstract).items()}
         got = {k: tuple(v.shape) for k, v in saved.items()}
@@ -105,7 +121,7 @@ def restore(manager: ocp.CheckpointManager, step: int, target):
         template = {LAYOUT_KEY: np.zeros(want.shape, np.int32),
                     **{k: jax.ShapeDtypeStruct((n,), jnp.dtype(k[len(DATA_PREFIX):]),
                                                sharding=sharding) for k, n in sizes.items()}}
-        packed = manager.restore(step, args=ocp.args.StandardRestore(template))
+        packed = _restore_args(manager, step, template)
         if not np.array_equal(np.asarray(packed.pop(LAYOUT_KEY)), want):
             raise ValueError("the saved leaf shapes differ from this state's")
         shardings = [getattr(a, "sharding", None) for a in jax.tree.leaves(abstract)]
@@ -126,7 +142,7 @@ _pack_jit = jax.jit(pack)
 
 def _save_packed(manager: ocp.CheckpointManager, step: int, layout: np.ndarray, packed,
                  force: bool) -> bool:
-    return manager.save(step, args=ocp.args.StandardSave({LAYOUT_KEY: layout, **packed}),
+    return manager.save(step, args=ocp.args.PyTreeSave({LAYOUT_KEY: layout, **packed}),
                         force=force)
 
 

@@ -172,7 +172,7 @@ def main():
             sys.setswitchinterval(5e-4 if mode.endswith("_si") else 5e-3)
             make = saver_factory(mode)
             # The step donates its state: give each variant its own device copy.
-            st = benchmark.checkpoint_stall(compiled, _snapshot(state), im, lb, idx,
+            st, _ = benchmark.checkpoint_stall(compiled, _snapshot(state), im, lb, idx,
                                             make_saver=make)
             st["thread_seconds"] = getattr(getattr(make, "last", None), "thread_seconds", None)
             row = {"dtype": dtype, "mode": mode, "median_ms": 1e3 * st["median_step_seconds"],

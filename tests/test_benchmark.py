@@ -2,6 +2,7 @@
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -47,6 +48,28 @@ def test_benchmark_writes_report(tmp_path):
         w = save["window_steps"]
         assert all(pending[save["step"]:save["step"] + w - 1]) and not pending[save["step"] + w - 1]
     assert second["step"] == first["step"] + first["window_steps"] + 5
+    # As the trainer runs (no wait per step): a window is the steps after the save step until the
+    # first one seen complete with the save finished; step times are gaps between completions.
+    piped = report["gradmix"]["checkpoint_stall_pipelined"]
+    assert piped["mode"] == "pipelined" and len(piped["saves"]) == 2
+    times, pending = piped["step_seconds_all"], piped["save_pending_after_step"]
+    assert len(times) == len(pending) and times[0] is None
+    assert all(t > 0 for t in times[1:]) and not pending[-1]
+    for save in piped["saves"]:
+        s, w = save["step"], save["window_steps"]
+        assert save["finished_in_window"] and all(pending[s + 1:s + w]) and not pending[s + w]
+        window = times[s + 1:s + w + 1]
+        assert abs(save["ratio"] - max(window) / piped["median_step_seconds"]) < 1e-9
+        assert abs(save["excess_seconds"] - sum(t - piped["median_step_seconds"] for t in window)) < 1e-9
+    for st in (stall, piped):
+        outside = [t for i, t in enumerate(st["step_seconds_all"]) if t is not None and not any(
+            s["step"] + (st is piped) <= i < s["step"] + (st is piped) + s["window_steps"]
+            for s in st["saves"])]
+        assert st["clean_steps"] == len(outside) >= 10
+        assert st["median_step_seconds"] == statistics.median(outside)
+        assert abs(st["clean_worst_ratio"] - max(outside) / st["median_step_seconds"]) < 1e-9
+    first, second = piped["saves"]
+    assert first["step"] >= 5 and second["step"] >= first["step"] + first["window_steps"] + 5
 
 
 def test_grid_and_hlo_op_counts():

@@ -63,16 +63,47 @@ def test_save_restore_and_refusals(tmp_path):
         checkpoint.restore_latest(manager, bigger)
 
 
-def test_unpacked_checkpoint_of_earlier_versions_restores(tmp_path):
+def _earlier_versions_manager(workdir):
+    # make_manager as it was before uncompressed saves: StandardCheckpointHandler, zstd.
+    ocp = checkpoint.ocp
+    return ocp.CheckpointManager(
+        str(workdir / "checkpoints"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=True),
+        item_handlers=ocp.StandardCheckpointHandler())
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_checkpoints_of_earlier_versions_restore(tmp_path, packed):
     tree = _tree()
-    manager = checkpoint.make_manager(str(tmp_path / "old"))
-    manager.save(2, args=checkpoint.ocp.args.StandardSave(tree))
+    manager = _earlier_versions_manager(tmp_path)
+    saved = ({checkpoint.LAYOUT_KEY: checkpoint.layout_of(tree), **checkpoint.pack(tree)}
+             if packed else tree)  # packed, or the unpacked pytree of the first versions
+    manager.save(2, args=checkpoint.ocp.args.StandardSave(saved))
     manager.wait_until_finished()
     manager.close()
-    manager = checkpoint.make_manager(str(tmp_path / "old"))
+    manager = checkpoint.make_manager(str(tmp_path))
     got = checkpoint.restore_latest(manager, jax.tree.map(jnp.zeros_like, tree))
-    np.testing.assert_array_equal(got["e"], tree["e"])
+    for k in tree:
+        np.testing.assert_array_equal(np.asarray(got[k], np.float64), np.asarray(tree[k], np.float64))
     assert int(got["b"]) == 7
+
+
+def test_saves_are_uncompressed(tmp_path):
+    # The packed float32 array's bytes are on disk as they are (no zstd): random floats barely
+    # compress, so the test compares sizes against what the earlier (zstd) manager writes.
+    big = {"w": jnp.asarray(np.random.default_rng(0).normal(size=(1 << 20,)), jnp.float32)}
+    sizes = {}
+    for name, manager in (("now", checkpoint.make_manager(str(tmp_path / "now"))),
+                          ("zstd", _earlier_versions_manager(tmp_path / "zstd"))):
+        if name == "now":
+            checkpoint.save(manager, 1, big)
+        else:
+            manager.save(1, args=checkpoint.ocp.args.StandardSave(checkpoint.pack(big)))
+        manager.wait_until_finished()
+        sizes[name] = sum(os.path.getsize(os.path.join(d, f))
+                          for d, _, fs in os.walk(tmp_path / name) for f in fs)
+    assert sizes["now"] >= 4 * (1 << 20)  # every float32 byte written
+    assert sizes["zstd"] < 0.97 * sizes["now"]
 
 
 _MESH_CHECK = r"""
