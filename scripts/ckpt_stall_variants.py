@@ -24,6 +24,9 @@ Runs the benchmark's GradMix step (ResNet18 width 64, batch 256, 32x32) and, per
   production      ``checkpoint.BackgroundSaver`` as it is now (devpack_pinned, packed on-disk layout)
   production_si   production with the shorter switch interval (not yet measured on a GPU)
 
+``--pipelined`` times steps as the trainer runs them (see ``benchmark.checkpoint_stall``);
+``--trace DIR`` records a profiler trace of the production runs (host threads and device stream).
+
 Before the packed layout, ``background`` was the library's saver. Results: README "Checkpoint
 stall".
 """
@@ -31,6 +34,7 @@ stall".
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -142,6 +146,10 @@ def main():
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--modes", default="direct,background,background_si,d2h_only,host_copy,host_copy_si,packed,npz")
+    ap.add_argument("--pipelined", action="store_true",
+                    help="time steps as the trainer runs them (no wait per step), see benchmark")
+    ap.add_argument("--trace", default="",
+                    help="write a jax.profiler trace (with a Perfetto JSON) of each 'production' run here")
     args = ap.parse_args()
     import importlib.util
     spec = importlib.util.spec_from_file_location(
@@ -172,14 +180,21 @@ def main():
             sys.setswitchinterval(5e-4 if mode.endswith("_si") else 5e-3)
             make = saver_factory(mode)
             # The step donates its state: give each variant its own device copy.
-            st, _ = benchmark.checkpoint_stall(compiled, _snapshot(state), im, lb, idx,
-                                            make_saver=make)
+            trace = (jax.profiler.trace(os.path.join(args.trace, f"{dtype}_{mode}"),
+                                        create_perfetto_trace=True)
+                     if args.trace and mode.startswith("production") else contextlib.nullcontext())
+            with trace:
+                st, _ = benchmark.checkpoint_stall(compiled, _snapshot(state), im, lb, idx,
+                                                   make_saver=make, pipelined=args.pipelined)
             st["thread_seconds"] = getattr(getattr(make, "last", None), "thread_seconds", None)
-            row = {"dtype": dtype, "mode": mode, "median_ms": 1e3 * st["median_step_seconds"],
+            row = {"dtype": dtype, "mode": mode, "timing": st["mode"],
+                   "median_ms": 1e3 * st["median_step_seconds"],
+                   "clean_worst_ratio": st["clean_worst_ratio"],
                    "saves": [(s["window_steps"], round(s["ratio"], 3), round(1e3 * s["excess_seconds"], 1))
                              for s in st["saves"]],
                    "thread_s": st["thread_seconds"],
-                   "steps_ms": [round(1e3 * t, 1) for t in st["step_seconds_all"]]}
+                   "steps_ms": [None if t is None else round(1e3 * t, 1)
+                                for t in st["step_seconds_all"]]}
             out["runs"].append(row)
             print(dtype, mode, "median %.1f ms" % row["median_ms"], "(window, worst, excess ms)",
                   row["saves"], "thread s", row["thread_s"], flush=True)
