@@ -153,12 +153,12 @@ def checkpoint_stall(compiled, state, images, labels, idx, saves: int = 2, clean
       GIL while the saving thread runs Python) shows in full. Each save's window is the save step
       and every step until the one during which the save finished (``in_progress()`` false).
     * ``pipelined=True``: as the trainer runs: steps are launched without waiting (at most
-      ``max_in_flight`` ahead of the device); at a save step the loop waits for that step's
-      metrics (the trainer checks the loss before it saves), then saves, then goes on. A watcher
+      ``max_in_flight`` ahead of the device); at a save step the loop takes the saver's
+      ``snapshot`` of the state, launches the next step, then waits for the save step's metrics
+      (the trainer checks the loss before it writes) and ``write``s the snapshot. A watcher
       thread records when each step's metrics are ready; a step's time is the time between two
       such completions, i.e. what the device's step rate is. A save's window is the steps after
-      the save step until the first one that completed with the save finished; the first of them
-      also carries the host round trip of the save step.
+      the save step until the first one that completed with the save finished.
 
     Saves are ``clean_steps`` steps apart from any window, and the median is over the steps
     outside every window. Two saves are made by default, because the first one also pays Orbax's
@@ -226,11 +226,13 @@ def _stall_pipelined(compiled, state, images, labels, idx, saver, saves, clean_s
     pending: list[bool] = []  # whether a save was in flight when step j was seen ready
     launched: queue.Queue = queue.Queue()
 
+    unwritten = threading.Event()  # a snapshot is taken but not yet handed to ``write``
+
     def watch():
         while (m := launched.get()) is not None:
             jax.block_until_ready(m)
             ready_at.append(time.perf_counter())
-            pending.append(saver.in_progress())
+            pending.append(unwritten.is_set() or saver.in_progress())
 
     watcher = threading.Thread(target=watch, name="stall-watcher", daemon=True)
     watcher.start()
@@ -247,19 +249,32 @@ def _stall_pipelined(compiled, state, images, labels, idx, saver, saves, clean_s
             j += 1
         return max(0, seen - j - 1)
 
+    deferred = None  # (step, metrics, snapshot) of a save step, written after the next launch
     try:
         for i in range(max_steps):
             state, m = compiled(state, images, labels, idx)
             launched.put(m)
             in_flight.append(m)
+            if deferred is not None:  # as the trainer: read the loss, then write the snapshot
+                jax.block_until_ready(deferred[1])
+                saver.write(deferred[0], deferred[2])
+                unwritten.clear()
+                deferred = None
             if len(save_steps) < saves and clean_since_last_window() >= clean_steps:
-                jax.block_until_ready(m)
-                saver.save(i, state)
+                if hasattr(saver, "snapshot"):
+                    unwritten.set()
+                    deferred = (i, m, saver.snapshot(state))
+                else:  # a saver without the split API: wait for the loss, then save
+                    jax.block_until_ready(m)
+                    saver.save(i, state)
                 save_steps.append(i)
             if len(in_flight) > max_in_flight:
                 jax.block_until_ready(in_flight.pop(0))
             if len(save_steps) == saves and clean_since_last_window() >= clean_steps:
                 break
+        if deferred is not None:  # max_steps ran out right after a save step
+            saver.write(deferred[0], deferred[2])
+            unwritten.clear()
     finally:
         launched.put(None)
         watcher.join()

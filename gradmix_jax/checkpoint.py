@@ -174,7 +174,9 @@ class BackgroundSaver:
     step may donate ``state``), a DMA of those into pinned host memory (both dispatched
     asynchronously), and ``manager.save`` of the few host arrays on a helper thread. At most one
     save is in flight; the next ``save`` (and ``wait``) first waits for it and re-raises its
-    error, if any.
+    error, if any. ``save`` is ``snapshot`` (the device part, before the next step donates the
+    state) then ``write``; the trainer calls them apart, so that it can launch the next step
+    before it reads the loss that decides whether the snapshot is written.
 
     With several processes (``jax.process_count() > 1``) ``manager.save`` runs on the calling
     thread: Orbax's multi-process save synchronises the processes, and doing that from a helper
@@ -208,18 +210,29 @@ class BackgroundSaver:
             error, self._error = self._error, None
             raise error
 
-    def save(self, step: int, state, force: bool = False) -> None:
-        self.wait()
+    def snapshot(self, state) -> dict[str, jax.Array]:
+        """Dispatches the packing of ``state`` on the device (and, on one process, its DMA to pinned
+        host memory) and returns the packed arrays; nothing waits. Call it before the next step
+        donates ``state``; hand the result to ``write`` (or drop it to save nothing)."""
         packed = self._pack(state)
-        if jax.process_count() > 1:
-            self._run(step, packed, force)
-            self.wait()
-            return
         if self._pinned:
             packed = {k: _to_pinned_host(v) for k, v in packed.items()}
-        self._thread = threading.Thread(target=self._run, args=(step, packed, force),
+        return packed
+
+    def write(self, step: int, snapshot: dict[str, jax.Array], force: bool = False) -> None:
+        """Saves a ``snapshot`` as checkpoint ``step`` (on a helper thread with one process)."""
+        self.wait()
+        if jax.process_count() > 1:
+            self._run(step, snapshot, force)
+            self.wait()
+            return
+        self._thread = threading.Thread(target=self._run, args=(step, snapshot, force),
                                         name=f"checkpoint-save-{step}", daemon=True)
         self._thread.start()
+
+    def save(self, step: int, state, force: bool = False) -> None:
+        """``write(step, snapshot(state))``."""
+        self.write(step, self.snapshot(state), force)
 
     def in_progress(self) -> bool:
         """Whether a save is still being copied to the host or written (no waiting)."""

@@ -243,13 +243,40 @@ def _train_loop(config, workdir, train_step, state, images, labels, saver, scala
     """Runs steps start_step..total_steps-1; logs, checks the loss, checkpoints, handles preemption.
 
     Returns (state, last logged loss, wall time after the first compiled step, logged history).
-    Metrics are fetched from the device only on log/checkpoint steps (one host sync each).
+    Metrics are fetched from the device only on log/checkpoint steps, and one step late: the
+    metrics of log step ``i`` are read after step ``i + 1`` has been launched, so the device is not
+    idle while the host reads, logs and checks them. A checkpoint step's state is packed on the
+    device right away (``BackgroundSaver.snapshot``) and written only after its loss was checked,
+    so a non-finite state is never saved.
     """
     last_loss = float("nan")
     history: list[dict[str, float]] = []
     t_first = None  # wall time when the first (compiling) step finished
-    t_window, window_start = time.perf_counter(), start_step
+    timer = {"t": time.perf_counter(), "step": start_step}
     epoch_indices, loaded_epoch = None, None
+    pending = None  # (step, metrics, snapshot or None, force) of a log step not yet read
+
+    def finish(done, step_metrics, snapshot, force):
+        nonlocal last_loss
+        m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        if not math.isfinite(m["loss"]):
+            saver.wait_until_finished()
+            raise NonFiniteLossError(
+                f"training loss is {m['loss']} at step {done}; stopped. The last good checkpoint "
+                f"(step {saver.manager.latest_step()}) in {workdir}/checkpoints is kept.")
+        if snapshot is not None:
+            saver.write(done, snapshot, force=force)
+        last_loss = m["loss"]
+        now = time.perf_counter()
+        if done > timer["step"]:
+            m["images_per_second"] = (done - timer["step"]) * config.batch_size / (now - timer["t"])
+            timer["t"], timer["step"] = now, done
+        m["step"] = done
+        history.append(m)
+        scalars.write(done, m)
+        bar.set_postfix(loss=f"{m['loss']:.3f}",
+                        img_s=f"{m.get('images_per_second', 0):.0f}", refresh=False)
+
     for step in range(start_step, total_steps):
         epoch = step // steps_per_epoch
         if epoch != loaded_epoch:
@@ -261,30 +288,19 @@ def _train_loop(config, workdir, train_step, state, images, labels, saver, scala
         done = step + 1
         if t_first is None:
             jax.block_until_ready(state)
-            t_first = t_window = time.perf_counter()
-            window_start = done
+            t_first = timer["t"] = time.perf_counter()
+            timer["step"] = done
+        if pending is not None:
+            finish(*pending)
+            pending = None
         preempt = sigterm.requested or saver.manager.reached_preemption(done)
         is_log = done % config.log_every_steps == 0 or done == total_steps
         is_ckpt = done % config.checkpoint_every_steps == 0 or done == total_steps or preempt
         if is_log or is_ckpt or done == start_step + 1:
-            m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-            if not math.isfinite(m["loss"]):
-                saver.wait_until_finished()
-                raise NonFiniteLossError(
-                    f"training loss is {m['loss']} at step {done}; stopped. The last good checkpoint "
-                    f"(step {saver.manager.latest_step()}) in {workdir}/checkpoints is kept.")
-            last_loss = m["loss"]
-            now = time.perf_counter()
-            if done > window_start:
-                m["images_per_second"] = (done - window_start) * config.batch_size / (now - t_window)
-                t_window, window_start = now, done
-            m["step"] = done
-            history.append(m)
-            scalars.write(done, m)
-            bar.set_postfix(loss=f"{m['loss']:.3f}",
-                            img_s=f"{m.get('images_per_second', 0):.0f}", refresh=False)
-            if is_ckpt:
-                saver.save(done, state, force=preempt)
+            pending = (done, step_metrics, saver.snapshot(state) if is_ckpt else None, preempt)
+            if preempt or done == total_steps:  # no next step to overlap with
+                finish(*pending)
+                pending = None
         bar.update(1)
         if preempt:
             saver.wait_until_finished()

@@ -133,3 +133,46 @@ def test_background_save_and_restore_on_a_4_device_mesh(tmp_path):
     out = subprocess.run([sys.executable, "-c", _MESH_CHECK, str(tmp_path)], env=env,
                          capture_output=True, text=True, timeout=300, cwd=os.path.dirname(HERE))
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+class _NoScalars:
+    def __init__(self):
+        self.steps = []
+
+    def write(self, step, values):
+        self.steps.append(step)
+
+
+def test_train_loop_never_writes_a_non_finite_state(tmp_path):
+    # The loop reads a log step's loss one step late and writes that step's snapshot only after the
+    # check: with the loss (and state) NaN from step 6 on, checkpoints 2 and 4 are written, 6 not.
+    import types
+
+    import ml_collections
+    from tqdm import tqdm
+
+    from gradmix_jax import parallel, trainer
+
+    @jax.jit
+    def step_fn(state, images, labels, indices):
+        step = state["step"] + 1
+        w = jnp.where(step >= 6, jnp.nan, state["w"] + 1.0)
+        return {"step": step, "w": w}, {"loss": jnp.sum(w)}
+
+    mesh = parallel.make_mesh()
+    state = {"step": jnp.zeros((), jnp.int32), "w": jnp.zeros((3,), jnp.float32)}
+    saver = checkpoint.BackgroundSaver(checkpoint.make_manager(str(tmp_path)), state)
+    config = ml_collections.ConfigDict(dict(seed=0, batch_size=2, log_every_steps=2,
+                                            checkpoint_every_steps=2))
+    scalars = _NoScalars()
+    with pytest.raises(trainer.NonFiniteLossError, match=r"loss is nan at step 6.*step 4"):
+        trainer._train_loop(config, str(tmp_path), step_fn, state, None, None, saver, scalars,
+                            tqdm(disable=True), types.SimpleNamespace(requested=False), 0, 10,
+                            5, 10, parallel.batch_sharded(mesh, axis=1))
+    saver.wait_until_finished()
+    manager = checkpoint.make_manager(str(tmp_path))
+    assert manager.all_steps() == [2, 4]
+    got = checkpoint.restore_latest(manager, state)
+    assert int(got["step"]) == 4
+    np.testing.assert_array_equal(np.asarray(got["w"]), [4.0, 4.0, 4.0])
+    assert scalars.steps == [1, 2, 4]  # step 6's metrics were not logged
