@@ -261,7 +261,7 @@ def _stall_pipelined(compiled, state, images, labels, idx, saver, saves, clean_s
                 unwritten.clear()
                 deferred = None
             if len(save_steps) < saves and clean_since_last_window() >= clean_steps:
-                if hasattr(saver, "snapshot"):
+                if callable(getattr(saver, "snapshot", None)):
                     unwritten.set()
                     deferred = (i, m, saver.snapshot(state))
                 else:  # a saver without the split API: wait for the loss, then save

@@ -66,7 +66,7 @@ class DirectSaver:
 
 def _orbax_save(manager, step, tree):
     # Orbax directly, on the tree as given (checkpoint.save would pack it first).
-    manager.save(step, args=ocp.args.StandardSave(tree))
+    manager.save(step, args=ocp.args.PyTreeSave(tree))
 
 
 @jax.jit
@@ -85,6 +85,7 @@ def to_pinned(tree):
 class ThreadSaver(checkpoint.BackgroundSaver):
     """BackgroundSaver with another body for the helper thread."""
     mode = "background"
+    snapshot = None  # its ``save`` does it all: the pipelined timing calls ``save``
 
     def save(self, step, state, force=False):
         self.wait()
