@@ -16,7 +16,8 @@ def test_benchmark_writes_report(tmp_path):
     cmd = [sys.executable, "-m", "gradmix_jax.benchmark", "--config", os.path.join(ROOT, "configs", "benchmark.py"),
            "--config.model.width=4", "--config.batch_size=8", "--config.data.image_size=16",
            "--config.bench.num_images=32", "--config.bench.methods=('none','gradmix')",
-           "--config.bench.warmup_steps=1", "--config.bench.timed_steps=2", "--json", str(out_json)]
+           "--config.bench.warmup_steps=1", "--config.bench.timed_steps=2",
+           f"--config.bench.profile_dir={tmp_path / 'profile'}", "--json", str(out_json)]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out_json.read_text())
@@ -36,6 +37,10 @@ def test_benchmark_writes_report(tmp_path):
         assert r["xla_flops_per_step"] > r["model_flops_per_step"] / 2
         assert r["mfu_model"] == r["model_flops_per_step"] / r["step_seconds"] / report["peak_flops_per_device"]
         assert 0 < r["mfu_xla"] < 1
+    # The profile runs after the stall timings on the state they hand back (the step donates it).
+    profile = report["gradmix"]["profile"]
+    assert profile["hlo_op_counts"]["convolution"] > 0
+    assert os.path.isfile(os.path.join(profile["dir"], "train_step_gradmix.hlo.txt"))
     stall = report["gradmix"]["checkpoint_stall"]
     assert len(stall["saves"]) == 2 and stall["worst_ratio"] > 0
     pending = stall["save_pending_after_step"]
