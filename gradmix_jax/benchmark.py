@@ -168,11 +168,17 @@ def checkpoint_stall(compiled, state, images, labels, idx, saves: int = 2, clean
     make_saver = make_saver or checkpoint.BackgroundSaver
     with tempfile.TemporaryDirectory() as tmp:
         saver = make_saver(checkpoint.make_manager(tmp, max_to_keep=1), state)
-        run = _stall_pipelined if pipelined else _stall_synchronous
-        times, pending, save_steps, windows, state = run(
-            compiled, state, images, labels, idx, saver, saves, clean_steps, max_steps,
-            max_in_flight)
+        if pipelined:
+            times, pending, save_steps, state = _stall_pipelined(
+                compiled, state, images, labels, idx, saver, saves, clean_steps, max_steps,
+                max_in_flight)
+        else:
+            times, pending, save_steps, state = _stall_synchronous(
+                compiled, state, images, labels, idx, saver, saves, clean_steps, max_steps)
         saver.wait_until_finished()
+    # Synchronous: the save step is in its window (its time includes the save call); pipelined:
+    # the window starts at the step after it (launched after the snapshot).
+    windows = [_window(pending, i + pipelined) for i in save_steps]
     in_windows = {j for w in windows for j in w}
     clean = [t for i, t in enumerate(times) if i not in in_windows and t == t]
     median = statistics.median(clean)
@@ -193,8 +199,16 @@ def checkpoint_stall(compiled, state, images, labels, idx, saves: int = 2, clean
              "save_pending_after_step": pending}, state)
 
 
+def _window(pending: list[bool], first: int) -> list[int]:
+    """Steps ``first``.. up to the first one after which no save was pending (or the last step)."""
+    end = min(first, len(pending) - 1)
+    while end + 1 < len(pending) and pending[end]:
+        end += 1
+    return list(range(first, end + 1))
+
+
 def _stall_synchronous(compiled, state, images, labels, idx, saver, saves, clean_steps,
-                       max_steps, max_in_flight):
+                       max_steps):
     times, pending, save_steps = [], [], []
     clean_run = 0
     for i in range(max_steps):
@@ -211,13 +225,7 @@ def _stall_synchronous(compiled, state, images, labels, idx, saver, saves, clean
         clean_run = 0 if in_window else clean_run + 1
         if len(save_steps) == saves and clean_run >= clean_steps:
             break
-    windows = []
-    for i in save_steps:
-        end = i
-        while end + 1 < len(times) and pending[end]:
-            end += 1
-        windows.append(list(range(i, end + 1)))
-    return times, pending, save_steps, windows, state
+    return times, pending, save_steps, state
 
 
 def _stall_pipelined(compiled, state, images, labels, idx, saver, saves, clean_steps, max_steps,
@@ -279,13 +287,7 @@ def _stall_pipelined(compiled, state, images, labels, idx, saver, saves, clean_s
         launched.put(None)
         watcher.join()
     times = [float("nan")] + [b - a for a, b in zip(ready_at, ready_at[1:])]
-    windows = []
-    for i in save_steps:
-        end = min(i + 1, len(times) - 1)
-        while end + 1 < len(times) and pending[end]:
-            end += 1
-        windows.append(list(range(i + 1, end + 1)))
-    return times, pending, save_steps, windows, state
+    return times, pending, save_steps, state
 
 
 def _grid_configs(config):

@@ -22,8 +22,8 @@ def make_manager(workdir: str, max_to_keep: int = 2, save_interval_steps: int = 
 
     Arrays are written without compression: Orbax's default zstd took 0.22-0.61 s of CPU time per
     save of a 138 MB state on a 2-core CPU, against 0.07-0.30 s (5 of 6 saves under 0.16 s)
-    without (README "Checkpoint stalls"), CPU time a save takes from training, for 8% fewer bytes. Checkpoints
-    written compressed (earlier versions) read back the same way.
+    without (README "Checkpoint stalls"), CPU time a save takes from training, for 8% fewer
+    bytes. Checkpoints written compressed (earlier versions) read back the same way.
     """
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,

@@ -252,12 +252,12 @@ def _train_loop(config, workdir, train_step, state, images, labels, saver, scala
     last_loss = float("nan")
     history: list[dict[str, float]] = []
     t_first = None  # wall time when the first (compiling) step finished
-    timer = {"t": time.perf_counter(), "step": start_step}
+    t_window, window_start = time.perf_counter(), start_step  # images/s since the last log
     epoch_indices, loaded_epoch = None, None
     pending = None  # (step, metrics, snapshot or None, force) of a log step not yet read
 
     def finish(done, step_metrics, snapshot, force):
-        nonlocal last_loss
+        nonlocal last_loss, t_window, window_start
         m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         if not math.isfinite(m["loss"]):
             saver.wait_until_finished()
@@ -268,9 +268,9 @@ def _train_loop(config, workdir, train_step, state, images, labels, saver, scala
             saver.write(done, snapshot, force=force)
         last_loss = m["loss"]
         now = time.perf_counter()
-        if done > timer["step"]:
-            m["images_per_second"] = (done - timer["step"]) * config.batch_size / (now - timer["t"])
-            timer["t"], timer["step"] = now, done
+        if done > window_start:
+            m["images_per_second"] = (done - window_start) * config.batch_size / (now - t_window)
+            t_window, window_start = now, done
         m["step"] = done
         history.append(m)
         scalars.write(done, m)
@@ -288,8 +288,8 @@ def _train_loop(config, workdir, train_step, state, images, labels, saver, scala
         done = step + 1
         if t_first is None:
             jax.block_until_ready(state)
-            t_first = timer["t"] = time.perf_counter()
-            timer["step"] = done
+            t_first = t_window = time.perf_counter()
+            window_start = done
         if pending is not None:
             finish(*pending)
             pending = None

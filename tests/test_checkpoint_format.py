@@ -1,4 +1,5 @@
-"""The packed on-disk layout: pack/unpack, layout checks, old (unpacked) checkpoints, mesh restore."""
+"""The packed on-disk layout: pack/unpack, layout checks, earlier versions' checkpoints,
+uncompressed saves, mesh restore, and the train loop writing only checked states."""
 
 import os
 import subprocess
@@ -92,16 +93,15 @@ def test_saves_are_uncompressed(tmp_path):
     # The packed float32 array's bytes are on disk as they are (no zstd): random floats barely
     # compress, so the test compares sizes against what the earlier (zstd) manager writes.
     big = {"w": jnp.asarray(np.random.default_rng(0).normal(size=(1 << 20,)), jnp.float32)}
-    sizes = {}
-    for name, manager in (("now", checkpoint.make_manager(str(tmp_path / "now"))),
-                          ("zstd", _earlier_versions_manager(tmp_path / "zstd"))):
-        if name == "now":
-            checkpoint.save(manager, 1, big)
-        else:
-            manager.save(1, args=checkpoint.ocp.args.StandardSave(checkpoint.pack(big)))
-        manager.wait_until_finished()
-        sizes[name] = sum(os.path.getsize(os.path.join(d, f))
-                          for d, _, fs in os.walk(tmp_path / name) for f in fs)
+    now = checkpoint.make_manager(str(tmp_path / "now"))
+    checkpoint.save(now, 1, big)
+    zstd = _earlier_versions_manager(tmp_path / "zstd")
+    zstd.save(1, args=checkpoint.ocp.args.StandardSave(checkpoint.pack(big)))
+    now.wait_until_finished()
+    zstd.wait_until_finished()
+    sizes = {name: sum(os.path.getsize(os.path.join(d, f))
+                       for d, _, fs in os.walk(tmp_path / name) for f in fs)
+             for name in ("now", "zstd")}
     assert sizes["now"] >= 4 * (1 << 20)  # every float32 byte written
     assert sizes["zstd"] < 0.97 * sizes["now"]
 
