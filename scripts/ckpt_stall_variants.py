@@ -23,6 +23,7 @@ Runs the benchmark's GradMix step (ResNet18 width 64, batch 256, 32x32) and, per
   devpack_pinned  the packed arrays moved to 'pinned_host' memory, then as devpack
   production      ``checkpoint.BackgroundSaver`` as it is now (devpack_pinned, packed on-disk layout)
   production_si   production with the shorter switch interval (not yet measured on a GPU)
+  production_pinned  production with the pinned-host copy forced on (the default skips it on CPU)
 
 ``--pipelined`` times steps as the trainer runs them (see ``benchmark.checkpoint_stall``);
 ``--trace DIR`` records a profiler trace of the production runs (host threads and device stream).
@@ -131,6 +132,8 @@ def saver_factory(mode):
         return DirectSaver
     if mode in ("production", "production_si"):
         return checkpoint.BackgroundSaver
+    if mode == "production_pinned":
+        return lambda manager, state: checkpoint.BackgroundSaver(manager, state, pinned=True)
 
     def make(manager, state):
         s = ThreadSaver(manager, state)
@@ -147,6 +150,9 @@ def main():
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--modes", default="direct,background,background_si,d2h_only,host_copy,host_copy_si,packed,npz")
+    ap.add_argument("--saves", type=int, default=2, help="saves per stall timing")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="time the modes this many times, interleaved (A/B on a noisy machine)")
     ap.add_argument("--pipelined", action="store_true",
                     help="time steps as the trainer runs them (no wait per step), see benchmark")
     ap.add_argument("--trace", default="",
@@ -177,7 +183,7 @@ def main():
         jax.block_until_ready(state)
         # Compile the packing and the pinned-memory transfers outside the timed loops.
         jax.block_until_ready((to_pinned(pack(state)), to_pinned(_snapshot(state))))
-        for mode in args.modes.split(","):
+        for mode in [m for _ in range(args.repeats) for m in args.modes.split(",")]:
             sys.setswitchinterval(5e-4 if mode.endswith("_si") else 5e-3)
             make = saver_factory(mode)
             # The step donates its state: give each variant its own device copy.
@@ -186,11 +192,14 @@ def main():
                      if args.trace and mode.startswith("production") else contextlib.nullcontext())
             with trace:
                 st, _ = benchmark.checkpoint_stall(compiled, _snapshot(state), im, lb, idx,
-                                                   make_saver=make, pipelined=args.pipelined)
+                                                   saves=args.saves, make_saver=make,
+                                                   pipelined=args.pipelined)
             st["thread_seconds"] = getattr(getattr(make, "last", None), "thread_seconds", None)
             row = {"dtype": dtype, "mode": mode, "timing": st["mode"],
                    "median_ms": 1e3 * st["median_step_seconds"],
                    "clean_worst_ratio": st["clean_worst_ratio"],
+                   "median_save_ratio": st["median_save_ratio"],
+                   "median_excess_ms": 1e3 * st["median_excess_seconds"],
                    "saves": [(s["window_steps"], round(s["ratio"], 3), round(1e3 * s["excess_seconds"], 1))
                              for s in st["saves"]],
                    "thread_s": st["thread_seconds"],
@@ -199,6 +208,9 @@ def main():
             out["runs"].append(row)
             print(dtype, mode, "median %.1f ms" % row["median_ms"], "(window, worst, excess ms)",
                   row["saves"], "thread s", row["thread_s"], flush=True)
+            print(f"{dtype} {mode}: median over saves: worst step {row['median_save_ratio']:.3f}x, "
+                  f"excess {row['median_excess_ms']:.0f} ms; slowest step without a save "
+                  f"{row['clean_worst_ratio']:.3f}x", flush=True)
         # The library's saver: what it wrote restores to the state it was given.
         import tempfile
         with tempfile.TemporaryDirectory() as tmp:

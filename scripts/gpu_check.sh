@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-call GPU check (device machine or any CUDA box with jax, flax, optax, orbax, sklearn):
 #   1. benchmark grid at the paper's size (ResNet18 width 64): f32 b256 32px, bf16 b256 32px,
-#      bf16 b256 64px; none vs gradmix, MFU, and the step times around two async checkpoint saves
+#      bf16 b256 64px; none vs gradmix, MFU, and the step times around STALL_SAVES (6) async saves
 #      (each step waited for, and pipelined as the trainer runs), with the no-save noise floor;
 #   2. the digits quick-start config end to end (model.dtype='auto' -> bfloat16 on GPU).
 # Missing pure-Python packages travel as wheels in .whl/ (ml_collections, dm-pix, tensorboardX).
@@ -21,7 +21,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" -m gradmix_jax.benchmark --config configs/benchmark.py --config.model.width=64 \
   --config.bench.methods="('none','gradmix')" \
   --config.bench.grid="${GRID:-('float32/256/32','bfloat16/256/32','bfloat16/256/64')}" \
-  --json "$OUT/bench_grid.json" "$@" 2>&1 | grep -v -E '^(I|W)[0-9]{4}' | tee "$OUT/bench.log"
+  --config.bench.stall_saves="${STALL_SAVES:-6}" --json "$OUT/bench_grid.json" "$@" 2>&1 | grep -v -E '^(I|W)[0-9]{4}' | tee "$OUT/bench.log"
 start=$SECONDS
 rm -rf /tmp/digits_gpu
 timeout "${DIGITS_TIMEOUT:-150}" "$PY" -m gradmix_jax.train --config configs/digits.py \
@@ -42,5 +42,7 @@ for r in json.load(open(sys.argv[1]))["runs"]:
               "(window steps, worst x, mean x, excess ms)",
               [(s["window_steps"], round(s["ratio"], 3), round(s["mean_ratio"], 3),
                 round(1e3 * s["excess_seconds"], 1)) for s in st["saves"]],
+              "median over saves: worst %.2fx, excess %.1f ms;" % (
+                  st["median_save_ratio"], 1e3 * st["median_excess_seconds"]),
               "slowest step without a save %.2fx" % st["clean_worst_ratio"])
 PY

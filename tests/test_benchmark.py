@@ -17,7 +17,7 @@ def test_benchmark_writes_report(tmp_path):
            "--config.model.width=4", "--config.batch_size=8", "--config.data.image_size=16",
            "--config.bench.num_images=32", "--config.bench.methods=('none','gradmix')",
            "--config.bench.warmup_steps=1", "--config.bench.timed_steps=2",
-           f"--config.bench.profile_dir={tmp_path / 'profile'}", "--json", str(out_json)]
+           "--config.bench.stall_saves=3", f"--config.bench.profile_dir={tmp_path / 'profile'}", "--json", str(out_json)]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out_json.read_text())
@@ -42,21 +42,22 @@ def test_benchmark_writes_report(tmp_path):
     assert profile["hlo_op_counts"]["convolution"] > 0
     assert os.path.isfile(os.path.join(profile["dir"], "train_step_gradmix.hlo.txt"))
     stall = report["gradmix"]["checkpoint_stall"]
-    assert len(stall["saves"]) == 2 and stall["worst_ratio"] > 0
+    assert len(stall["saves"]) == 3 and stall["worst_ratio"] > 0
     pending = stall["save_pending_after_step"]
     assert len(pending) == len(stall["step_seconds_all"]) and not pending[-1]
-    first, second = stall["saves"]
-    assert first["step"] == 5 and first["finished_in_window"] and second["finished_in_window"]
+    assert stall["saves"][0]["step"] == 5
     # Each window is the save step plus every step begun while that save was still in flight,
-    # and the second save starts 5 clean steps after the first one's window.
-    for save in (first, second):
+    # and the next save starts 5 clean steps after a window.
+    for save in stall["saves"]:
         w = save["window_steps"]
+        assert save["finished_in_window"]
         assert all(pending[save["step"]:save["step"] + w - 1]) and not pending[save["step"] + w - 1]
-    assert second["step"] == first["step"] + first["window_steps"] + 5
+    for save, following in zip(stall["saves"], stall["saves"][1:]):
+        assert following["step"] == save["step"] + save["window_steps"] + 5
     # As the trainer runs (no wait per step): a window is the steps after the save step until the
     # first one seen complete with the save finished; step times are gaps between completions.
     piped = report["gradmix"]["checkpoint_stall_pipelined"]
-    assert piped["mode"] == "pipelined" and len(piped["saves"]) == 2
+    assert piped["mode"] == "pipelined" and len(piped["saves"]) == 3
     times, pending = piped["step_seconds_all"], piped["save_pending_after_step"]
     assert len(times) == len(pending) and times[0] is None
     assert all(t > 0 for t in times[1:]) and not pending[-1]
@@ -73,8 +74,13 @@ def test_benchmark_writes_report(tmp_path):
         assert st["clean_steps"] == len(outside) >= 10
         assert st["median_step_seconds"] == statistics.median(outside)
         assert abs(st["clean_worst_ratio"] - max(outside) / st["median_step_seconds"]) < 1e-9
-    first, second = piped["saves"]
-    assert first["step"] >= 5 and second["step"] >= first["step"] + first["window_steps"] + 5
+        # Over three saves the medians are the middle save's values.
+        ratios = sorted(s["ratio"] for s in st["saves"])
+        excess = sorted(s["excess_seconds"] for s in st["saves"])
+        assert st["median_save_ratio"] == ratios[1] and st["median_excess_seconds"] == excess[1]
+    assert piped["saves"][0]["step"] >= 5
+    for save, following in zip(piped["saves"], piped["saves"][1:]):
+        assert following["step"] >= save["step"] + save["window_steps"] + 5
 
 
 def test_grid_and_hlo_op_counts():
@@ -92,6 +98,11 @@ def test_grid_and_hlo_op_counts():
     import pytest
     with pytest.raises(SystemExit, match="dtype/batch/size"):
         benchmark._grid_configs(config)
+    # A bad save count is refused with one line naming the field, before anything compiles.
+    for bad in (0, -1):  # (ml_collections itself refuses a float or bool for an int field)
+        config.bench.stall_saves = bad
+        with pytest.raises(SystemExit, match=r"bench.stall_saves must be an integer >= 1"):
+            benchmark.run_benchmark(config)
     hlo = ("%a = f32[2,3]{1,0} transpose(%p), dimensions={1,0}\n"
            "%b = f32[2,3]{1,0} copy(%a)\n  ROOT %c = f32[2,2]{1,0} dot(%b, %a)\n"
            "%d = f32[2,3]{1,0} transpose(%b)\n")

@@ -88,9 +88,11 @@ def test_incompatible_and_corrupt_checkpoints_are_refused(tmp_path):
     assert len(errors) == 1 and "checkpoint at step 2" in errors[0]
 
 
-def test_background_saver_snapshot_survives_donation(tmp_path, monkeypatch):
+@pytest.mark.parametrize("pinned", [None, True])
+def test_background_saver_snapshot_survives_donation(tmp_path, monkeypatch, pinned):
     """The saved values are the state at save time even though the next step donates (and
-    overwrites) the state's buffers while the save is still running."""
+    overwrites) the state's buffers while the save is still running; with and without the copy
+    to pinned host memory (by default not made on CPU, where the packed arrays are host memory)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -99,7 +101,9 @@ def test_background_saver_snapshot_survives_donation(tmp_path, monkeypatch):
 
     state = {"w": jnp.arange(100_000, dtype=jnp.float32), "step": jnp.asarray(3, jnp.int32)}
     bump = jax.jit(lambda s: {"w": s["w"] + 1.0, "step": s["step"] + 1}, donate_argnums=0)
-    saver = checkpoint.BackgroundSaver(checkpoint.make_manager(str(tmp_path)), state)
+    saver = checkpoint.BackgroundSaver(checkpoint.make_manager(str(tmp_path)), state, pinned)
+    kinds = {v.sharding.memory_kind for v in saver.snapshot(state).values()}
+    assert kinds == ({"pinned_host"} if pinned else {state["w"].sharding.memory_kind})
     saver.save(3, state)
     for _ in range(5):
         state = bump(state)
