@@ -169,11 +169,11 @@ class BackgroundSaver:
 
     Orbax's ``save`` returns only after the state is in host memory, and its per-array host work
     holds the GIL; on an H100 a ResNet18 state cost 200-820 ms of training-loop time per save,
-    also when ``save`` ran on a helper thread (measured, README "Checkpoint stalls"). Here a save is:
-    one jitted ``pack`` of the state on the device (a few flat arrays, new buffers, so the next
+    also when ``save`` ran on a helper thread (measured, README "Checkpoint stalls"). Here a save
+    is: one jitted ``pack`` of the state on the device (a few flat arrays, new buffers, so the next
     step may donate ``state``), on an accelerator a DMA of those into pinned host memory (both
-    dispatched asynchronously), and ``manager.save`` of the few host arrays on a helper thread. At most one
-    save is in flight; the next ``save`` (and ``wait``) first waits for it and re-raises its
+    dispatched asynchronously), and ``manager.save`` of the few host arrays on a helper thread.
+    At most one save is in flight; the next ``save`` (and ``wait``) first waits for it and re-raises its
     error, if any. ``save`` is ``snapshot`` (the device part, before the next step donates the
     state) then ``write``; the trainer calls them apart, so that it can launch the next step
     before it reads the loss that decides whether the snapshot is written.
@@ -221,8 +221,8 @@ class BackgroundSaver:
             raise error
 
     def snapshot(self, state) -> dict[str, jax.Array]:
-        """Dispatches the packing of ``state`` on the device (and, on one process, its DMA to pinned
-        host memory) and returns the packed arrays; nothing waits. Call it before the next step
+        """Dispatches the packing of ``state`` on the device (and, with ``pinned``, its DMA to
+        pinned host memory) and returns the packed arrays; nothing waits. Call it before the next step
         donates ``state``; hand the result to ``write`` (or drop it to save nothing)."""
         packed = self._pack(state)
         if self._pinned:

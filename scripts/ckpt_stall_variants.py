@@ -3,7 +3,8 @@
     python scripts/ckpt_stall_variants.py --json OUT.json [--dtypes float32,bfloat16]
 
 Runs the benchmark's GradMix step (ResNet18 width 64, batch 256, 32x32) and, per saving variant,
-``benchmark.checkpoint_stall`` (two saves; window = save step .. the step the save finished in):
+``benchmark.checkpoint_stall`` (``--saves``, default 2; window = save step .. the step the save
+finished in):
 
   direct          Orbax ``manager.save`` on the training thread (Orbax's own async write)
   background      device snapshot, ``manager.save`` of the unpacked state on a thread
@@ -21,7 +22,8 @@ Runs the benchmark's GradMix step (ResNet18 width 64, batch 256, 32x32) and, per
                   on the training thread; the thread does ``jax.device_get`` + Orbax save
   devpack_thread  the packed device arrays handed to Orbax on the thread (Orbax copies them)
   devpack_pinned  the packed arrays moved to 'pinned_host' memory, then as devpack
-  production      ``checkpoint.BackgroundSaver`` as it is now (devpack_pinned, packed on-disk layout)
+  production      ``checkpoint.BackgroundSaver`` as it is now (packed on-disk layout; on an
+                  accelerator devpack_pinned, on CPU without the pinned copy)
   production_si   production with the shorter switch interval (not yet measured on a GPU)
   production_pinned  production with the pinned-host copy forced on (the default skips it on CPU)
 
