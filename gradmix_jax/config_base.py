@@ -37,6 +37,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.data.known_classes = ()
     c.data.data_dir = ""
     c.data.image_size = 32  # images are resized to this (square) on the device
+    # True: tune without the test set: a fixed sixth of the training set (all classes) is evaluated.
+    c.data.validation = False
     c.data.closed_set = False  # True: train/test on all classes (Table 3); protocol = the dataset
     # Closed set: the first N classes of the dataset; 0 = Table 3's (10, 100, TinyImageNet 100 of 200).
     c.data.closed_set_classes = 0

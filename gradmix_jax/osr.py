@@ -1,4 +1,5 @@
-"""Open-set scoring rules: kNN class-similarity (GradMix Algorithm 1), MSP, entropy, class means.
+"""Open-set scoring rules: kNN class-similarity (GradMix Algorithm 1), MSP, max-logit, entropy,
+class means.
 
 Convention for every score here: higher score = more likely a known (in-distribution) sample.
 All functions can be called inside jax.jit / vmap; their array work already runs in jitted
@@ -141,6 +142,13 @@ def _knn_scores(
 def msp_score(logits: jax.Array) -> jax.Array:
     """Maximum softmax probability: [N, C] logits -> [N]."""
     return jax.nn.softmax(logits, axis=-1).max(axis=-1)
+
+
+@jax.jit
+def max_logit_score(logits: jax.Array) -> jax.Array:
+    """Maximum logit (MLS, Vaze et al. 2022): [N, C] logits -> [N]; unlike MSP it keeps the
+    logits' magnitude, which softmax normalises away."""
+    return logits.max(axis=-1)
 
 
 @jax.jit

@@ -377,14 +377,16 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 def make_eval_fn(model: nn.Module, out_size: tuple[int, int], which: str = "encoder") -> Callable:
     """``outputs(params, batch_stats, images uint8 [B,H,W,C]) -> dict`` in eval mode.
 
-    Keys: 'features' [B, D] (``which``: pooled encoder output or normalised projection z) and,
-    for models with a classifier head, 'logits' [B, C].
+    Keys: 'features' [B, D] (``which``: pooled encoder output or normalised projection z),
+    'encoder' [B, D_enc] and 'projection' [B, feature_dim] (both, for evaluations that report
+    each) and, for models with a classifier head, 'logits' [B, C].
     """
 
     def outputs(params, batch_stats, images):
         x = augment.eval_transform(images, out_size)
         z, aux = model.apply({"params": params, "batch_stats": batch_stats}, x, train=False)
-        out = {"features": aux["features"] if which == "encoder" else z}
+        out = {"encoder": aux["features"], "projection": z}
+        out["features"] = out[which]
         if "logits" in aux:
             out["logits"] = aux["logits"]
         return out

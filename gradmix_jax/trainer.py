@@ -169,14 +169,23 @@ def extract_features(feature_fn, variables: dict, images: np.ndarray, batch_size
     return jax.tree.map(lambda *parts: np.concatenate(parts), *out)
 
 
+def _knn_auroc(train_f, train_labels, test_f, known, num_known: int, k: int) -> float:
+    """AUROC of the k-NN score (Algorithm 1) of ``test_f`` against the reference ``train_f``."""
+    scores, _ = osr.knn_scores(jnp.asarray(train_f), jnp.asarray(train_labels), jnp.asarray(test_f),
+                               num_known, k=k)
+    scores = np.asarray(scores)
+    return float(metrics.auroc(scores[known], scores[~known]))
+
+
 def evaluate(eval_fn, state: TrainState, data: OpenSetData, config, mesh) -> dict[str, Any]:
     """Open-set evaluation on the known train split and the whole test split.
 
-    'auroc' / 'closed_set_accuracy' / 'oscr' use the k-NN rule (Algorithm 1), the paper's method.
-    Beside it (Table 1): 'auroc_nno' (Mahalanobis distance to the closest class mean, App. A) for
-    every model, 'auroc_msp' / 'auroc_entropy' (and 'closed_set_accuracy_logits') for models with
-    a classifier head (else None), and 'intrinsic_dimension' (TwoNN on up to eval.id_samples
-    training features).
+    'auroc' / 'closed_set_accuracy' / 'oscr' use the k-NN rule (Algorithm 1), the paper's method,
+    on ``eval.features``. Beside it: 'auroc_knn_encoder' / 'auroc_knn_projection' (the same rule on
+    each feature), 'auroc_nno' (Mahalanobis distance to the closest class mean, App. A) for every
+    model, 'auroc_msp' / 'auroc_max_logit' / 'auroc_entropy' (and 'closed_set_accuracy_logits') for
+    models with a classifier head (else None), and 'intrinsic_dimension' (TwoNN on up to
+    eval.id_samples training features).
     """
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     train = extract_features(eval_fn, variables, data.train_images, config.eval.batch_size, mesh)
@@ -188,13 +197,15 @@ def evaluate(eval_fn, state: TrainState, data: OpenSetData, config, mesh) -> dic
     known = data.test_is_known
     y_known = data.test_labels[known]
     results = {"closed_set_accuracy": float(metrics.closed_set_accuracy(preds[known], y_known)),
-               "auroc": None, "oscr": None, "auroc_nno": None, "auroc_msp": None,
-               "auroc_entropy": None, "closed_set_accuracy_logits": None}
+               "auroc": None, "oscr": None, "auroc_knn_encoder": None, "auroc_knn_projection": None,
+               "auroc_nno": None, "auroc_msp": None, "auroc_max_logit": None, "auroc_entropy": None,
+               "closed_set_accuracy_logits": None}
     other_scores = {"nno": np.asarray(osr.mahalanobis_scores(train_f, data.train_labels, test_f,
                                                              data.num_known)[0])}
     if "logits" in test:
         logits = jnp.asarray(test["logits"])
         other_scores["msp"] = np.asarray(osr.msp_score(logits))
+        other_scores["max_logit"] = np.asarray(osr.max_logit_score(logits))
         other_scores["entropy"] = np.asarray(osr.entropy_score(logits))
         results["closed_set_accuracy_logits"] = float(metrics.closed_set_accuracy(
             np.argmax(test["logits"][known], axis=1), y_known))
@@ -203,6 +214,11 @@ def evaluate(eval_fn, state: TrainState, data: OpenSetData, config, mesh) -> dic
         results["oscr"] = float(metrics.oscr(scores[known], preds[known] == y_known, scores[~known]))
         for name, s in other_scores.items():
             results[f"auroc_{name}"] = float(metrics.auroc(s[known], s[~known]))
+        for which in ("encoder", "projection"):
+            results[f"auroc_knn_{which}"] = (
+                results["auroc"] if which == config.eval.features else
+                _knn_auroc(train[which], data.train_labels, test[which], known, data.num_known,
+                           config.eval.k))
     results["intrinsic_dimension"] = None
     if config.eval.id_samples:
         # A fixed subset keeps TwoNN's O(n^2) distances affordable on 30k+ training images.
@@ -211,7 +227,7 @@ def evaluate(eval_fn, state: TrainState, data: OpenSetData, config, mesh) -> dic
     return results
 
 
-def _write_json(path: str, payload: dict) -> None:
+def write_json(path: str, payload: dict) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=2, sort_keys=True)
@@ -323,7 +339,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                config.data.closed_set_classes)
     else:
         data = load_openset(config.data.protocol, config.data.split,
-                            tuple(config.data.known_classes), config.data.data_dir or None)
+                            tuple(config.data.known_classes), config.data.data_dir or None,
+                            validation=config.data.validation)
     validate_data_dependent(config, data.min_class_count(), len(data.train_images))
     os.makedirs(workdir, exist_ok=True)
 
@@ -399,6 +416,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     scalars.write(total_steps, {f"eval/{k}": v for k, v in results.items() if v is not None})
     scalars.close()
     if jax.process_index() == 0:
-        _write_json(os.path.join(workdir, "results.json"), summary)
-        _write_json(os.path.join(workdir, "train_history.json"), {"history": history})
+        write_json(os.path.join(workdir, "results.json"), summary)
+        write_json(os.path.join(workdir, "train_history.json"), {"history": history})
     return summary

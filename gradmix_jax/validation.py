@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gradmix_jax.data import VALIDATION_PROTOCOLS
 from gradmix_jax.data.protocols import (CLOSED_SET_CLASSES, CLOSED_SET_SOURCE_CLASSES, PROTOCOLS, check_split,
                                         resolve_known_classes)
 from gradmix_jax.models import ARCHITECTURES, DTYPES, STEMS, validate_taps
@@ -67,6 +68,10 @@ def validate_config(config, num_devices: int = 1) -> None:
     elif config.data.protocol == "cifar100":
         raise ConfigError("data.protocol='cifar100' is a closed-set dataset only; "
                           "set data.closed_set=True or use one of " + str(list(PROTOCOLS)))
+    if config.data.validation and (config.data.closed_set
+                                   or config.data.protocol not in VALIDATION_PROTOCOLS):
+        raise ConfigError(f"data.validation=True needs data.protocol in {list(VALIDATION_PROTOCOLS)} "
+                          f"and data.closed_set=False, got {config.data.protocol!r}")
     try:
         validate_taps(config.gradmix.layers)
         check_split(config.data.split)

@@ -15,7 +15,7 @@ import zipfile
 
 import numpy as np
 
-TFDS_NAMES = {"mnist": "mnist", "svhn": "svhn_cropped", "cifar10": "cifar10", "cifar100": "cifar100"}
+TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "svhn": "svhn_cropped", "cifar10": "cifar10", "cifar100": "cifar100"}
 TINYIMAGENET_DIR = "tiny-imagenet-200"
 
 

@@ -1,0 +1,366 @@
+"""Open-set comparison against baselines, with seed statistics (AUROC per split, method and seed).
+
+    python experiments/compare.py --protocols fashion_mnist_cpu --splits 0-4 --seeds 0,1 \
+        --methods raw,ce,none,gradmix --out docs/results/fashion_mnist_cpu
+    python experiments/compare.py --protocols digits --splits 0-4 --seeds 0,1,2 --out runs/digits
+    python experiments/compare.py --protocols digits --out runs/cmp --smoke     # tiny, ~2 minutes
+
+Methods (every trained one shares the protocol config's model, schedule and view augmentation):
+
+- ``raw``: no training; Algorithm 1's k-NN score on L2-normalised raw pixels (the floor).
+- ``ce``: a cross-entropy classifier (``objective=ce``, no mixing), scored by MSP (Vaze et al. 2022:
+  "a good closed-set classifier is all you need"), also max-logit.
+- ``none``: SupCon + SimCLR (``supcon_ssl``) without mixing; ``cutmix``, ``mixup``, ``gradmix``: the
+  same objective with that mixing method.
+
+Every cell reports every score it supports (k-NN on encoder and on projection features, NNO, MSP and
+max-logit where there is a classifier); the headline score of a row is the one its method is meant
+to be used with: k-NN on encoder features (the paper's Algorithm 1) for the contrastive rows, MSP for
+the classifier, k-NN on pixels for ``raw``.
+
+Cells live in ``OUT/<protocol>/<method>/split<k>/seed<s>`` (``raw``: ``.../raw/split<k>``, it has no
+seed); a finished cell is read back, an interrupted one resumes from its checkpoint, and one made
+with another config is refused. Writes ``OUT/compare.{md,csv,json}`` and ``OUT/compare_<protocol>.png``.
+
+Statistics: per method, mean ± sample std (ddof 1) of the headline AUROC over all (split, seed) cells;
+per split, mean ± std over seeds; per trained method, the paired difference to ``none`` over the
+(split, seed) cells both have (mean, std, cells where it is positive) and to the raw-pixel floor of
+the same split. A mean difference within one std of the paired differences is reported as
+"no difference".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Any, Callable
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from experiments.common import (add_common_args, apply_overrides, load_config,  # noqa: E402
+                                overrides_from_args, run_cell, scale_note)
+from experiments.grid_common import (check_protocols, comma_list, plot_grouped_bars,  # noqa: E402
+                                     refuse_overrides, run_checked_cell, split_list, validate_all)
+
+# method -> (label, config overrides; None = no training)
+METHODS: dict[str, tuple[str, dict[str, Any] | None]] = {
+    "raw": ("raw pixels", None),
+    "ce": ("CE classifier", {"objective": "ce", "mixing.method": "none"}),
+    "none": ("SupCon+SimCLR, no mixing", {"objective": "supcon_ssl", "mixing.method": "none"}),
+    "cutmix": ("SupCon+SimCLR + CutMix", {"objective": "supcon_ssl", "mixing.method": "cutmix"}),
+    "mixup": ("SupCon+SimCLR + Mixup", {"objective": "supcon_ssl", "mixing.method": "mixup"}),
+    "gradmix": ("SupCon+SimCLR + GradMix", {"objective": "supcon_ssl", "mixing.method": "gradmix"}),
+}
+# method -> (results key of the headline AUROC, its name, closed-set accuracy key)
+HEADLINE = {"raw": ("auroc", "k-NN on pixels", "closed_set_accuracy"),
+            "ce": ("auroc_msp", "MSP", "closed_set_accuracy_logits")}
+CONTRASTIVE_HEADLINE = ("auroc_knn_encoder", "k-NN on encoder", "closed_set_accuracy")
+# Every score column of the table (results key, column name).
+SCORES = (("auroc_knn_encoder", "k-NN enc."), ("auroc_knn_projection", "k-NN proj."),
+          ("auroc_nno", "NNO"), ("auroc_msp", "MSP"), ("auroc_max_logit", "max-logit"))
+BASELINE = "none"
+DEFAULT_METHODS = "raw,ce,none,gradmix"
+# Fields the per-cell settings own; --set may not change them.
+CELL_FIELDS = ("objective", "mixing.method", "seed", "data.split")
+
+
+def headline(method: str) -> tuple[str, str, str]:
+    return HEADLINE.get(method, CONTRASTIVE_HEADLINE)
+
+
+def cell_config(protocol: str, method: str, split: int, seed: int, overrides: dict):
+    """The protocol's config with --set overrides, then the method's fields, split and seed."""
+    config = load_config(protocol)
+    apply_overrides(config, overrides)
+    apply_overrides(config, METHODS[method][1] or {})
+    config.data.split = split
+    config.seed = seed
+    return config
+
+
+def cell_dir(out: str, protocol: str, method: str, split: int, seed: int) -> str:
+    base = os.path.join(out, protocol, method, f"split{split}")
+    return base if METHODS[method][1] is None else os.path.join(base, f"seed{seed}")
+
+
+def raw_pixel_results(config) -> dict[str, Any]:
+    """The untrained floor: Algorithm 1's k-NN score and NNO on L2-normalised raw pixels.
+
+    Pixels at the dataset's own resolution, flattened to [N, H*W*C] in [0, 1]; k = ``eval.k``.
+    """
+    import numpy as np
+
+    from gradmix_jax import metrics, osr
+    from gradmix_jax.data import load_openset
+
+    data = load_openset(config.data.protocol, config.data.split, tuple(config.data.known_classes),
+                        config.data.data_dir or None, validation=config.data.validation)
+    train = data.train_images.reshape(len(data.train_images), -1).astype(np.float32) / 255.0
+    test = data.test_images.reshape(len(data.test_images), -1).astype(np.float32) / 255.0
+    scores, preds = osr.knn_scores(train, data.train_labels, test, data.num_known, k=config.eval.k)
+    scores, preds = np.asarray(scores), np.asarray(preds)
+    nno = np.asarray(osr.mahalanobis_scores(train, data.train_labels, test, data.num_known)[0])
+    known = data.test_is_known
+    auroc = float(metrics.auroc(scores[known], scores[~known]))
+    return {"auroc": auroc, "auroc_knn_encoder": auroc, "auroc_knn_projection": None,
+            "auroc_nno": float(metrics.auroc(nno[known], nno[~known])), "auroc_msp": None,
+            "auroc_max_logit": None,
+            "closed_set_accuracy": float(metrics.closed_set_accuracy(preds[known],
+                                                                     data.test_labels[known])),
+            "protocol": config.data.protocol, "split": config.data.split,
+            "known_classes": list(data.known_classes), "num_train_images": len(train),
+            "raw_config": {"data": config.data.to_dict(), "eval.k": config.eval.k}}
+
+
+def run_raw_cell(workdir: str, config) -> dict[str, Any]:
+    """A resumable raw-pixel cell: results.json holds the data fields and k it was computed with."""
+    def compute(config, workdir):
+        from gradmix_jax.trainer import write_json
+        result = raw_pixel_results(config)
+        os.makedirs(workdir, exist_ok=True)
+        write_json(os.path.join(workdir, "results.json"), result)
+        return result
+
+    result = run_cell(workdir, config, compute)
+    stored = json.loads(json.dumps(result.get("raw_config")))
+    now = json.loads(json.dumps({"data": config.data.to_dict(), "eval.k": config.eval.k}))
+    for moved in ("data_dir",):  # where the data lives does not change the numbers
+        stored.get("data", {}).pop(moved, None)
+        now["data"].pop(moved, None)
+    if stored != now:
+        raise SystemExit(f"error: {os.path.join(workdir, 'results.json')} was made with other data "
+                         "settings or k; use another --out or delete that cell")
+    return result
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; nan for fewer than two values)."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def fmt(mean: float, sd: float, scale: float = 100.0, signed: bool = False) -> str:
+    if math.isnan(mean):
+        return "-"
+    m = f"{scale * mean:+.2f}" if signed else f"{scale * mean:.2f}"
+    return m if math.isnan(sd) else f"{m} ± {scale * sd:.2f}"
+
+
+def verdict(mean: float, sd: float) -> str:
+    """'higher' / 'lower' when the mean paired difference exceeds its spread, else no difference."""
+    if math.isnan(mean):
+        return "-"
+    if math.isnan(sd):
+        return "one cell: no spread to judge"
+    if abs(mean) <= sd:
+        return "no difference (inside the spread)"
+    return "higher" if mean > 0 else "lower"
+
+
+def statistics(cells: dict[tuple[str, int, int], dict], methods: list[str], splits: list[int],
+               seeds: list[int]) -> dict[str, Any]:
+    """Per-method and paired statistics of one protocol's cells.
+
+    ``cells[(method, split, seed)]`` is a results dict (raw: the same dict under every seed).
+    Returns {'methods': {method: {...}}, 'paired': {method: {...}}, 'vs_raw': {method: {...}}}.
+    """
+    out: dict[str, Any] = {"methods": {}, "paired": {}, "vs_raw": {}}
+    for method in methods:
+        key, score_name, acc_key = headline(method)
+        seeds_m = [0] if METHODS[method][1] is None else seeds
+        values = [cells[(method, sp, se)][key] for sp in splits for se in seeds_m]
+        per_split = {sp: mean_sd([cells[(method, sp, se)][key] for se in seeds_m]) for sp in splits}
+        accs = [cells[(method, sp, se)][acc_key] for sp in splits for se in seeds_m]
+        scores = {}
+        for skey, _ in SCORES:
+            vals = [cells[(method, sp, se)].get(skey) for sp in splits for se in seeds_m]
+            scores[skey] = mean_sd(vals) if all(v is not None for v in vals) else (math.nan, math.nan)
+        out["methods"][method] = {
+            "label": METHODS[method][0], "headline_score": score_name, "headline_key": key,
+            "cells": len(values), "auroc": mean_sd(values), "per_split": per_split,
+            "closed_set_accuracy": mean_sd(accs), "scores": scores, "values": values}
+    if BASELINE in methods:
+        for method in methods:
+            if method in (BASELINE, "raw") or METHODS[method][1] is None:
+                continue
+            key = headline(method)[0]
+            base_key = headline(BASELINE)[0]
+            diffs = [cells[(method, sp, se)][key] - cells[(BASELINE, sp, se)][base_key]
+                     for sp in splits for se in seeds]
+            m, s = mean_sd(diffs)
+            out["paired"][method] = {"mean": m, "sd": s, "positive": sum(d > 0 for d in diffs),
+                                     "cells": len(diffs), "verdict": verdict(m, s)}
+    if "raw" in methods:
+        for method in methods:
+            if method == "raw":
+                continue
+            key = headline(method)[0]
+            per_split = {}
+            for sp in splits:
+                floor = cells[("raw", sp, 0)]["auroc"]
+                per_split[sp] = mean_sd([cells[(method, sp, se)][key] for se in seeds])[0] - floor
+            gaps = list(per_split.values())
+            out["vs_raw"][method] = {"per_split": per_split, "mean": sum(gaps) / len(gaps),
+                                     "above_on_every_split": all(g > 0 for g in gaps)}
+    return out
+
+
+def markdown(protocol: str, stats: dict, methods: list[str], splits: list[int], seeds: list[int]
+             ) -> list[str]:
+    """The protocol's section of compare.md."""
+    lines = [f"## {protocol}", "",
+             f"Headline AUROC % per method: mean ± sample std over {len(splits)} split(s) x "
+             f"{len(seeds)} seed(s) (raw pixels: one value per split); per split: mean ± std over "
+             "seeds.", ""]
+    header = (["method", "headline score", "cells", "AUROC %"] + [f"split {s}" for s in splits]
+              + ["closed-set acc. %"] + [name for _, name in SCORES])
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in methods:
+        m = stats["methods"][method]
+        row = [m["label"], m["headline_score"], str(m["cells"]), fmt(*m["auroc"])]
+        row += [fmt(*m["per_split"][s]) for s in splits]
+        row += [fmt(*m["closed_set_accuracy"])]
+        row += [fmt(m["scores"][k][0], math.nan) for k, _ in SCORES]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Score columns: mean AUROC % over the cells of each score the row supports "
+              "(k-NN = Algorithm 1, k = eval.k; NNO = Mahalanobis distance to the closest class "
+              "mean; MSP / max-logit need a classifier head). Closed-set accuracy: k-NN prediction, "
+              "or the classifier's argmax for the CE row."]
+    if stats["paired"]:
+        lines += ["", f"Paired difference to {METHODS[BASELINE][0]} (same split and seed), "
+                  "headline AUROC points:", "",
+                  "| method | cells | mean ± std | positive on | verdict |", "|---|---|---|---|---|"]
+        for method, p in stats["paired"].items():
+            lines.append(f"| {METHODS[method][0]} | {p['cells']} | {fmt(p['mean'], p['sd'], signed=True)} "
+                         f"| {p['positive']} of {p['cells']} | {p['verdict']} |")
+    if stats["vs_raw"]:
+        lines += ["", "Difference to the raw-pixel floor (k-NN on pixels), headline AUROC points, "
+                  "per split (mean over seeds) and their mean:", "",
+                  "| method | " + " | ".join(f"split {s}" for s in splits)
+                  + " | mean | above on every split |", "|---|" + "---|" * (len(splits) + 2)]
+        for method, v in stats["vs_raw"].items():
+            lines.append(f"| {METHODS[method][0]} | "
+                         + " | ".join(f"{100 * v['per_split'][s]:+.2f}" for s in splits)
+                         + f" | {100 * v['mean']:+.2f} | {'yes' if v['above_on_every_split'] else 'no'} |")
+    return lines
+
+
+def _jsonable(x):
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def plot(path: str, protocol: str, stats: dict, methods: list[str], splits: list[int],
+         smoke: bool) -> None:
+    groups = [f"split {s}" for s in splits] + ["all"]
+    labels = [stats["methods"][m]["label"] for m in methods]
+    means, sds = {}, {}
+    for method, label in zip(methods, labels):
+        st = stats["methods"][method]
+        for s, g in zip(splits, groups):
+            means[(g, label)] = 100 * st["per_split"][s][0]
+            sds[(g, label)] = 0.0 if math.isnan(st["per_split"][s][1]) else 100 * st["per_split"][s][1]
+        means[("all", label)] = 100 * st["auroc"][0]
+        sds[("all", label)] = 0.0 if math.isnan(st["auroc"][1]) else 100 * st["auroc"][1]
+    plot_grouped_bars(path, groups, labels, means, sds, "AUROC % (headline score)",
+                      f"{protocol}: open-set AUROC, error bars = std over seeds (all: over cells)"
+                      + (" - SMOKE scale" if smoke else ""))
+
+
+def main(argv=None, *, train_fn: Callable | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--protocols", default=None,
+                        help="comma list of config names (default fashion_mnist_cpu; digits with --smoke)")
+    parser.add_argument("--splits", default=None, help="e.g. 0-4 or 0,2 (default 0-4; 0 with --smoke)")
+    parser.add_argument("--seeds", default=None, help="comma list of seeds (default 0,1)")
+    parser.add_argument("--methods", default=DEFAULT_METHODS, help="comma list of " + ",".join(METHODS))
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+
+    protocols = comma_list(args.protocols or ("digits" if args.smoke else "fashion_mnist_cpu"),
+                           "--protocols")
+    check_protocols(protocols)
+    splits = split_list(args.splits or ("0" if args.smoke else "0-4"))
+    try:
+        seeds = [int(s) for s in comma_list(args.seeds or "0,1", "--seeds")]
+    except ValueError:
+        raise SystemExit(f"error: --seeds takes comma-separated integers, got {args.seeds!r}") from None
+    methods = comma_list(args.methods, "--methods", list(METHODS))
+    overrides = overrides_from_args(args)
+    refuse_overrides(overrides, CELL_FIELDS, "compare.py")
+
+    cells = {(p, m, sp, se): (cell_dir(args.out, p, m, sp, se), cell_config(p, m, sp, se, overrides))
+             for p in protocols for m in methods for sp in splits
+             for se in ([0] if METHODS[m][1] is None else seeds)}
+    validate_all([c for key, c in cells.items() if METHODS[key[1]][1] is not None])
+    if train_fn is None:
+        from gradmix_jax import trainer
+        train_fn = trainer.train_and_evaluate
+
+    report = {"protocols": {}, "splits": splits, "seeds": seeds, "methods": methods,
+              "overrides": overrides}
+    md = ["# Open-set comparison: baselines, mixing methods and seed statistics", ""]
+    csv_rows = []
+    for protocol in protocols:
+        results: dict[tuple[str, int, int], dict] = {}
+        for (p, method, split, seed), (workdir, config) in cells.items():
+            if p != protocol:
+                continue
+            if METHODS[method][1] is None:
+                r = run_raw_cell(workdir, config)
+                for s in seeds:
+                    results[(method, split, s)] = r
+                seed_txt = "-"
+            else:
+                r = run_checked_cell(workdir, config, train_fn)
+                results[(method, split, seed)] = r
+                seed_txt = str(seed)
+            key = headline(method)[0]
+            print(f"{protocol} {method} split {split} seed {seed_txt}: AUROC ({headline(method)[1]}) "
+                  f"{r[key]:.4f}", flush=True)
+            csv_rows.append([protocol, method, split, seed_txt, r[key]]
+                            + [r.get(k) for k, _ in SCORES]
+                            + [r.get(headline(method)[2]), r.get("train_seconds")])
+        stats = statistics(results, methods, splits, seeds)
+        report["protocols"][protocol] = stats
+        md += markdown(protocol, stats, methods, splits, seeds) + [""]
+        plot(os.path.join(args.out, f"compare_{protocol}.png"), protocol, stats, methods, splits,
+             args.smoke)
+    md += [f"- {n}" for n in scale_note(args, overrides)]
+    _write_outputs(args.out, md, csv_rows, report)
+    return 0
+
+
+def _write_outputs(out: str, md: list[str], csv_rows: list[list], report: dict) -> None:
+    import csv
+
+    from gradmix_jax.trainer import write_json
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "compare.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["protocol", "method", "split", "seed", "headline_auroc"] + [k for k, _ in SCORES]
+                   + ["closed_set_accuracy", "train_seconds"])
+        w.writerows(csv_rows)
+    write_json(os.path.join(out, "compare.json"), _jsonable(report))
+    with open(os.path.join(out, "compare.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

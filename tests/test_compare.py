@@ -1,0 +1,143 @@
+"""experiments/compare.py: cell layout, seed statistics against numpy, resumability, refusals, and
+a real smoke run (slow)."""
+
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from experiments import compare  # noqa: E402
+
+# Stand-in AUROCs: base per split, a seed effect and a method effect that varies with the seed.
+EFFECT = {"none": (0.0, 0.0), "gradmix": (0.01, 0.004), "cutmix": (-0.02, 0.03)}
+
+
+def _fake_auroc(method, split, seed):
+    a, b = EFFECT.get(method, (0.05, 0.0))
+    return 0.6 + 0.02 * split + 0.003 * seed + a + b * seed * (split + 1)
+
+
+def _stand_in(config, workdir):
+    method = "ce" if config.objective == "ce" else config.mixing.method
+    value = _fake_auroc(method, config.data.split, config.seed)
+    result = {"auroc": value, "auroc_knn_encoder": value, "auroc_knn_projection": value - 0.1,
+              "auroc_nno": value - 0.05, "auroc_msp": value if method == "ce" else None,
+              "auroc_max_logit": value - 0.01 if method == "ce" else None,
+              "closed_set_accuracy": 0.9, "closed_set_accuracy_logits": 0.95 if method == "ce" else None,
+              "train_seconds": 1.0, "config": config.to_dict()}
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(result, f)
+    return result
+
+
+def _no_training(config, workdir):
+    raise AssertionError(f"cell {workdir} was retrained")
+
+
+def test_statistics_layout_and_resume(tmp_path):
+    splits, seeds = [0, 1, 2], [0, 1, 2]
+    argv = ["--out", str(tmp_path), "--protocols", "digits", "--splits", "0-2", "--seeds", "0,1,2",
+            "--methods", "raw,ce,none,gradmix,cutmix"]
+    assert compare.main(argv, train_fn=_stand_in) == 0
+    for method in ("ce", "none", "gradmix", "cutmix"):
+        for sp in splits:
+            for se in seeds:
+                assert (tmp_path / "digits" / method / f"split{sp}" / f"seed{se}" / "results.json").exists()
+    for sp in splits:  # raw pixels: computed for real, once per split
+        assert (tmp_path / "digits" / "raw" / f"split{sp}" / "results.json").exists()
+    report = json.loads((tmp_path / "compare.json").read_text())
+    stats = report["protocols"]["digits"]
+
+    # per-method mean and sample std over all cells, against numpy
+    for method in ("none", "gradmix", "cutmix", "ce"):
+        values = [_fake_auroc(method, sp, se) for sp in splits for se in seeds]
+        mean, sd = stats["methods"][method]["auroc"]
+        assert mean == pytest.approx(np.mean(values)) and sd == pytest.approx(np.std(values, ddof=1))
+    assert stats["methods"]["ce"]["headline_score"] == "MSP"
+    assert stats["methods"]["gradmix"]["headline_score"] == "k-NN on encoder"
+    # paired differences to 'none' over the same (split, seed) cells
+    for method in ("gradmix", "cutmix", "ce"):
+        diffs = np.array([_fake_auroc(method, sp, se) - _fake_auroc("none", sp, se)
+                          for sp in splits for se in seeds])
+        p = stats["paired"][method]
+        assert p["mean"] == pytest.approx(diffs.mean()) and p["sd"] == pytest.approx(diffs.std(ddof=1))
+        assert p["positive"] == int((diffs > 0).sum()) and p["cells"] == 9
+    assert stats["paired"]["gradmix"]["verdict"] == "higher"  # mean 0.018 > its spread
+    assert stats["paired"]["cutmix"]["verdict"].startswith("no difference")
+    # difference to the raw-pixel floor, per split
+    raw = {sp: json.loads((tmp_path / "digits" / "raw" / f"split{sp}" / "results.json").read_text())
+           for sp in splits}
+    for sp in splits:
+        want = np.mean([_fake_auroc("gradmix", sp, se) for se in seeds]) - raw[sp]["auroc"]
+        assert stats["vs_raw"]["gradmix"]["per_split"][str(sp)] == pytest.approx(want)
+    with open(tmp_path / "compare.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 + 4 * 9
+    md = (tmp_path / "compare.md").read_text()
+    assert "| SupCon+SimCLR + GradMix | k-NN on encoder | 9 |" in md and "raw pixels" in md
+    assert (tmp_path / "compare_digits.png").stat().st_size > 1000
+
+    # resumable: nothing retrained, nothing rewritten; another config is refused
+    mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("results.json")}
+    assert compare.main(argv, train_fn=_no_training) == 0
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("results.json")} == mtimes
+    with pytest.raises(SystemExit, match="another config"):
+        compare.main(argv + ["--set", "temperature=0.5"], train_fn=_no_training)
+    with pytest.raises(SystemExit, match="other data settings or k"):
+        compare.main(argv + ["--set", "eval.k=2", "--methods", "raw"], train_fn=_no_training)
+
+
+def test_raw_pixels_match_an_independent_knn(tmp_path):
+    """The raw-pixel floor against a direct numpy implementation of Algorithm 1's score."""
+    from sklearn.metrics import roc_auc_score
+
+    from gradmix_jax.data import load_openset
+    config = compare.cell_config("digits", "raw", 1, 0, {})
+    r = compare.raw_pixel_results(config)
+    d = load_openset("digits", 1)
+    tr = d.train_images.reshape(len(d.train_images), -1).astype(np.float64)
+    te = d.test_images.reshape(len(d.test_images), -1).astype(np.float64)
+    tr /= np.linalg.norm(tr, axis=1, keepdims=True)
+    te /= np.linalg.norm(te, axis=1, keepdims=True)
+    sims = te @ tr.T
+    d_c = np.stack([np.sort(sims[:, d.train_labels == c], axis=1)[:, -3:].sum(1)
+                    for c in range(d.num_known)], axis=1)
+    score = d_c.max(1) / d_c.sum(1)
+    want = roc_auc_score(d.test_is_known, score)
+    assert r["auroc"] == pytest.approx(want, abs=1e-5)
+    acc = (d_c.argmax(1)[d.test_is_known] == d.test_labels[d.test_is_known]).mean()
+    assert r["closed_set_accuracy"] == pytest.approx(acc)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--methods", "raw,bogus"], r"--methods entries must be in \['raw', 'ce'"),
+    (["--seeds", "0,x"], "--seeds takes comma-separated integers"),
+    (["--splits", "abc"], "--splits takes"),
+    (["--protocols", "nothere"], "no configs/<name>.py"),
+    (["--set", "seed=3"], r"--set \['seed'\] is not allowed"),
+])
+def test_bad_flags_are_one_line(tmp_path, flags, message):
+    with pytest.raises(SystemExit, match=message):
+        compare.main(["--out", str(tmp_path), "--protocols", "digits"] + flags, train_fn=_no_training)
+
+
+@pytest.mark.slow
+def test_smoke_run_trains_every_method(tmp_path):
+    argv = ["--out", str(tmp_path), "--smoke", "--methods", "raw,ce,none,gradmix", "--seeds", "0"]
+    assert compare.main(argv) == 0
+    report = json.loads((tmp_path / "compare.json").read_text())
+    stats = report["protocols"]["digits"]
+    ce = json.loads((tmp_path / "digits" / "ce" / "split0" / "seed0" / "results.json").read_text())
+    assert ce["config"]["objective"] == "ce" and ce["auroc_msp"] is not None
+    assert ce["auroc_max_logit"] is not None
+    gm = json.loads((tmp_path / "digits" / "gradmix" / "split0" / "seed0" / "results.json").read_text())
+    assert gm["config"]["mixing"]["method"] == "gradmix" and gm["auroc_msp"] is None
+    assert stats["methods"]["gradmix"]["auroc"][0] == pytest.approx(gm["auroc_knn_encoder"])
+    assert stats["methods"]["ce"]["auroc"][0] == pytest.approx(ce["auroc_msp"])
