@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gradmix_jax.osr import class_mean_scores, entropy_score, knn_scores, msp_score
+from gradmix_jax.osr import class_mean_scores, entropy_score, knn_scores, max_logit_score, msp_score
 
 
 def _knn_loop(train, train_labels, test, num_classes, k):
@@ -97,6 +97,14 @@ def test_msp_and_entropy_hand_made():
     four = jnp.zeros((1, 4))
     np.testing.assert_allclose(np.asarray(jax.jit(msp_score)(four)), [0.25], rtol=1e-6)
     np.testing.assert_allclose(np.asarray(entropy_score(four)), [-math.log(4.0)], rtol=1e-6)
+
+
+def test_max_logit_keeps_the_scale_msp_drops():
+    # Same softmax (MSP 0.5 for both), different logit magnitude: only max-logit tells them apart.
+    logits = jnp.array([[1.0, 1.0, -5.0], [9.0, 9.0, 3.0], [-2.0, 0.5, 0.25]], jnp.float32)
+    np.testing.assert_allclose(np.asarray(jax.jit(max_logit_score)(logits)), [1.0, 9.0, 0.5])
+    msp = np.asarray(msp_score(logits))
+    assert msp[0] == pytest.approx(msp[1])
 
 
 def test_class_mean_scores_matches_loop():

@@ -36,6 +36,16 @@ def test_load_trained_reproduces_the_runs_evaluation(tmp_path):
     assert logits.shape == (7, data.num_known)
     msp = np.asarray(osr.msp_score(trained.logits(data.test_images)))
     np.testing.assert_allclose(metrics.auroc(msp[known], msp[~known]), summary["auroc_msp"], atol=1e-6)
+    mls = np.asarray(osr.max_logit_score(trained.logits(data.test_images)))
+    np.testing.assert_allclose(metrics.auroc(mls[known], mls[~known]), summary["auroc_max_logit"],
+                               atol=1e-6)
+    assert summary["auroc_knn_encoder"] == summary["auroc"]  # eval.features = encoder
+    train_z = trained.features(data.train_images, which="projection")
+    test_z = trained.features(data.test_images, which="projection")
+    zs = np.asarray(osr.knn_scores(train_z, data.train_labels, test_z, data.num_known,
+                                   k=config.eval.k)[0])
+    np.testing.assert_allclose(metrics.auroc(zs[known], zs[~known]), summary["auroc_knn_projection"],
+                               atol=1e-6)
     z = trained.features(data.test_images[:5], which="projection")
     np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, rtol=1e-5)
     with pytest.raises(ValueError, match="which must be one of"):
