@@ -26,8 +26,9 @@ def _fake_auroc(method, split, seed):
 def _stand_in(config, workdir):
     method = "ce" if config.objective == "ce" else config.mixing.method
     value = _fake_auroc(method, config.data.split, config.seed)
-    result = {"auroc": value, "auroc_knn_encoder": value, "auroc_knn_projection": value - 0.1,
-              "auroc_nno": value - 0.05, "auroc_msp": value if method == "ce" else None,
+    result = {"auroc": value - 0.05, "auroc_knn_encoder": value - 0.05,
+              "auroc_knn_projection": value - 0.1, "auroc_nno": value,
+              "auroc_msp": value if method == "ce" else None,
               "auroc_max_logit": value - 0.01 if method == "ce" else None,
               "closed_set_accuracy": 0.9, "closed_set_accuracy_logits": 0.95 if method == "ce" else None,
               "train_seconds": 1.0, "config": config.to_dict()}
@@ -50,6 +51,7 @@ def test_statistics_layout_and_resume(tmp_path):
         for sp in splits:
             for se in seeds:
                 assert (tmp_path / "digits" / method / f"split{sp}" / f"seed{se}" / "results.json").exists()
+    assert (tmp_path / "digits" / "none" / "split0" / "seed0" / "cell_seconds.json").exists()
     for sp in splits:  # raw pixels: computed for real, once per split
         assert (tmp_path / "digits" / "raw" / f"split{sp}" / "results.json").exists()
     report = json.loads((tmp_path / "compare.json").read_text())
@@ -61,7 +63,7 @@ def test_statistics_layout_and_resume(tmp_path):
         mean, sd = stats["methods"][method]["auroc"]
         assert mean == pytest.approx(np.mean(values)) and sd == pytest.approx(np.std(values, ddof=1))
     assert stats["methods"]["ce"]["headline_score"] == "MSP"
-    assert stats["methods"]["gradmix"]["headline_score"] == "k-NN on encoder"
+    assert stats["methods"]["gradmix"]["headline_score"] == "NNO on encoder"
     # paired differences to 'none' over the same (split, seed) cells
     for method in ("gradmix", "cutmix", "ce"):
         diffs = np.array([_fake_auroc(method, sp, se) - _fake_auroc("none", sp, se)
@@ -81,7 +83,7 @@ def test_statistics_layout_and_resume(tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 + 4 * 9
     md = (tmp_path / "compare.md").read_text()
-    assert "| SupCon+SimCLR + GradMix | k-NN on encoder | 9 |" in md and "raw pixels" in md
+    assert "| SupCon+SimCLR + GradMix | NNO on encoder | 9 |" in md and "raw pixels" in md
     assert (tmp_path / "compare_digits.png").stat().st_size > 1000
 
     # resumable: nothing retrained, nothing rewritten; another config is refused
@@ -139,5 +141,5 @@ def test_smoke_run_trains_every_method(tmp_path):
     assert ce["auroc_max_logit"] is not None
     gm = json.loads((tmp_path / "digits" / "gradmix" / "split0" / "seed0" / "results.json").read_text())
     assert gm["config"]["mixing"]["method"] == "gradmix" and gm["auroc_msp"] is None
-    assert stats["methods"]["gradmix"]["auroc"][0] == pytest.approx(gm["auroc_knn_encoder"])
+    assert stats["methods"]["gradmix"]["auroc"][0] == pytest.approx(gm["auroc_nno"])
     assert stats["methods"]["ce"]["auroc"][0] == pytest.approx(ce["auroc_msp"])
