@@ -1,4 +1,19 @@
-"""Fashion-MNIST open-set protocol on a CPU (draft; see docs/tuning_fashion_mnist.md)."""
+"""Fashion-MNIST open-set protocol on a 2-core CPU: one whole command in under 10 minutes.
+
+Command (data: `apt-get install dataset-fashion-mnist`; see README "Datasets"):
+    python -m gradmix_jax.train --config configs/fashion_mnist_cpu.py --workdir runs/fmnist_cpu
+
+Recipe: ResNet18 width 16 at 16x16 px (28 -> 16 on the device), batch 128, 800 steps (2.8 epochs of
+the 36,000 known-class training images), Adam 1e-3 with cosine decay, SupCon + SimCLR (θ = λ = 1),
+T = 0.2, GradMix on conv3_2 + conv4_2 + conv5_2 (8/4/2 px), the RGB SimCLR view augmentation with
+crops of 40-100% of the image and horizontal flips. Evaluation reads encoder features; the result
+prints Algorithm 1's k-NN AUROC and results.json holds every score (NNO, projection k-NN, ...).
+
+How it was chosen (docs/tuning_fashion_mnist.md): on a validation hold-out of the training set
+(data.validation=True; the test set was never read while tuning), split 0, one seed each.
+Results on the test set, from experiments/compare.py over splits and seeds: docs/results/ and the
+README's results table.
+"""
 
 from gradmix_jax.config_base import get_base_config
 
@@ -6,15 +21,16 @@ from gradmix_jax.config_base import get_base_config
 def get_config():
     c = get_base_config()
     c.data.protocol = "fashion_mnist"
-    c.data.image_size = 16
+    c.data.image_size = 16  # 28 px costs 1.8x per step
     c.augment.preset = "rgb"
+    c.augment.crop_scale = (0.4, 1.0)
     c.model.width = 16
     c.batch_size = 128
     c.num_epochs = 0
-    c.num_steps = 900
+    c.num_steps = 800  # GradMix cells stay under 10 minutes on 2 cores (about 0.55 s per step)
     c.temperature = 0.2
     c.gradmix.layers = ("conv3_2", "conv4_2", "conv5_2")
     c.log_every_steps = 100
-    c.checkpoint_every_steps = 900
+    c.checkpoint_every_steps = 400
     c.progress_bar = False
     return c

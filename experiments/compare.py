@@ -340,9 +340,11 @@ def main(argv=None, *, train_fn: Callable | None = None) -> int:
     overrides = overrides_from_args(args)
     refuse_overrides(overrides, CELL_FIELDS, "compare.py")
 
+    # Seed-major, then split, then method: an interrupted table has whole (split, seed) groups,
+    # so its paired differences are already usable.
     cells = {(p, m, sp, se): (cell_dir(args.out, p, m, sp, se), cell_config(p, m, sp, se, overrides))
-             for p in protocols for m in methods for sp in splits
-             for se in ([0] if METHODS[m][1] is None else seeds)}
+             for p in protocols for se in seeds for sp in splits for m in methods
+             if METHODS[m][1] is not None or se == seeds[0]}
     validate_all([c for key, c in cells.items() if METHODS[key[1]][1] is not None])
     if train_fn is None:
         from gradmix_jax import trainer
@@ -358,7 +360,7 @@ def main(argv=None, *, train_fn: Callable | None = None) -> int:
         for (p, method, split, seed), (workdir, config) in cells.items():
             if p != protocol:
                 continue
-            if METHODS[method][1] is None:
+            if METHODS[method][1] is None:  # one cell per split, shared by every seed
                 r = run_raw_cell(workdir, config)
                 for s in seeds:
                     results[(method, split, s)] = r
