@@ -229,3 +229,33 @@ def test_real_data_trains_end_to_end(tmp_path):
         assert 0.0 <= summary[key] <= 1.0
     assert summary["auroc_knn_encoder"] == summary["auroc"]  # eval.features = encoder
     assert (tmp_path / "run" / "results.json").exists()
+
+
+def test_fashion_mnist_reads_prepared_tfds_when_no_idx_files(tmp_path):
+    import tensorflow_datasets as tfds
+
+    from gradmix_jax.data import sources
+    sources.load_tfds_split.cache_clear()
+    with tfds.testing.mock_data(num_examples=120):
+        d = load_openset("fashion_mnist", 4, data_dir=str(tmp_path))
+        raw_y = sources.load_tfds_split("fashion_mnist", "train", str(tmp_path))[1]
+    sources.load_tfds_split.cache_clear()
+    known, _ = protocol_classes("fashion_mnist", 4)
+    assert d.image_shape == (28, 28, 1) and len(d.train_labels) == np.isin(raw_y, known).sum()
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "fashion_mnist_cpu"])
+def test_fashion_mnist_configs_validate(name):
+    import importlib.util
+
+    from gradmix_jax.validation import validate_config
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    validate_config(config)
+    assert config.data.protocol == "fashion_mnist" and config.eval.k == 3
+    assert config.augment.preset == "rgb" and config.augment.flip_prob in (None, 0.5)
+    if name == "fashion_mnist":  # the paper's scale
+        assert (config.model.width, config.data.image_size, config.batch_size) == (64, 32, 256)
+    assert "python -m gradmix_jax.train --config configs/" + name + ".py" in module.__doc__
