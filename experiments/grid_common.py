@@ -3,17 +3,11 @@ resumable cells that refuse a stale results.json, mean ± std formatting and a g
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable, Sequence
 
 from experiments.common import mean_std, parse_splits, run_cell, write_table
-
-# Config fields that do not change what a cell computes (a finished cell is still valid when only
-# these differ, e.g. after moving the data or changing the logging cadence).
-NON_SEMANTIC_FIELDS = ("progress_bar", "log_every_steps", "checkpoint_every_steps", "max_to_keep",
-                       "data.data_dir", "eval.batch_size")
-
+from gradmix_jax.workdir import config_differences
 
 def comma_list(text: str, flag: str, allowed: Sequence[str] | None = None) -> list[str]:
     """'a,b' -> ['a', 'b']; one-line SystemExit on empty entries, repeats or values outside ``allowed``."""
@@ -115,28 +109,6 @@ def validate_all(cells: Sequence[tuple[str, Any]]) -> None:
             validate_config(config, jax.device_count())
         except ConfigError as e:
             raise SystemExit(f"error: cell {workdir}: {e}") from None
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def config_differences(stored: dict | None, config) -> list[str]:
-    """Fields (outside NON_SEMANTIC_FIELDS) whose value in a stored results.json's config differs."""
-    if stored is None:
-        return ["<no config in results.json>"]
-    # JSON round trip on both sides: tuples -> lists (a freshly trained cell returns its summary
-    # with the config's tuples, one read back from results.json has lists).
-    now = _flatten(json.loads(json.dumps(config.to_dict())))
-    old = _flatten(json.loads(json.dumps(stored)))
-    return sorted(k for k in set(now) | set(old)
-                  if k not in NON_SEMANTIC_FIELDS and now.get(k, "<missing>") != old.get(k, "<missing>"))
 
 
 def run_checked_cell(workdir: str, config, train: Callable[[Any, str], dict]) -> dict:

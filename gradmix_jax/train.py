@@ -21,6 +21,9 @@ _COORDINATOR = flags.DEFINE_string(
     "Cloud TPU or SLURM, where JAX finds it).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process runs: process count.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index.")
+_REEVALUATE = flags.DEFINE_bool(
+    "reevaluate", False, "The workdir holds a finished run of this config: evaluate its final "
+    "checkpoint again and rewrite results.json (without it such a run is left untouched).")
 flags.mark_flags_as_required(["config"])
 
 
@@ -48,16 +51,20 @@ def main(argv):
         name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
         workdir = os.path.join("runs", f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     try:
-        summary = trainer.train_and_evaluate(config, workdir)
+        summary = trainer.train_and_evaluate(config, workdir, reevaluate=_REEVALUATE.value)
     except (ConfigError, DatasetNotPreparedError, CheckpointError, trainer.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except trainer.TrainingPreempted as e:
         print(str(e), file=sys.stderr)
         sys.exit(0)
-    auroc = "n/a (closed set)" if summary["auroc"] is None else f"{summary['auroc']:.4f}"
     if jax.process_index() != 0:
         return
+    if summary.get("already_finished"):
+        print(f"already finished at step {summary['num_steps']}: "
+              f"{os.path.join(workdir, 'results.json')} (--reevaluate evaluates it again)")
+        return
+    auroc = "n/a (closed set)" if summary["auroc"] is None else f"{summary['auroc']:.4f}"
     print(f"open-set AUROC {auroc}, closed-set accuracy {summary['closed_set_accuracy']:.4f}, "
           f"{summary['num_steps']} steps in {summary['train_seconds']:.1f} s")
     print(f"results: {os.path.join(workdir, 'results.json')}")

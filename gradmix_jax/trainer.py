@@ -22,11 +22,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gradmix_jax import augment, checkpoint, metrics, osr, parallel
+from gradmix_jax import workdir as records
 from gradmix_jax.data import OpenSetData, load_closed_set, load_openset, openness
 from gradmix_jax.models import model_from_config
 from gradmix_jax.train_step import (StepConfig, TrainState, init_state, make_eval_fn,
                                     make_optimizer, make_train_step)
 from gradmix_jax.validation import ConfigError, validate_config, validate_data_dependent
+from gradmix_jax.workdir import write_json  # noqa: F401  (re-exported for the experiment scripts)
 
 log = logging.getLogger(__name__)
 
@@ -227,13 +229,6 @@ def evaluate(eval_fn, state: TrainState, data: OpenSetData, config, mesh) -> dic
     return results
 
 
-def write_json(path: str, payload: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
 class _Scalars:
     """TensorBoard scalars (tensorboardX) in ``<workdir>/tensorboard``; process 0 only."""
 
@@ -253,9 +248,33 @@ class _Scalars:
             self._writer.close()
 
 
+class _Record:
+    """``train_history.json`` across restarts: the logged scalars and the train time of every
+    process that trained this run. Written at each checkpoint, so a resumed run continues the
+    record of the steps its checkpoint holds (entries past that step are dropped)."""
+
+    def __init__(self, workdir: str, start_step: int):
+        self.path = os.path.join(workdir, records.HISTORY)
+        stored = (records.read_json(self.path) or {}) if start_step > 0 else {}
+        self.prior = [h for h in stored.get("history", []) if h.get("step", 0) <= start_step]
+        self.prior_seconds = float(stored.get("train_seconds") or 0.0)
+        self.prior_steps = int(stored.get("steps_timed") or 0)
+
+    def totals(self, seconds: float, steps_timed: int) -> tuple[float, int]:
+        """(train seconds, timed steps) of the whole run, this process's included."""
+        return self.prior_seconds + seconds, self.prior_steps + steps_timed
+
+    def write(self, history: list[dict], seconds: float, steps_timed: int) -> None:
+        if jax.process_index() != 0:
+            return
+        total_seconds, total_steps = self.totals(seconds, steps_timed)
+        records.write_json(self.path, {"history": self.prior + history, "train_seconds": total_seconds,
+                                       "steps_timed": total_steps})
+
+
 def _train_loop(config, workdir, train_step, state, images, labels, saver, scalars, bar, sigterm,
                 start_step: int, total_steps: int, steps_per_epoch: int, num_train: int,
-                rows_sharded):
+                rows_sharded, record: _Record):
     """Runs steps start_step..total_steps-1; logs, checks the loss, checkpoints, handles preemption.
 
     Returns (state, last logged loss, wall time after the first compiled step, logged history).
@@ -283,12 +302,15 @@ def _train_loop(config, workdir, train_step, state, images, labels, saver, scala
         if snapshot is not None:
             saver.write(done, snapshot, force=force)
         last_loss = m["loss"]
+        checkpointed = snapshot is not None
         now = time.perf_counter()
         if done > window_start:
             m["images_per_second"] = (done - window_start) * config.batch_size / (now - t_window)
             t_window, window_start = now, done
         m["step"] = done
         history.append(m)
+        if checkpointed:  # the record matches the checkpoint just written
+            record.write(history, now - t_first, done - (start_step + 1))
         scalars.write(done, m)
         bar.set_postfix(loss=f"{m['loss']:.3f}",
                         img_s=f"{m.get('images_per_second', 0):.0f}", refresh=False)
@@ -325,8 +347,15 @@ def _train_loop(config, workdir, train_step, state, images, labels, saver, scala
     return state, last_loss, t_first, history
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, reevaluate: bool = False
+                       ) -> dict[str, Any]:
     """Trains on ``config.data``'s known classes, evaluates open-set recognition, writes results.json.
+
+    A workdir that already holds a finished run of the same config is left untouched: its stored
+    summary is returned with ``already_finished: True`` (``reevaluate=True`` evaluates the final
+    checkpoint again and rewrites results.json, keeping the run's train time). An interrupted run,
+    or a finished one of another config (say a longer schedule), resumes from its newest checkpoint
+    and continues ``train_history.json``.
 
     Returns the summary dict (DESIGN §6 keys: auroc, closed_set_accuracy, num_steps,
     final_train_loss, train_seconds, protocol, split, known_classes, config, ...).
@@ -334,6 +363,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mesh = parallel.make_mesh()
     validate_config(config, mesh.size)
     aug_params = augment_params(config)
+    stored = records.finished_run(workdir, config)
+    if stored is not None and not reevaluate:
+        # Nothing is loaded, trained or written: the finished run's files stay byte-identical.
+        return {**stored, "already_finished": True}
     if config.data.closed_set:
         data = load_closed_set(config.data.protocol, config.data.data_dir or None,
                                config.data.closed_set_classes)
@@ -359,8 +392,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     restored = checkpoint.restore_latest(manager, state)
     if restored is not None:
         state = restored
-        log.info("resumed from step %d", int(state.step))
+        if jax.process_index() == 0:
+            print(f"resumed from step {int(state.step)} ({os.path.join(workdir, 'checkpoints')})",
+                  flush=True)
     start_step = int(state.step)
+    record = _Record(workdir, start_step)
 
     images = parallel.replicate(data.train_images, repl)
     labels = parallel.replicate(data.train_labels.astype(np.int32), repl)
@@ -373,18 +409,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         with _SigtermWatch() as sigterm:
             state, last_loss, t_first, history = _train_loop(
                 config, workdir, train_step, state, images, labels, saver, scalars, bar, sigterm,
-                start_step, total_steps, steps_per_epoch, len(data.train_images), rows_sharded)
+                start_step, total_steps, steps_per_epoch, len(data.train_images), rows_sharded,
+                record)
     finally:
         bar.close()
         saver.wait_until_finished()
-    train_seconds = time.perf_counter() - t_first if t_first is not None else 0.0
+    # Whole run: this process's steps after its compiling step, plus earlier processes' (resumed).
+    this_seconds = time.perf_counter() - t_first if t_first is not None else 0.0
+    this_steps = max(total_steps - start_step - 1, 0)
+    train_seconds, steps_timed = record.totals(this_seconds, this_steps)
+    if not history and record.prior:  # nothing trained here (re-evaluation): the run's last loss
+        last_loss = record.prior[-1].get("loss", last_loss)
 
     t_eval = time.perf_counter()
     eval_fn = jax.jit(make_eval_fn(model, aug_params.out_size, config.eval.features),
                       in_shardings=(repl, repl, sharded))
     results = evaluate(eval_fn, state, data, config, mesh)
     eval_seconds = time.perf_counter() - t_eval
-    steps_timed = total_steps - start_step - 1
     summary: dict[str, Any] = {
         **results,
         "num_steps": total_steps,
@@ -416,6 +457,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     scalars.write(total_steps, {f"eval/{k}": v for k, v in results.items() if v is not None})
     scalars.close()
     if jax.process_index() == 0:
-        write_json(os.path.join(workdir, "results.json"), summary)
-        write_json(os.path.join(workdir, "train_history.json"), {"history": history})
+        record.write(history, this_seconds, this_steps)
+        records.write_json(os.path.join(workdir, records.RESULTS), summary)
     return summary

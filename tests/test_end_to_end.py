@@ -41,8 +41,15 @@ def test_cli_end_to_end_and_resume(tmp_path):
     assert (workdir / "checkpoints" / "4").is_dir()
     assert any(p.name.startswith("events") for p in (workdir / "tensorboard").iterdir())
 
+    # The same command again: nothing is retrained or rewritten.
+    before = {p: (workdir / p).read_bytes() for p in ("results.json", "train_history.json")}
+    again = run_cli(workdir, "--config.num_steps=4")
+    assert f"already finished at step 4: {workdir / 'results.json'}" in again.stdout
+    assert {p: (workdir / p).read_bytes() for p in before} == before
+
     # Same workdir, longer run: resumes from the step-4 checkpoint instead of starting over.
-    run_cli(workdir, "--config.num_steps=6")
+    longer = run_cli(workdir, "--config.num_steps=6")
+    assert "resumed from step 4" in longer.stdout
     results = json.loads((workdir / "results.json").read_text())
     assert results["resumed_from_step"] == 4 and results["num_steps"] == 6
     assert results["train_step_compilations"] == 1  # the restored state does not retrace

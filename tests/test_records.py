@@ -1,0 +1,116 @@
+"""Run records are never lost: a finished run is left byte-identical, a resumed run continues its
+history and train time, files are strict JSON written atomically."""
+
+import json
+import math
+import os
+
+import pytest
+
+from test_validation import digits_config
+
+from gradmix_jax import trainer
+from gradmix_jax import workdir as records
+
+
+def _tiny(num_steps=4):
+    c = digits_config()
+    c.num_steps, c.batch_size, c.model.width, c.model.feature_dim = num_steps, 16, 4, 8
+    c.data.image_size, c.progress_bar, c.eval.id_samples = 8, False, 0
+    c.log_every_steps, c.checkpoint_every_steps = 1, 2
+    c.mixing.method = "none"
+    return c
+
+
+def _strict_load(path):
+    def refuse(name):
+        raise ValueError(f"non-strict JSON constant {name} in {path}")
+    with open(path) as f:
+        return json.load(f, parse_constant=refuse)
+
+
+def _files(workdir):
+    return {p: (workdir / p).read_bytes() for p in (records.RESULTS, records.HISTORY)}
+
+
+def test_finished_run_is_left_untouched_and_reevaluates_on_request(tmp_path):
+    summary = trainer.train_and_evaluate(_tiny(), str(tmp_path))
+    before = _files(tmp_path)
+    mtimes = {p: os.stat(tmp_path / p).st_mtime_ns for p in before}
+    again = trainer.train_and_evaluate(_tiny(), str(tmp_path))
+    assert again["already_finished"] is True and again["num_steps"] == 4
+    assert _files(tmp_path) == before  # byte-identical
+    assert {p: os.stat(tmp_path / p).st_mtime_ns for p in before} == mtimes  # not even rewritten
+    # A non-semantic change (logging cadence) is still the same run.
+    c = _tiny()
+    c.log_every_steps = 3
+    assert trainer.train_and_evaluate(c, str(tmp_path))["already_finished"] is True
+    # Explicit re-evaluation: same numbers, the run's train time and history kept.
+    redo = trainer.train_and_evaluate(_tiny(), str(tmp_path), reevaluate=True)
+    assert "already_finished" not in redo
+    assert redo["auroc"] == pytest.approx(summary["auroc"], abs=1e-6)
+    assert redo["train_seconds"] == pytest.approx(summary["train_seconds"])
+    assert redo["final_train_loss"] == pytest.approx(summary["final_train_loss"])
+    assert json.loads(before[records.HISTORY])["history"] == _strict_load(tmp_path / records.HISTORY)["history"]
+
+
+class _PreemptAfter:
+    """Stands in for the SIGTERM watch: reports a request after ``n`` checks (one per step)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @property
+    def requested(self):
+        self.n -= 1
+        return self.n < 0
+
+
+def test_resumed_history_and_time_continue_the_interrupted_run(tmp_path, monkeypatch):
+    full = trainer.train_and_evaluate(_tiny(), str(tmp_path / "full"))
+    want = _strict_load(tmp_path / "full" / records.HISTORY)["history"]
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "_SigtermWatch", lambda: _PreemptAfter(2))
+        with pytest.raises(trainer.TrainingPreempted):
+            trainer.train_and_evaluate(_tiny(), str(tmp_path / "cut"))
+    first = _strict_load(tmp_path / "cut" / records.HISTORY)
+    assert [h["step"] for h in first["history"]] == [1, 2, 3]
+    got = trainer.train_and_evaluate(_tiny(), str(tmp_path / "cut"))
+    assert got["resumed_from_step"] == 3
+    history = _strict_load(tmp_path / "cut" / records.HISTORY)
+    assert [h["step"] for h in history["history"]] == [h["step"] for h in want] == [1, 2, 3, 4]
+    for a, b in zip(history["history"], want):
+        for key in ("loss", "supcon", "simclr", "grad_norm", "learning_rate"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), (a["step"], key)
+    # The whole run's train time: both processes' timed steps (2 + 0: each first step compiles).
+    assert got["train_seconds"] == pytest.approx(history["train_seconds"])
+    assert history["train_seconds"] >= first["train_seconds"] > 0
+    assert history["steps_timed"] == first["steps_timed"] + 0 == 2
+    assert got["final_train_loss"] == pytest.approx(full["final_train_loss"], rel=1e-5)
+    _strict_load(tmp_path / "cut" / records.RESULTS)
+
+
+def test_write_json_is_strict():
+    payload = {"a": float("nan"), "b": [float("inf"), 1.5, {"c": -math.inf}], "d": None}
+    text = json.dumps(records.strict(payload), allow_nan=False)
+    assert json.loads(text) == {"a": None, "b": [None, 1.5, {"c": None}], "d": None}
+
+
+def test_a_kill_during_a_write_leaves_the_old_file(tmp_path, monkeypatch):
+    path = str(tmp_path / "results.json")
+    records.write_json(path, {"auroc": 0.9})
+
+    def killed(fd):
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(os, "fsync", killed)
+    with pytest.raises(KeyboardInterrupt):
+        records.write_json(path, {"auroc": 0.1, "other": list(range(1000))})
+    assert _strict_load(path) == {"auroc": 0.9}
