@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
 
 from experiments.common import (add_common_args, apply_overrides, load_config,  # noqa: F401
                                 overrides_from_args, run_cell, scale_note)

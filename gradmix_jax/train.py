@@ -1,7 +1,8 @@
 """Command line: ``python -m gradmix_jax.train --config configs/digits.py [--workdir DIR]``.
 
 Only parses flags; the work is ``gradmix_jax.trainer.train_and_evaluate``. Override any config
-field with ``--config.a.b=value`` (e.g. ``--config.mixing.method=cutmix``).
+field with ``--config.a.b=value`` (e.g. ``--config.mixing.method=cutmix``); ``--print_config``
+prints the resolved config and exits; ``--reevaluate`` evaluates a finished run again.
 """
 
 from __future__ import annotations
@@ -24,12 +25,17 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process runs: this
 _REEVALUATE = flags.DEFINE_bool(
     "reevaluate", False, "The workdir holds a finished run of this config: evaluate its final "
     "checkpoint again and rewrite results.json (without it such a run is left untouched).")
+_PRINT_CONFIG = flags.DEFINE_bool(
+    "print_config", False, "Print the resolved config (file + --config.* overrides) and exit.")
 flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _PRINT_CONFIG.value:
+        print(_CONFIG.value)
+        return
     if not flags.FLAGS["verbosity"].present:
         # Orbax and JAX log every save and backend probe at INFO; keep the terminal to the progress
         # bar and results unless --verbosity asks for more.

@@ -7,7 +7,6 @@ function of (seed, step), so a resumed run sees exactly the batches an uninterru
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import os
@@ -25,7 +24,7 @@ from gradmix_jax import augment, checkpoint, metrics, osr, parallel
 from gradmix_jax import workdir as records
 from gradmix_jax.data import OpenSetData, load_closed_set, load_openset, openness
 from gradmix_jax.models import model_from_config
-from gradmix_jax.train_step import (StepConfig, TrainState, init_state, make_eval_fn,
+from gradmix_jax.train_step import (StepConfig, init_state, make_eval_fn,
                                     make_optimizer, make_train_step)
 from gradmix_jax.validation import ConfigError, validate_config, validate_data_dependent
 from gradmix_jax.workdir import write_json  # noqa: F401  (re-exported for the experiment scripts)
@@ -79,6 +78,15 @@ def augment_params(config) -> augment.AugmentParams:
     except ValueError as e:
         # AugmentParams names its fields "AugmentParams.<field>"; the config calls them "augment.<field>".
         raise ConfigError(str(e).replace("AugmentParams.", "augment.", 1)) from None
+
+
+def load_data(config) -> OpenSetData:
+    """``config.data``'s split in host memory (closed-set data when ``data.closed_set``)."""
+    if config.data.closed_set:
+        return load_closed_set(config.data.protocol, config.data.data_dir or None,
+                               config.data.closed_set_classes)
+    return load_openset(config.data.protocol, config.data.split, tuple(config.data.known_classes),
+                        config.data.data_dir or None, validation=config.data.validation)
 
 
 def steps_per_epoch_of(num_train: int, batch_size: int) -> int:
@@ -179,9 +187,10 @@ def _knn_auroc(train_f, train_labels, test_f, known, num_known: int, k: int) -> 
     return float(metrics.auroc(scores[known], scores[~known]))
 
 
-def evaluate(eval_fn, state: TrainState, data: OpenSetData, config, mesh) -> dict[str, Any]:
+def evaluate(eval_fn, variables: dict, data: OpenSetData, config, mesh) -> dict[str, Any]:
     """Open-set evaluation on the known train split and the whole test split.
 
+    ``variables = {'params', 'batch_stats'}``; ``eval_fn`` from ``train_step.make_eval_fn``.
     'auroc' / 'closed_set_accuracy' / 'oscr' use the k-NN rule (Algorithm 1), the paper's method,
     on ``eval.features``. Beside it: 'auroc_knn_encoder' / 'auroc_knn_projection' (the same rule on
     each feature), 'auroc_nno' (Mahalanobis distance to the closest class mean, App. A) for every
@@ -189,7 +198,6 @@ def evaluate(eval_fn, state: TrainState, data: OpenSetData, config, mesh) -> dic
     models with a classifier head (else None), and 'intrinsic_dimension' (TwoNN on up to
     eval.id_samples training features).
     """
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
     train = extract_features(eval_fn, variables, data.train_images, config.eval.batch_size, mesh)
     test = extract_features(eval_fn, variables, data.test_images, config.eval.batch_size, mesh)
     train_f, test_f = train["features"], test["features"]
@@ -367,13 +375,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, reevalua
     if stored is not None and not reevaluate:
         # Nothing is loaded, trained or written: the finished run's files stay byte-identical.
         return {**stored, "already_finished": True}
-    if config.data.closed_set:
-        data = load_closed_set(config.data.protocol, config.data.data_dir or None,
-                               config.data.closed_set_classes)
-    else:
-        data = load_openset(config.data.protocol, config.data.split,
-                            tuple(config.data.known_classes), config.data.data_dir or None,
-                            validation=config.data.validation)
+    data = load_data(config)
     validate_data_dependent(config, data.min_class_count(), len(data.train_images))
     os.makedirs(workdir, exist_ok=True)
 
@@ -424,7 +426,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, reevalua
     t_eval = time.perf_counter()
     eval_fn = jax.jit(make_eval_fn(model, aug_params.out_size, config.eval.features),
                       in_shardings=(repl, repl, sharded))
-    results = evaluate(eval_fn, state, data, config, mesh)
+    results = evaluate(eval_fn, {"params": state.params, "batch_stats": state.batch_stats}, data,
+                       config, mesh)
     eval_seconds = time.perf_counter() - t_eval
     summary: dict[str, Any] = {
         **results,

@@ -67,3 +67,13 @@ def test_nan_loss_stops_with_clear_message(tmp_path):
     with pytest.raises(trainer.NonFiniteLossError, match=r"training loss is nan at step 1"):
         trainer.train_and_evaluate(config, str(tmp_path / "nan"))
     assert not (tmp_path / "nan" / "results.json").exists()
+
+
+def test_print_config_prints_the_resolved_config_and_exits(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "gradmix_jax.train", "--config", os.path.join(ROOT, "configs", "digits.py"),
+         "--workdir", str(tmp_path / "w"), "--config.temperature=0.3", "--print_config"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "temperature: 0.3" in out.stdout and "protocol: digits" in out.stdout
+    assert not (tmp_path / "w").exists()  # nothing created, loaded or trained

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gradmix_jax import attribution, augment, losses, mixing
+from gradmix_jax import attribution, augment, mixing
 from gradmix_jax.models import create_model
 from gradmix_jax.train_step import (StepConfig, contrastive_terms, init_state, make_optimizer,
                                     make_train_step, mixed_loss)
