@@ -7,6 +7,7 @@ prints the resolved config and exits; ``--reevaluate`` evaluates a finished run 
 
 from __future__ import annotations
 
+import ast
 import datetime
 import os
 import sys
@@ -30,11 +31,48 @@ _PRINT_CONFIG = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config"])
 
 
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _one_line(error: Exception) -> str:
+    """An exception's message on one line (ml_collections nests a KeyError's repr in it)."""
+    text = str(error)
+    if len(text) > 1 and text[0] == text[-1] == "'":
+        try:
+            text = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            pass
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with one error line and exit 2 instead of a traceback or usage text
+    (an unknown --config.* field fails here: config_flags applies overrides while parsing)."""
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:  # flags.Error, or AttributeError/KeyError/TypeError from an override
+        _fail(f"{_one_line(e)} (list the config fields with --print_config)")
+
+
+def load_config():
+    """The config file with its --config.* overrides, or one error line and exit 2 (a missing or
+    broken file surfaces on first access: config_flags loads it lazily)."""
+    try:
+        config = _CONFIG.value
+        config.to_dict()
+        return config
+    except Exception as e:  # OSError (file), errors raised by the file's get_config()
+        _fail(f"--config {flags.FLAGS['config'].config_filename}: {_one_line(e)}")
+
+
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        _fail(f"unexpected arguments: {argv[1:]} (flags are --name=value)")
+    config = load_config()
     if _PRINT_CONFIG.value:
-        print(_CONFIG.value)
+        print(config)
         return
     if not flags.FLAGS["verbosity"].present:
         # Orbax and JAX log every save and backend probe at INFO; keep the terminal to the progress
@@ -46,7 +84,6 @@ def main(argv):
     from gradmix_jax.validation import ConfigError
 
     parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    config = _CONFIG.value
     workdir = _WORKDIR.value
     import jax
     if workdir is None and jax.process_count() > 1:
@@ -77,4 +114,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

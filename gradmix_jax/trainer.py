@@ -375,9 +375,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, reevalua
     if stored is not None and not reevaluate:
         # Nothing is loaded, trained or written: the finished run's files stay byte-identical.
         return {**stored, "already_finished": True}
+    try:
+        records.check_writable(workdir)  # before any data is loaded or anything compiled
+    except records.WorkdirError as e:
+        raise ConfigError(str(e)) from None
     data = load_data(config)
     validate_data_dependent(config, data.min_class_count(), len(data.train_images))
-    os.makedirs(workdir, exist_ok=True)
 
     total_steps, steps_per_epoch = num_train_steps(config, len(data.train_images))
     model = model_from_config(config, num_classes=data.num_known if config.objective in ("ce", "ce_ssl")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from typing import Any
 
 RESULTS = "results.json"
@@ -81,3 +82,26 @@ def finished_run(workdir: str, config) -> dict | None:
     if stored is None or config_differences(stored.get("config"), config):
         return None
     return stored
+
+
+class WorkdirError(ValueError):
+    """The workdir cannot be created or written (one line)."""
+
+
+def check_writable(workdir: str) -> None:
+    """Creates ``workdir`` if needed and checks that files can be written there.
+
+    Raises WorkdirError naming the workdir and the reason (a file in the way, a read-only
+    filesystem, no permission) so a run fails before loading data or compiling.
+    """
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise WorkdirError(f"--workdir {workdir} cannot be created: {e.strerror or e}") from None
+    if not os.path.isdir(workdir):
+        raise WorkdirError(f"--workdir {workdir} is not a directory")
+    try:
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_check"):
+            pass
+    except OSError as e:
+        raise WorkdirError(f"--workdir {workdir} is not writable: {e.strerror or e}") from None

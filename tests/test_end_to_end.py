@@ -77,3 +77,21 @@ def test_print_config_prints_the_resolved_config_and_exits(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "temperature: 0.3" in out.stdout and "protocol: digits" in out.stdout
     assert not (tmp_path / "w").exists()  # nothing created, loaded or trained
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config", os.path.join(ROOT, "configs", "digits.py"), "--config.batchsize=64"],
+     'Did you mean "batch_size"'),
+    (["--config", os.path.join(ROOT, "configs", "nothere.py")], "No such file or directory"),
+    (["--config", os.path.join(ROOT, "configs", "digits.py"), "stray"], "unexpected arguments"),
+])
+def test_cli_input_errors_are_one_line_exit_2(tmp_path, args, message):
+    import time
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "gradmix_jax.train", "--workdir", str(tmp_path / "w"),
+                          *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert time.perf_counter() - t0 < 30
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines
+    assert not (tmp_path / "w").exists()

@@ -114,3 +114,26 @@ def test_a_kill_during_a_write_leaves_the_old_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         records.write_json(path, {"auroc": 0.1, "other": list(range(1000))})
     assert _strict_load(path) == {"auroc": 0.9}
+
+
+@pytest.mark.parametrize("case", ["file", "under_file", "read_only"])
+def test_unusable_workdir_is_one_line_before_any_data(tmp_path, case, monkeypatch):
+    from gradmix_jax.validation import ConfigError
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    workdir = {"file": blocker, "under_file": blocker / "run", "read_only": tmp_path / "ro"}[case]
+    if case == "read_only":
+        workdir.mkdir()
+        workdir.chmod(0o500)
+        if os.access(workdir, os.W_OK):  # root ignores permission bits: simulate the refusal
+            def refuse(*args, **kwargs):
+                raise PermissionError(13, "Permission denied")
+            monkeypatch.setattr(records.tempfile, "NamedTemporaryFile", refuse)
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was loaded before the workdir check")
+
+    monkeypatch.setattr(trainer, "load_data", no_data)
+    with pytest.raises(ConfigError, match=r"--workdir .* (cannot be created|is not a directory|is not writable)") as err:
+        trainer.train_and_evaluate(_tiny(), str(workdir))
+    assert "\n" not in str(err.value)
