@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 from typing import Any, Callable, Iterable
 
 import ml_collections
@@ -45,21 +46,43 @@ def load_config(name: str) -> ml_collections.ConfigDict:
     spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    config = module.get_config()
+    config.lock()  # as the train CLI does: an override of a field that does not exist is an error
+    return config
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> None:
+    """Sets each dotted field; a field the config does not have, or a value of the wrong type, is
+    one error line (SystemExit) naming the field."""
     for dotted, value in overrides.items():
         node = config
         *path, leaf = dotted.split(".")
-        for p in path:
-            node = node[p]
         if isinstance(value, str):
             try:
                 value = ast.literal_eval(value)
             except (ValueError, SyntaxError):
                 pass
-        node[leaf] = value
+        try:
+            for p in path:
+                node = node[p]
+            if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+                raise KeyError(f"no field {dotted!r}")
+            node[leaf] = value
+        except (KeyError, AttributeError, TypeError, ValueError) as e:
+            text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)  # no repr quotes
+            message = " ".join(str(text).split())
+            raise SystemExit(f"error: --set {dotted}={value!r}: {message}") from None
+
+
+def main_guard(main: Callable[[], int]) -> int:
+    """Runs a runner's ``main``; a SIGTERM (the trainer saved the cell's state) ends it with the
+    train CLI's one line and exit status 0, so the same command resumes it."""
+    from gradmix_jax.trainer import TrainingPreempted
+    try:
+        return main()
+    except TrainingPreempted as e:
+        print(str(e), file=sys.stderr)
+        return 0
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, str]:

@@ -403,4 +403,5 @@ def _write_outputs(out: str, md: list[str], csv_rows: list[list], report: dict) 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from experiments.common import main_guard
+    sys.exit(main_guard(main))

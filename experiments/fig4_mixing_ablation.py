@@ -89,4 +89,5 @@ def main(argv=None, *, train_fn=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from experiments.common import main_guard
+    sys.exit(main_guard(main))

@@ -53,7 +53,9 @@ def check_protocols(protocols: Sequence[str]) -> None:
     from experiments.common import ROOT
     missing = [p for p in protocols if not os.path.exists(os.path.join(ROOT, "configs", f"{p}.py"))]
     if missing:
-        raise SystemExit(f"error: --protocols: no configs/<name>.py for {missing}")
+        names = sorted(n[:-3] for n in os.listdir(os.path.join(ROOT, "configs")) if n.endswith(".py"))
+        raise SystemExit(f"error: --protocols: no configs/<name>.py for {missing}; the configs are "
+                         f"{names}")
 
 
 def add_protocol_split_args(parser) -> None:

@@ -18,8 +18,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.common import (add_common_args, apply_overrides, load_config,  # noqa: E402
-                                mean_std, overrides_from_args, parse_splits, run_cell, scale_note,
-                                write_table)
+                                mean_std, overrides_from_args, run_cell, scale_note, write_table)
+from experiments.grid_common import check_protocols, comma_list, split_list, validate_all  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -33,13 +33,21 @@ def main(argv=None) -> int:
     from gradmix_jax.config_base import PAPER_AUROC
 
     overrides = overrides_from_args(args)
-    rows = []
-    for protocol in args.protocols.split(","):
-        aurocs, accs = [], []
-        for split in parse_splits(args.splits):
+    protocols = comma_list(args.protocols, "--protocols")
+    check_protocols(protocols)
+    splits = split_list(args.splits)
+    cells = {}
+    for protocol in protocols:
+        for split in splits:
             config = load_config(protocol)
             apply_overrides(config, {**overrides, "data.split": split})
-            workdir = os.path.join(args.out, protocol, f"split{split}")
+            cells[(protocol, split)] = (os.path.join(args.out, protocol, f"split{split}"), config)
+    validate_all(list(cells.values()))  # every cell's config, before anything trains
+    rows = []
+    for protocol in protocols:
+        aurocs, accs = [], []
+        for split in splits:
+            workdir, config = cells[(protocol, split)]
             result = run_cell(workdir, config, trainer.train_and_evaluate)
             aurocs.append(result["auroc"])
             accs.append(result["closed_set_accuracy"])
@@ -57,4 +65,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from experiments.common import main_guard
+    sys.exit(main_guard(main))

@@ -124,6 +124,10 @@ def test_raw_pixels_match_an_independent_knn(tmp_path):
     (["--splits", "abc"], "--splits takes"),
     (["--protocols", "nothere"], "no configs/<name>.py"),
     (["--set", "seed=3"], r"--set \['seed'\] is not allowed"),
+    (["--set", "batchsize=3"], "--set batchsize=3: no field 'batchsize'"),
+    (["--set", "eval.k=abc"], "--set eval.k='abc'"),
+    (["--protocols", "bogus"], r"the configs are \[.*'digits'.*'fashion_mnist_cpu'"),
+    (["--splits", "9"], "data.split must be an integer in 0..4"),
 ])
 def test_bad_flags_are_one_line(tmp_path, flags, message):
     with pytest.raises(SystemExit, match=message):
@@ -143,3 +147,18 @@ def test_smoke_run_trains_every_method(tmp_path):
     assert gm["config"]["mixing"]["method"] == "gradmix" and gm["auroc_msp"] is None
     assert stats["methods"]["gradmix"]["auroc"][0] == pytest.approx(gm["auroc_nno"])
     assert stats["methods"]["ce"]["auroc"][0] == pytest.approx(ce["auroc_msp"])
+
+
+def test_main_guard_turns_preemption_into_the_resume_line(capsys):
+    from experiments.common import main_guard
+    from gradmix_jax.trainer import TrainingPreempted
+
+    def preempted():
+        raise TrainingPreempted(40, "/tmp/cell")
+
+    assert main_guard(preempted) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["preempted at step 40: checkpoint saved in /tmp/cell/checkpoints; run the same "
+                   "command again to resume"]
+    with open(os.path.join(ROOT, "experiments", "compare.py")) as f:
+        assert "sys.exit(main_guard(main))" in f.read()  # how every runner's __main__ ends
