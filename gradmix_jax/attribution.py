@@ -21,6 +21,15 @@ NORMALIZE_MODES = ("image", "batch", "none")
 NORM_EPS = 1e-8
 
 
+def _check_pair(activation: jax.Array, gradient: jax.Array) -> None:
+    """One shape, [B, h, w, C] ([h, w, C] under vmap); shapes are static, so this holds under jit."""
+    if activation.ndim < 3 or tuple(activation.shape) != tuple(gradient.shape):
+        raise ValueError(
+            f"activation and gradient must both be [B, h, w, C] with the same shape (the tap's "
+            f"output and d loss / d tap), got {tuple(activation.shape)} and {tuple(gradient.shape)}"
+        )
+
+
 def layercam(activation: jax.Array, gradient: jax.Array) -> jax.Array:
     """LayerCAM map (Jiang et al. 2021; paper eqs. 6-7).
 
@@ -33,6 +42,7 @@ def layercam(activation: jax.Array, gradient: jax.Array) -> jax.Array:
     Returns:
       ``[B, h, w]`` non-negative map.
     """
+    _check_pair(activation, gradient)
     # Per-location weights: only positive gradients count as evidence.
     weighted = jnp.maximum(gradient, 0) * activation
     return jnp.maximum(jnp.sum(weighted, axis=-1), 0)
@@ -50,6 +60,7 @@ def gradcam(activation: jax.Array, gradient: jax.Array) -> jax.Array:
     Returns:
       ``[B, h, w]`` non-negative map.
     """
+    _check_pair(activation, gradient)
     # One weight per channel: the spatially averaged gradient.
     alpha = jnp.mean(gradient, axis=(1, 2), keepdims=True)  # [B, 1, 1, C]
     return jnp.maximum(jnp.sum(alpha * activation, axis=-1), 0)

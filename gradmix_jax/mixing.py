@@ -91,6 +91,12 @@ def _check_images(images: jax.Array, maps: jax.Array | None = None) -> None:
     if images.ndim != 4:
         raise ValueError(f"images must be [B, H, W, C], got shape {tuple(images.shape)}")
     if maps is not None and tuple(maps.shape) != tuple(images.shape[:3]):
+        if maps.ndim == 3 and tuple(maps.shape) == (images.shape[0], *images.shape[2:]):
+            # maps fit [B, C, H, W] images: the images are channels-first.
+            raise ValueError(
+                f"images must be NHWC [B, H, W, C]; shape {tuple(images.shape)} looks like NCHW "
+                f"(maps are {tuple(maps.shape)}): transpose with images.transpose(0, 2, 3, 1)"
+            )
         raise ValueError(
             f"maps must be [B, H, W] = {tuple(images.shape[:3])}, got shape {tuple(maps.shape)}"
         )

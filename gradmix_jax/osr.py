@@ -47,6 +47,11 @@ def _check_no_empty_class(labels: jax.Array, num_classes: int) -> None:
 
 
 def _check_positive_int(name: str, value: int) -> None:
+    if isinstance(value, jax.core.Tracer):
+        raise ValueError(
+            f"{name} must be a static Python int, got a traced value: under jax.jit mark it static, "
+            f"e.g. jax.jit(knn_scores, static_argnames=('num_classes', 'k', 'chunk_size'))"
+        )
     if not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 

@@ -11,6 +11,7 @@ import ast
 import datetime
 import os
 import sys
+import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -68,6 +69,7 @@ def load_config():
 
 
 def main(argv):
+    t_start = time.perf_counter()
     if len(argv) > 1:
         _fail(f"unexpected arguments: {argv[1:]} (flags are --name=value)")
     config = load_config()
@@ -108,9 +110,11 @@ def main(argv):
               f"{os.path.join(workdir, 'results.json')} (--reevaluate evaluates it again)")
         return
     auroc = "n/a (closed set)" if summary["auroc"] is None else f"{summary['auroc']:.4f}"
-    print(f"open-set AUROC {auroc}, closed-set accuracy {summary['closed_set_accuracy']:.4f}, "
-          f"{summary['num_steps']} steps in {summary['train_seconds']:.1f} s")
-    print(f"results: {os.path.join(workdir, 'results.json')}")
+    print(f"open-set AUROC {auroc}, closed-set accuracy {summary['closed_set_accuracy']:.4f}; "
+          f"{summary['num_steps']} steps: {summary['train_seconds']:.1f} s of training after "
+          f"compilation, {time.perf_counter() - t_start:.1f} s for the whole command")
+    print(f"results: {os.path.join(workdir, 'results.json')} (history, checkpoints/ and "
+          f"tensorboard/ beside it)")
 
 
 if __name__ == "__main__":

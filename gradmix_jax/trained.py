@@ -91,7 +91,8 @@ def load_trained(workdir: str) -> TrainedModel:
     if "image_shape" not in results:
         raise ValueError(f"{path} predates image_shape in results.json; retrain the run")
     image_shape = tuple(results["image_shape"])
-    model = model_from_config(config, num_classes=int(results.get("num_classes", 0)))
+    head = results.get("classifier_outputs", results.get("num_classes", 0))  # older runs: num_classes
+    model = model_from_config(config, num_classes=int(head))
     tx, _ = make_optimizer(config.learning_rate, config.min_learning_rate, max(results["num_steps"], 1),
                            config.warmup_steps)
     cfg = StepConfig.from_config(config)

@@ -451,7 +451,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, reevalua
         "openness": openness(len(data.known_classes), len(data.unknown_classes)),
         "num_train_images": int(len(data.train_images)),
         "image_shape": list(image_shape),
-        "num_classes": int(model.num_classes),
+        "num_known_classes": data.num_known,
+        # Outputs of the classifier head (ce / ce_ssl objectives); 0 = no head (contrastive only).
+        "classifier_outputs": int(model.num_classes),
         "num_test_known": int(data.test_is_known.sum()),
         "num_test_unknown": int((~data.test_is_known).sum()),
         "device": jax.devices()[0].device_kind,

@@ -208,3 +208,8 @@ def test_bad_normalize_raises_one_line(bad):
 def test_empty_maps_raise():
     with pytest.raises(ValueError, match="maps"):
         A.aggregate_maps([], (4, 4))
+
+
+def test_layercam_shape_mismatch_names_both_shapes():
+    with pytest.raises(ValueError, match=r"same shape .* got \(2, 4, 4, 8\) and \(2, 4, 4, 7\)"):
+        A.layercam(jnp.zeros((2, 4, 4, 8)), jnp.zeros((2, 4, 4, 7)))

@@ -415,3 +415,15 @@ def test_other_bad_arguments():
     for fn in (M.cutmix, M.mixup):
         with pytest.raises(ValueError, match="^alpha must be > 0"):
             fn(jax.random.key(0), IMGS, 0.0)
+
+
+def test_nchw_images_are_named_as_such():
+    with pytest.raises(ValueError, match=r"images must be NHWC .* looks like NCHW .*transpose\(0, 2, 3, 1\)"):
+        M.gradmix(jax.random.key(0), jnp.zeros((2, 3, 8, 8)), jnp.zeros((2, 8, 8)))
+
+
+def test_library_modules_resolve_from_the_package():
+    import gradmix_jax
+    assert gradmix_jax.losses.supcon_loss is not None and gradmix_jax.mixing.gradmix is M.gradmix
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        gradmix_jax.nope

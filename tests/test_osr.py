@@ -150,3 +150,11 @@ def test_mahalanobis_scores_match_scipy():
     np.testing.assert_array_equal(preds, dists.argmin(1))
     with pytest.raises(ValueError, match="class 2 is empty"):
         mahalanobis_scores(train[:40], labels[:40], test, num_classes=3)
+
+
+def test_jit_without_static_num_classes_names_the_fix():
+    x, y = jnp.ones((6, 4)), jnp.array([0, 0, 0, 1, 1, 1])
+    with pytest.raises(ValueError, match=r"static_argnames=\('num_classes', 'k', 'chunk_size'\)"):
+        jax.jit(knn_scores)(x, y, x[:2], 2)
+    scores, _ = jax.jit(knn_scores, static_argnames=("num_classes", "k"))(x, y, x[:2], num_classes=2, k=3)
+    np.testing.assert_allclose(np.asarray(scores), [0.5, 0.5])  # equal similarity to both classes
