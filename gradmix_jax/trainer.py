@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -256,6 +257,35 @@ class _Scalars:
             self._writer.close()
 
 
+class _Progress:
+    """The tqdm bar, shown from the first compiled step on: a "compiling" line stands for the
+    first step, so the bar's rate and ETA never include compilation."""
+
+    def __init__(self, enabled: bool, total: int, start: int):
+        self.enabled, self.total = enabled, total
+        self.bar = None
+        if enabled and start < total:
+            print(f"compiling the train step (step {start + 1} of {total})...", file=sys.stderr,
+                  flush=True)
+
+    def advance(self, done: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            self.bar = tqdm(total=self.total, initial=done, desc="train", unit="step",
+                            dynamic_ncols=True)
+        else:
+            self.bar.update(1)
+
+    def set_postfix(self, **values) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(**values)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 class _Record:
     """``train_history.json`` across restarts: the logged scalars and the train time of every
     process that trained this run. Written at each checkpoint, so a resumed run continues the
@@ -347,7 +377,7 @@ def _train_loop(config, workdir, train_step, state, images, labels, saver, scala
             if preempt or done == total_steps:  # no next step to overlap with
                 finish(*pending)
                 pending = None
-        bar.update(1)
+        bar.advance(done)
         if preempt:
             saver.wait_until_finished()
             raise TrainingPreempted(done, workdir)
@@ -407,8 +437,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, reevalua
     labels = parallel.replicate(data.train_labels.astype(np.int32), repl)
 
     scalars = _Scalars(workdir)
-    bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
-               disable=not config.progress_bar or jax.process_index() != 0, dynamic_ncols=True)
+    bar = _Progress(config.progress_bar and jax.process_index() == 0, total_steps, start_step)
     saver = checkpoint.BackgroundSaver(manager, state)
     try:
         with _SigtermWatch() as sigterm:

@@ -137,3 +137,18 @@ def test_unusable_workdir_is_one_line_before_any_data(tmp_path, case, monkeypatc
     with pytest.raises(ConfigError, match=r"--workdir .* (cannot be created|is not a directory|is not writable)") as err:
         trainer.train_and_evaluate(_tiny(), str(workdir))
     assert "\n" not in str(err.value)
+
+
+def test_progress_bar_starts_after_the_compiling_step(capsys):
+    bar = trainer._Progress(True, total=5, start=1)
+    assert "compiling the train step (step 2 of 5)" in capsys.readouterr().err
+    bar.set_postfix(loss="1.0")  # before the bar exists: nothing to show yet
+    assert bar.bar is None
+    bar.advance(2)  # the compiled step: the bar appears at 2 of 5, its clock starts now
+    assert bar.bar.n == 2 and bar.bar.total == 5
+    bar.advance(3)
+    assert bar.bar.n == 3
+    bar.close()
+    quiet = trainer._Progress(False, total=5, start=0)
+    quiet.advance(1)
+    assert quiet.bar is None and "compiling" not in capsys.readouterr().err
