@@ -8,6 +8,8 @@ import os
 from typing import Any, Callable
 
 from experiments.common import run_cell
+from gradmix_jax import workdir as records
+from gradmix_jax.workdir import read_json  # noqa: F401  (the runners import it from here)
 
 TrainFn = Callable[[Any, str], dict]
 LoadFn = Callable[[str], Any]
@@ -57,18 +59,9 @@ def cell_data(config):
 
 
 def write_json(path: str, payload: dict) -> None:
+    """``gradmix_jax.workdir.write_json`` (strict, atomic) into a folder made if needed."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
-def read_json(path: str) -> dict | None:
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    records.write_json(path, payload)
 
 
 def cached_json(path: str, settings: dict, compute: Callable[[], dict]) -> dict:
