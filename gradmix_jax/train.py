@@ -110,7 +110,10 @@ def main(argv):
               f"{os.path.join(workdir, 'results.json')} (--reevaluate evaluates it again)")
         return
     auroc = "n/a (closed set)" if summary["auroc"] is None else f"{summary['auroc']:.4f}"
-    print(f"open-set AUROC {auroc}, closed-set accuracy {summary['closed_set_accuracy']:.4f}; "
+    others = ", ".join(f"{name} {summary[key]:.4f}" for key, name in
+                       (("auroc_nno", "NNO"), ("auroc_msp", "MSP")) if summary.get(key) is not None)
+    print(f"open-set AUROC {auroc} (Algorithm 1 k-NN{', ' + others if others else ''}), "
+          f"closed-set accuracy {summary['closed_set_accuracy']:.4f}; "
           f"{summary['num_steps']} steps: {summary['train_seconds']:.1f} s of training after "
           f"compilation, {time.perf_counter() - t_start:.1f} s for the whole command")
     print(f"results: {os.path.join(workdir, 'results.json')} (history, checkpoints/ and "
