@@ -1,6 +1,7 @@
 """The packed on-disk layout: pack/unpack, layout checks, earlier versions' checkpoints,
 uncompressed saves, mesh restore, and the train loop writing only checked states."""
 
+import json
 import os
 import subprocess
 import sys
@@ -149,7 +150,6 @@ def test_train_loop_never_writes_a_non_finite_state(tmp_path):
     import types
 
     import ml_collections
-    from tqdm import tqdm
 
     from gradmix_jax import parallel, trainer
 
@@ -167,8 +167,9 @@ def test_train_loop_never_writes_a_non_finite_state(tmp_path):
     scalars = _NoScalars()
     with pytest.raises(trainer.NonFiniteLossError, match=r"loss is nan at step 6.*step 4"):
         trainer._train_loop(config, str(tmp_path), step_fn, state, None, None, saver, scalars,
-                            tqdm(disable=True), types.SimpleNamespace(requested=False), 0, 10,
-                            5, 10, parallel.batch_sharded(mesh, axis=1))
+                            trainer._Progress(False, 10, 0), types.SimpleNamespace(requested=False),
+                            0, 10, 5, 10, parallel.batch_sharded(mesh, axis=1),
+                            trainer._Record(str(tmp_path), 0))
     saver.wait_until_finished()
     manager = checkpoint.make_manager(str(tmp_path))
     assert manager.all_steps() == [2, 4]
@@ -176,3 +177,5 @@ def test_train_loop_never_writes_a_non_finite_state(tmp_path):
     assert int(got["step"]) == 4
     np.testing.assert_array_equal(np.asarray(got["w"]), [4.0, 4.0, 4.0])
     assert scalars.steps == [1, 2, 4]  # step 6's metrics were not logged
+    with open(tmp_path / "train_history.json") as f:  # the record matches the last checkpoint
+        assert [h["step"] for h in json.load(f)["history"]] == [1, 2, 4]
