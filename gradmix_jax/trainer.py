@@ -411,6 +411,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, reevalua
         raise ConfigError(str(e)) from None
     data = load_data(config)
     validate_data_dependent(config, data.min_class_count(), len(data.train_images))
+    os.makedirs(workdir, exist_ok=True)
 
     total_steps, steps_per_epoch = num_train_steps(config, len(data.train_images))
     model = model_from_config(config, num_classes=data.num_known if config.objective in ("ce", "ce_ssl")

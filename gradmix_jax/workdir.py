@@ -89,19 +89,27 @@ class WorkdirError(ValueError):
 
 
 def check_writable(workdir: str) -> None:
-    """Creates ``workdir`` if needed and checks that files can be written there.
+    """Checks, without creating anything, that ``workdir`` can be created and written.
 
-    Raises WorkdirError naming the workdir and the reason (a file in the way, a read-only
-    filesystem, no permission) so a run fails before loading data or compiling.
+    An existing workdir must be a writable directory (a probe file is created and removed); a new
+    one needs its nearest existing ancestor to be a writable directory. Raises WorkdirError naming
+    the workdir and the reason (a file in the way, a read-only filesystem, no permission), so a
+    run fails before loading data or compiling.
     """
-    try:
-        os.makedirs(workdir, exist_ok=True)
-    except OSError as e:
-        raise WorkdirError(f"--workdir {workdir} cannot be created: {e.strerror or e}") from None
-    if not os.path.isdir(workdir):
-        raise WorkdirError(f"--workdir {workdir} is not a directory")
-    try:
-        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_check"):
-            pass
-    except OSError as e:
-        raise WorkdirError(f"--workdir {workdir} is not writable: {e.strerror or e}") from None
+    path = os.path.abspath(workdir)
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise WorkdirError(f"--workdir {workdir} is not a directory")
+        try:
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".write_check"):
+                pass
+        except OSError as e:
+            raise WorkdirError(f"--workdir {workdir} is not writable: {e.strerror or e}") from None
+        return
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise WorkdirError(f"--workdir {workdir} cannot be created: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):  # also false on a read-only filesystem
+        raise WorkdirError(f"--workdir {workdir} cannot be created: {parent} is not writable")

@@ -137,6 +137,15 @@ def test_unusable_workdir_is_one_line_before_any_data(tmp_path, case, monkeypatc
     with pytest.raises(ConfigError, match=r"--workdir .* (cannot be created|is not a directory|is not writable)") as err:
         trainer.train_and_evaluate(_tiny(), str(workdir))
     assert "\n" not in str(err.value)
+    assert not list(workdir.parent.glob(".write_check*")) and blocker.read_text() == "not a folder"
+
+
+def test_new_workdir_under_a_read_only_folder(tmp_path, monkeypatch):
+    from gradmix_jax.validation import ConfigError
+    monkeypatch.setattr(records.os, "access", lambda path, mode: False)  # as on a read-only mount
+    with pytest.raises(ConfigError, match=f"cannot be created: {tmp_path} is not writable"):
+        trainer.train_and_evaluate(_tiny(), str(tmp_path / "new" / "run"))
+    assert not (tmp_path / "new").exists()
 
 
 def test_progress_bar_starts_after_the_compiling_step(capsys):
