@@ -14,10 +14,10 @@ How it was chosen (docs/tuning_fashion_mnist.md): on a validation hold-out of th
 
 Measured on the test set (2-core CPU, jax 0.10.2, 2026-11-29, seed 0, experiments/compare.py;
 docs/results/fashion_mnist_cpu/): a GradMix cell takes 510-548 s in the runner's process with the
-CPU to itself (689 s while tests shared it), plus a few seconds of interpreter start-up; the
-printed Algorithm 1 AUROC is 0.482 / 0.559 / 0.440 on splits 0 / 1 / 2, the NNO AUROC in results.json
-0.867 / 0.771 / 0.852 (raw pixels, Algorithm 1: 0.698 / 0.518 / 0.282). Without mixing: NNO 0.867 /
-0.785 / 0.856.
+CPU to itself (689 and 764 s while tests shared it), plus a few seconds of interpreter start-up.
+The printed Algorithm 1 AUROC is 0.482 / 0.559 / 0.440 / 0.624 on splits 0 / 1 / 2 / 3; the NNO
+AUROC in results.json 0.867 / 0.771 / 0.852 / 0.837 (raw pixels, Algorithm 1: 0.698 / 0.518 /
+0.282 / 0.844). Without mixing: NNO 0.867 / 0.785 / 0.856 / 0.840.
 """
 
 from gradmix_jax.config_base import get_base_config
