@@ -97,10 +97,9 @@ def raw_pixel_results(config) -> dict[str, Any]:
     import numpy as np
 
     from gradmix_jax import metrics, osr
-    from gradmix_jax.data import load_openset
+    from gradmix_jax.trainer import load_data
 
-    data = load_openset(config.data.protocol, config.data.split, tuple(config.data.known_classes),
-                        config.data.data_dir or None, validation=config.data.validation)
+    data = load_data(config)
     train = data.train_images.reshape(len(data.train_images), -1).astype(np.float32) / 255.0
     test = data.test_images.reshape(len(data.test_images), -1).astype(np.float32) / 255.0
     scores, preds = osr.knn_scores(train, data.train_labels, test, data.num_known, k=config.eval.k)
@@ -121,7 +120,7 @@ def raw_pixel_results(config) -> dict[str, Any]:
 def run_raw_cell(workdir: str, config) -> dict[str, Any]:
     """A resumable raw-pixel cell: results.json holds the data fields and k it was computed with."""
     def compute(config, workdir):
-        from gradmix_jax.trainer import write_json
+        from gradmix_jax.workdir import write_json
         result = raw_pixel_results(config)
         os.makedirs(workdir, exist_ok=True)
         write_json(os.path.join(workdir, "results.json"), result)
@@ -148,7 +147,7 @@ def timed(train_fn: Callable) -> Callable:
     def run(config, workdir):
         import time
 
-        from gradmix_jax.trainer import write_json
+        from gradmix_jax.workdir import write_json
         t0 = time.perf_counter()
         result = train_fn(config, workdir)
         write_json(os.path.join(workdir, CELL_SECONDS), {"seconds": time.perf_counter() - t0})
@@ -291,16 +290,6 @@ def markdown(protocol: str, stats: dict, methods: list[str], splits: list[int], 
     return lines
 
 
-def _jsonable(x):
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
-
-
 def plot(path: str, protocol: str, stats: dict, methods: list[str], splits: list[int],
          smoke: bool) -> None:
     groups = [f"split {s}" for s in splits] + ["all"]
@@ -389,14 +378,14 @@ def main(argv=None, *, train_fn: Callable | None = None) -> int:
 def _write_outputs(out: str, md: list[str], csv_rows: list[list], report: dict) -> None:
     import csv
 
-    from gradmix_jax.trainer import write_json
+    from gradmix_jax.workdir import write_json
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "compare.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["protocol", "method", "split", "seed", "headline_auroc"] + [k for k, _ in SCORES]
                    + ["closed_set_accuracy", "train_seconds", "cell_seconds"])
         w.writerows(csv_rows)
-    write_json(os.path.join(out, "compare.json"), _jsonable(report))
+    write_json(os.path.join(out, "compare.json"), report)  # NaN -> null
     with open(os.path.join(out, "compare.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))

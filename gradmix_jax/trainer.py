@@ -28,7 +28,6 @@ from gradmix_jax.models import model_from_config
 from gradmix_jax.train_step import (StepConfig, init_state, make_eval_fn,
                                     make_optimizer, make_train_step)
 from gradmix_jax.validation import ConfigError, validate_config, validate_data_dependent
-from gradmix_jax.workdir import write_json  # noqa: F401  (re-exported for the experiment scripts)
 
 log = logging.getLogger(__name__)
 
