@@ -25,8 +25,7 @@ def get_config():
         channels=3,
         warmup_steps=2,
         timed_steps=7,
-        checkpoint_stall=True,  # also time steps around an async checkpoint save (gradmix step)
-        stall_saves=2,  # saves per stall timing (more: per-save spread and a median over saves)
+        checkpoint_saves=3,  # timed saves of the gradmix state (checkpoint cost line); 0: none
         grid=(),  # e.g. ('float32/256/32', 'bfloat16/1024/64'): dtype/batch/image size settings
         peak_tflops=0.0,  # > 0 overrides the device's peak (else flops.PEAK_TFLOPS or a measured matmul)
         profile_dir="",  # set: jax.profiler trace + compiled HLO of the GradMix step written here

@@ -6,7 +6,9 @@ For each method: compile time, then the median wall time of ``timed_steps`` step
 for with ``block_until_ready``) after ``warmup_steps``; images/s = batch / median; FLOPs per step
 (XLA's cost analysis of the lowered step, and the analytic model FLOPs, see ``gradmix_jax.flops``)
 and the MFU of each against the device's peak. ``gradmix_exact`` is GradMix with
-``gradmix.exact=True``. Ratios are against ``none`` measured in the same run.
+``gradmix.exact=True``. Ratios are against ``none`` measured in the same run. For ``gradmix``,
+``bench.checkpoint_saves`` saves of the step's state give the checkpoint cost: the median save
+time as a fraction of a run's time at ``checkpoint_every_steps`` (see ``checkpoint_cost``).
 
 ``bench.grid`` (e.g. ``('float32/256/32', 'bfloat16/1024/64')``: dtype/batch/image size) runs
 several settings in one process; ``bench.profile_dir`` writes a ``jax.profiler`` trace of a few
@@ -18,11 +20,9 @@ from __future__ import annotations
 import copy
 import json
 import os
-import queue
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from typing import Any
 
@@ -106,10 +106,9 @@ def time_method(config, method: str, images: np.ndarray, labels: np.ndarray, mes
               "xla_flops_per_step": xla, "model_flops_per_step": analytic,
               "xla_flop_rate": xla / median, "model_flop_rate": analytic / median,
               "host_data_seconds": statistics.fmean(host_times), "final_loss": float(m["loss"])}
-    if b.checkpoint_stall and method == "gradmix":
-        for key, pipelined in (("checkpoint_stall", False), ("checkpoint_stall_pipelined", True)):
-            result[key], state = checkpoint_stall(compiled, state, dev_images, dev_labels, idx,
-                                                  saves=b.stall_saves, pipelined=pipelined)
+    if b.checkpoint_saves and method == "gradmix":
+        result["checkpoint"] = checkpoint_cost(state, b.checkpoint_saves, median,
+                                               c.checkpoint_every_steps)
     if b.profile_dir and method == "gradmix":
         setting = f"{c.model.dtype}_b{c.batch_size}_s{c.data.image_size}"
         result["profile"] = profile_step(compiled, state, dev_images, dev_labels, idx,
@@ -140,158 +139,26 @@ def profile_step(compiled, state, images, labels, idx, directory: str, steps: in
     return {"dir": directory, "hlo_op_counts": hlo_op_counts(text)}
 
 
-def checkpoint_stall(compiled, state, images, labels, idx, saves: int = 2, clean_steps: int = 5,
-                     max_steps: int | None = None, make_saver=None, pipelined: bool = False,
-                     max_in_flight: int = 8):
-    """Step times around async Orbax saves (made as the trainer makes them) against the median.
+def checkpoint_cost(state, saves: int, step_seconds: float, every_steps: int) -> dict[str, Any]:
+    """What a checkpoint save costs a run, as the trainer saves (``checkpoint.BackgroundSaver``).
 
-    Returns (report, state). Two ways of timing a step:
-
-    * ``pipelined=False``: every step is waited for (``block_until_ready``) before the next one is
-      launched, and its time is launch to ready; a save step's time includes the
-      ``BackgroundSaver.save`` call. Any host-side delay (e.g. the training thread waiting for the
-      GIL while the saving thread runs Python) shows in full. Each save's window is the save step
-      and every step until the one during which the save finished (``in_progress()`` false).
-    * ``pipelined=True``: as the trainer runs: steps are launched without waiting (at most
-      ``max_in_flight`` ahead of the device); at a save step the loop takes the saver's
-      ``snapshot`` of the state, launches the next step, then waits for the save step's metrics
-      (the trainer checks the loss before it writes) and ``write``s the snapshot. A watcher
-      thread records when each step's metrics are ready; a step's time is the time between two
-      such completions, i.e. what the device's step rate is. A save's window is the steps after
-      the save step until the first one that completed with the save finished.
-
-    Saves are ``clean_steps`` steps apart from any window, and the median is over the steps
-    outside every window. Two saves are made by default, because the first one also pays Orbax's
-    one-time set-up; ``median_save_ratio`` and ``median_excess_seconds`` summarise many saves.
-    ``max_steps`` (default ``150 * saves``) bounds the run. ``make_saver(manager, state)`` builds
-    the saver (default ``checkpoint.BackgroundSaver``).
+    Each of ``saves`` saves is timed from ``save`` until it is on disk (``wait_until_finished``),
+    as if the training loop waited for the whole save; the median (the first save also pays
+    Orbax's one-time set-up) is compared with the ``every_steps`` steps of ``step_seconds`` run
+    between two saves: ``run_fraction = save / (every_steps * step_seconds + save)``. ``state`` is
+    not donated and stays usable.
     """
-    make_saver = make_saver or checkpoint.BackgroundSaver
-    max_steps = 150 * saves if max_steps is None else max_steps
+    times = []
     with tempfile.TemporaryDirectory() as tmp:
-        saver = make_saver(checkpoint.make_manager(tmp, max_to_keep=1), state)
-        if pipelined:
-            times, pending, save_steps, state = _stall_pipelined(
-                compiled, state, images, labels, idx, saver, saves, clean_steps, max_steps,
-                max_in_flight)
-        else:
-            times, pending, save_steps, state = _stall_synchronous(
-                compiled, state, images, labels, idx, saver, saves, clean_steps, max_steps)
-        saver.wait_until_finished()
-    # Synchronous: the save step is in its window (its time includes the save call); pipelined:
-    # the window starts at the step after it (launched after the snapshot).
-    windows = [_window(pending, i + pipelined) for i in save_steps]
-    in_windows = {j for w in windows for j in w}
-    clean = [t for i, t in enumerate(times) if i not in in_windows and t == t]
-    median = statistics.median(clean)
-    report = []
-    for i, w in zip(save_steps, windows):
-        report.append({"step": i, "save_step_seconds": times[i],
-                       "after_save_step_seconds": times[i + 1] if i + 1 < len(times) else None,
-                       "window_steps": len(w), "finished_in_window": not pending[w[-1]],
-                       "ratio": max(times[j] for j in w) / median,
-                       "mean_ratio": statistics.fmean(times[j] for j in w) / median,
-                       "excess_seconds": sum(times[j] - median for j in w)})
-    return ({"mode": "pipelined" if pipelined else "synchronous",
-             "median_step_seconds": median, "saves": report,
-             "worst_ratio": max(s["ratio"] for s in report),
-             "median_save_ratio": statistics.median(s["ratio"] for s in report),
-             "median_excess_seconds": statistics.median(s["excess_seconds"] for s in report),
-             # The noise floor: the slowest step outside every window, against the same median.
-             "clean_worst_ratio": max(clean) / median, "clean_steps": len(clean),
-             "step_seconds_all": [t if t == t else None for t in times],  # NaN: no step before
-             "save_pending_after_step": pending}, state)
-
-
-def _window(pending: list[bool], first: int) -> list[int]:
-    """Steps ``first``.. up to the first one after which no save was pending (or the last step)."""
-    end = min(first, len(pending) - 1)
-    while end + 1 < len(pending) and pending[end]:
-        end += 1
-    return list(range(first, end + 1))
-
-
-def _stall_synchronous(compiled, state, images, labels, idx, saver, saves, clean_steps,
-                       max_steps):
-    times, pending, save_steps = [], [], []
-    clean_run = 0
-    for i in range(max_steps):
-        t0 = time.perf_counter()
-        state, m = compiled(state, images, labels, idx)
-        jax.block_until_ready((state, m))
-        saving_now = len(save_steps) < saves and clean_run >= clean_steps
-        if saving_now:
+        saver = checkpoint.BackgroundSaver(checkpoint.make_manager(tmp, max_to_keep=1), state)
+        for i in range(saves):
+            t0 = time.perf_counter()
             saver.save(i, state)
-            save_steps.append(i)
-        times.append(time.perf_counter() - t0)
-        in_window = saving_now or (i > 0 and pending[-1])
-        pending.append(saver.in_progress())
-        clean_run = 0 if in_window else clean_run + 1
-        if len(save_steps) == saves and clean_run >= clean_steps:
-            break
-    return times, pending, save_steps, state
-
-
-def _stall_pipelined(compiled, state, images, labels, idx, saver, saves, clean_steps, max_steps,
-                     max_in_flight):
-    ready_at: list[float] = []  # when step j's metrics were ready (watcher thread)
-    pending: list[bool] = []  # whether a save was in flight when step j was seen ready
-    launched: queue.Queue = queue.Queue()
-
-    unwritten = threading.Event()  # a snapshot is taken but not yet handed to ``write``
-
-    def watch():
-        while (m := launched.get()) is not None:
-            jax.block_until_ready(m)
-            ready_at.append(time.perf_counter())
-            pending.append(unwritten.is_set() or saver.in_progress())
-
-    watcher = threading.Thread(target=watch, name="stall-watcher", daemon=True)
-    watcher.start()
-    save_steps: list[int] = []
-    in_flight: list = []
-
-    def clean_since_last_window() -> int:
-        # Completed steps since the last save's window closed (or since the start).
-        seen = len(pending)
-        if not save_steps:
-            return seen
-        j = save_steps[-1] + 1
-        while j < seen and pending[j]:
-            j += 1
-        return max(0, seen - j - 1)
-
-    deferred = None  # (step, metrics, snapshot) of a save step, written after the next launch
-    try:
-        for i in range(max_steps):
-            state, m = compiled(state, images, labels, idx)
-            launched.put(m)
-            in_flight.append(m)
-            if deferred is not None:  # as the trainer: read the loss, then write the snapshot
-                jax.block_until_ready(deferred[1])
-                saver.write(deferred[0], deferred[2])
-                unwritten.clear()
-                deferred = None
-            if len(save_steps) < saves and clean_since_last_window() >= clean_steps:
-                if callable(getattr(saver, "snapshot", None)):
-                    unwritten.set()
-                    deferred = (i, m, saver.snapshot(state))
-                else:  # a saver without the split API: wait for the loss, then save
-                    jax.block_until_ready(m)
-                    saver.save(i, state)
-                save_steps.append(i)
-            if len(in_flight) > max_in_flight:
-                jax.block_until_ready(in_flight.pop(0))
-            if len(save_steps) == saves and clean_since_last_window() >= clean_steps:
-                break
-        if deferred is not None:  # max_steps ran out right after a save step
-            saver.write(deferred[0], deferred[2])
-            unwritten.clear()
-    finally:
-        launched.put(None)
-        watcher.join()
-    times = [float("nan")] + [b - a for a, b in zip(ready_at, ready_at[1:])]
-    return times, pending, save_steps, state
+            saver.wait_until_finished()
+            times.append(time.perf_counter() - t0)
+    save = statistics.median(times)
+    return {"save_seconds": save, "save_seconds_all": times, "every_steps": every_steps,
+            "run_fraction": save / (every_steps * step_seconds + save)}
 
 
 def _grid_configs(config):
@@ -313,9 +180,9 @@ def _grid_configs(config):
 
 def run_benchmark(config) -> dict[str, Any]:
     """One report (see ``run_setting``) or, with ``bench.grid``, {'runs': [report per setting]}."""
-    saves = config.bench.stall_saves
-    if isinstance(saves, bool) or not isinstance(saves, int) or saves < 1:
-        raise SystemExit(f"error: bench.stall_saves must be an integer >= 1, got {saves!r}")
+    saves = config.bench.checkpoint_saves
+    if isinstance(saves, bool) or not isinstance(saves, int) or saves < 0:
+        raise SystemExit(f"error: bench.checkpoint_saves must be an integer >= 0, got {saves!r}")
     configs = _grid_configs(config)
     for c in configs:
         validate_config(c, parallel.make_mesh().size)
@@ -338,19 +205,11 @@ def run_setting(config) -> dict[str, Any]:
         print(f"{method:14s} {report[method]['step_seconds'] * 1e3:9.1f} ms/step "
               f"{report[method]['images_per_second']:9.1f} img/s "
               f"(compile {report[method]['compile_seconds']:.1f} s)", file=sys.stderr)
-        for key in ("checkpoint_stall", "checkpoint_stall_pipelined"):
-            if key not in report[method]:
-                continue
-            st = report[method][key]
-            for k, sv in enumerate(st["saves"]):
-                print(f"{'':14s} async checkpoint {k + 1} ({st['mode']}): median "
-                      f"{st['median_step_seconds'] * 1e3:.1f} ms; {sv['window_steps']} steps until "
-                      f"written: worst {sv['ratio']:.2f}x, mean {sv['mean_ratio']:.2f}x, "
-                      f"excess {sv['excess_seconds'] * 1e3:.0f} ms", file=sys.stderr)
-            print(f"{'':14s} {len(st['saves'])} saves ({st['mode']}): median worst step "
-                  f"{st['median_save_ratio']:.2f}x, median excess "
-                  f"{st['median_excess_seconds'] * 1e3:.0f} ms; slowest of {st['clean_steps']} "
-                  f"steps without a save: {st['clean_worst_ratio']:.2f}x", file=sys.stderr)
+        if "checkpoint" in report[method]:
+            ck = report[method]["checkpoint"]
+            print(f"{'':14s} checkpoint save {ck['save_seconds'] * 1e3:.1f} ms (median of "
+                  f"{len(ck['save_seconds_all'])}): {100 * ck['run_fraction']:.3f}% of a run's time "
+                  f"at checkpoint_every_steps={ck['every_steps']}", file=sys.stderr)
     if "none" in report:
         base = report["none"]["step_seconds"]
         report["ratio_to_none"] = {m: report[m]["step_seconds"] / base for m in b.methods}

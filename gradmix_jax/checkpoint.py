@@ -20,10 +20,9 @@ def make_manager(workdir: str, max_to_keep: int = 2, save_interval_steps: int = 
     """The ``CheckpointManager`` of ``<workdir>/checkpoints`` (async saves, old steps deleted in
     the background).
 
-    Arrays are written without compression: Orbax's default zstd took 0.22-0.61 s of CPU time per
-    save of a 138 MB state on a 2-core CPU, against 0.07-0.30 s (5 of 6 saves under 0.16 s)
-    without (README "Checkpoint stalls"), CPU time a save takes from training, for 8% fewer
-    bytes. Checkpoints written compressed (earlier versions) read back the same way.
+    Arrays are written without compression: Orbax's default zstd adds CPU time to every save, time
+    a save takes from training, for a small saving in bytes (see docs/checkpointing.md).
+    Checkpoints written compressed (earlier versions) read back the same way.
     """
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
@@ -45,8 +44,8 @@ def _restore_args(manager: ocp.CheckpointManager, step: int, template):
 # On-disk layout: the state's leaves (``jax.tree.leaves`` order) packed into one flat array per
 # dtype, ``data_<dtype>``, plus ``layout``: per leaf [dtype group index, ndim, *shape] (int32).
 # A few large arrays instead of ~250 small ones: the device-to-host copy is a few DMA transfers
-# and Orbax's per-array host work (which holds the GIL and stalled the training thread by
-# 200-500 ms per save on an H100) shrinks to a few arrays. ``unpack`` restores the pytree.
+# and Orbax's per-array host work (which holds the GIL, so it stalls the training thread)
+# shrinks to a few arrays. ``unpack`` restores the pytree.
 LAYOUT_KEY = "layout"
 DATA_PREFIX = "data_"
 
@@ -168,10 +167,10 @@ class BackgroundSaver:
     """Async saves that do not stall the training loop.
 
     Orbax's ``save`` returns only after the state is in host memory, and its per-array host work
-    holds the GIL; on an H100 a ResNet18 state cost 200-820 ms of training-loop time per save,
-    also when ``save`` ran on a helper thread (measured, README "Checkpoint stalls"). Here a save
-    is: one jitted ``pack`` of the state on the device (a few flat arrays, new buffers, so the next
-    step may donate ``state``), on an accelerator a DMA of those into pinned host memory (both
+    holds the GIL, so saving the state's many arrays stalls the training loop, also when ``save``
+    runs on a helper thread (see docs/checkpointing.md). Here a save is: one jitted ``pack`` of
+    the state on the device (a few flat arrays, new buffers, so the next step may donate
+    ``state``), on an accelerator a DMA of those into pinned host memory (both
     dispatched asynchronously), and ``manager.save`` of the few host arrays on a helper thread.
     At most one save is in flight; the next ``save`` (and ``wait``) first waits for it and re-raises its
     error, if any. ``save`` is ``snapshot`` (the device part, before the next step donates the
@@ -191,8 +190,8 @@ class BackgroundSaver:
 
         ``pinned``: whether ``snapshot`` also copies the packed arrays to pinned host memory. The
         default (None) does on one process with an accelerator that has such memory, not on CPU:
-        there the packed arrays already are fresh host buffers, and the extra copy (15-27 ms for
-        35 MB on a 2-core CPU) takes cores from the training step.
+        there the packed arrays already are fresh host buffers, and the extra copy would take
+        cores from the training step.
         """
         self.manager = manager
         self._thread = None
@@ -243,12 +242,6 @@ class BackgroundSaver:
     def save(self, step: int, state, force: bool = False) -> None:
         """``write(step, snapshot(state))``."""
         self.write(step, self.snapshot(state), force)
-
-    def in_progress(self) -> bool:
-        """Whether a save is still being copied to the host or written (no waiting)."""
-        if self._thread is not None and self._thread.is_alive():
-            return True
-        return self.manager.is_saving_in_progress()
 
     def wait_until_finished(self) -> None:
         """Every save is on disk (and committed) when this returns."""

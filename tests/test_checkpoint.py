@@ -109,7 +109,7 @@ def test_background_saver_snapshot_survives_donation(tmp_path, monkeypatch, pinn
         state = bump(state)
     saver.save(8, state)
     saver.wait_until_finished()
-    assert not saver.in_progress()
+    assert not saver.manager.is_saving_in_progress()
     assert saver.manager.all_steps() == [3, 8]
     template = {"w": jnp.zeros(100_000, jnp.float32), "step": jnp.asarray(0, jnp.int32)}
     restored = checkpoint.restore(saver.manager, 3, template)
