@@ -11,13 +11,12 @@ results.json is not rerun. Writes ``OUT/table3.md`` and ``OUT/table3.csv``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.common import (add_common_args, apply_overrides, load_config,  # noqa: E402
+from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,  # noqa: E402
                                 overrides_from_args, run_cell, scale_note, write_table)
 
 PAPER_ACCURACY = {"cifar10": 0.941, "cifar100": 0.78, "tinyimagenet": 0.7246}
@@ -26,7 +25,7 @@ CONFIG_OF = {"cifar10": "cifar10", "cifar100": "cifar10", "tinyimagenet": "tinyi
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="cifar10,cifar100,tinyimagenet")
     add_common_args(parser)
     args = parser.parse_args(argv)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib.util
-import json
 import math
 import os
 import sys
 from typing import Any, Callable, Iterable
 
 import ml_collections
+
+from gradmix_jax.workdir import RESULTS, as_path, read_json, write_csv, write_text_atomic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -74,15 +76,35 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
             raise SystemExit(f"error: --set {dotted}={value!r}: {message}") from None
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit status 2, like the train CLI's."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (--help lists the arguments)\n")
+
+
 def main_guard(main: Callable[[], int]) -> int:
-    """Runs a runner's ``main``; a SIGTERM (the trainer saved the cell's state) ends it with the
-    train CLI's one line and exit status 0, so the same command resumes it."""
-    from gradmix_jax.trainer import TrainingPreempted
+    """Runs a runner's ``main`` the way the train CLI runs training: a SIGTERM (the trainer saved
+    the cell's state) ends it with the resume line and exit status 0, so the same command resumes
+    it; a bad input (``SystemExit("error: ...")``, a config, data or checkpoint error) is one line
+    on stderr and exit status 2."""
+    from gradmix_jax.checkpoint import CheckpointError
+    from gradmix_jax.data import DatasetNotPreparedError
+    from gradmix_jax.trainer import NonFiniteLossError, TrainingPreempted
+    from gradmix_jax.validation import ConfigError
     try:
         return main()
     except TrainingPreempted as e:
         print(str(e), file=sys.stderr)
         return 0
+    except SystemExit as e:
+        if not isinstance(e.code, str):
+            raise
+        print(e.code, file=sys.stderr)
+        return 2
+    except (ConfigError, DatasetNotPreparedError, CheckpointError, NonFiniteLossError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, str]:
@@ -95,23 +117,23 @@ def parse_overrides(items: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def parse_splits(text: str) -> list[int]:
-    """'0-4' or '0,2,3' -> list of split indices."""
+def parse_splits(text: str, flag: str = "--splits") -> list[int]:
+    """'0-4' or '0,2,3' -> list of integers; anything else is ``SystemExit`` naming ``flag``."""
     out: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        out.extend(range(int(lo), int(hi or lo) + 1))
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise SystemExit(f"error: {flag} takes e.g. '0-4' or '0,2,3', got {text!r}") from None
     return out
 
 
 def run_cell(workdir: str, config: ml_collections.ConfigDict,
              train: Callable[[ml_collections.ConfigDict, str], dict]) -> dict:
     """Runs one cell unless ``workdir/results.json`` exists (then it is read back: resumable)."""
-    path = os.path.join(workdir, "results.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    return train(config, workdir)
+    stored = read_json(as_path(workdir) / RESULTS)
+    return stored if stored is not None else train(config, workdir)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -126,16 +148,10 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def write_table(path_stem: str, header: list[str], rows: list[list[Any]], title: str,
                 notes: list[str] = ()) -> None:
     """Writes ``<stem>.md`` (markdown) and ``<stem>.csv`` and prints the markdown."""
-    import csv
-    os.makedirs(os.path.dirname(path_stem) or ".", exist_ok=True)
-    with open(path_stem + ".csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
+    write_csv(f"{path_stem}.csv", header, rows)
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
-    with open(path_stem + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_text_atomic(f"{path_stem}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -34,7 +34,6 @@ the same split. A mean difference within one std of the paired differences is re
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -43,7 +42,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.common import (add_common_args, apply_overrides, load_config,  # noqa: E402
+from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,  # noqa: E402
                                 overrides_from_args, run_cell, scale_note)
 from experiments.grid_common import (check_protocols, comma_list, plot_grouped_bars,  # noqa: E402
                                      refuse_overrides, run_checked_cell, split_list, validate_all)
@@ -120,10 +119,9 @@ def raw_pixel_results(config) -> dict[str, Any]:
 def run_raw_cell(workdir: str, config) -> dict[str, Any]:
     """A resumable raw-pixel cell: results.json holds the data fields and k it was computed with."""
     def compute(config, workdir):
-        from gradmix_jax.workdir import write_json
+        from gradmix_jax.workdir import as_path, write_json
         result = raw_pixel_results(config)
-        os.makedirs(workdir, exist_ok=True)
-        write_json(os.path.join(workdir, "results.json"), result)
+        write_json(as_path(workdir) / "results.json", result)
         return result
 
     result = run_cell(workdir, config, compute)
@@ -147,21 +145,19 @@ def timed(train_fn: Callable) -> Callable:
     def run(config, workdir):
         import time
 
-        from gradmix_jax.workdir import write_json
+        from gradmix_jax.workdir import as_path, write_json
         t0 = time.perf_counter()
         result = train_fn(config, workdir)
-        write_json(os.path.join(workdir, CELL_SECONDS), {"seconds": time.perf_counter() - t0})
+        write_json(as_path(workdir) / CELL_SECONDS, {"seconds": time.perf_counter() - t0})
         return result
 
     return run
 
 
 def cell_seconds(workdir: str) -> float | None:
-    path = os.path.join(workdir, CELL_SECONDS)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)["seconds"]
+    from gradmix_jax.workdir import as_path, read_json
+    stored = read_json(as_path(workdir) / CELL_SECONDS)
+    return None if stored is None else stored["seconds"]
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -308,7 +304,7 @@ def plot(path: str, protocol: str, stats: dict, methods: list[str], splits: list
 
 
 def main(argv=None, *, train_fn: Callable | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protocols", default=None,
                         help="comma list of config names (default fashion_mnist_cpu; digits with --smoke)")
     parser.add_argument("--splits", default=None, help="e.g. 0-4 or 0,2 (default 0-4; 0 with --smoke)")
@@ -376,18 +372,13 @@ def main(argv=None, *, train_fn: Callable | None = None) -> int:
 
 
 def _write_outputs(out: str, md: list[str], csv_rows: list[list], report: dict) -> None:
-    import csv
-
-    from gradmix_jax.workdir import write_json
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "compare.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["protocol", "method", "split", "seed", "headline_auroc"] + [k for k, _ in SCORES]
-                   + ["closed_set_accuracy", "train_seconds", "cell_seconds"])
-        w.writerows(csv_rows)
-    write_json(os.path.join(out, "compare.json"), report)  # NaN -> null
-    with open(os.path.join(out, "compare.md"), "w") as f:
-        f.write("\n".join(md) + "\n")
+    from gradmix_jax.workdir import as_path, write_csv, write_json, write_text_atomic
+    out = as_path(out)
+    write_csv(out / "compare.csv",
+              ["protocol", "method", "split", "seed", "headline_auroc"] + [k for k, _ in SCORES]
+              + ["closed_set_accuracy", "train_seconds", "cell_seconds"], csv_rows)
+    write_json(out / "compare.json", report)  # NaN -> null
+    write_text_atomic(out / "compare.md", "\n".join(md) + "\n")
     print("\n".join(md))
 
 

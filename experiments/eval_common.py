@@ -4,7 +4,6 @@ model, the cell's data, and evaluation results cached as JSON next to the cell's
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Callable
 
 from experiments.common import run_cell
@@ -59,8 +58,7 @@ def cell_data(config):
 
 
 def write_json(path: str, payload: dict) -> None:
-    """``gradmix_jax.workdir.write_json`` (strict, atomic) into a folder made if needed."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    """``gradmix_jax.workdir.write_json`` (strict, atomic; the folder is made if needed)."""
     records.write_json(path, payload)
 
 

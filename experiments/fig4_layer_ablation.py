@@ -21,13 +21,12 @@ given, tiny overrides.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.common import add_common_args, overrides_from_args, scale_note  # noqa: E402
+from experiments.common import ArgumentParser, add_common_args, overrides_from_args, scale_note  # noqa: E402
 from experiments.grid_common import (ABLATION_K, ablation_config_fn,  # noqa: E402
                                      add_protocol_split_args, comma_list, protocols_and_splits,
                                      refuse_overrides, run_auroc_ablation)
@@ -56,7 +55,7 @@ def parse_layer_sets(text: str) -> list[tuple[str, ...]]:
 
 
 def main(argv=None, *, train_fn=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layer_sets", default=None,
                         help="comma list of '+'-joined layers (default " + ",".join(LAYER_SETS) +
                         "; " + ",".join(SMOKE_LAYER_SETS) + " with --smoke)")

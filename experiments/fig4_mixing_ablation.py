@@ -21,13 +21,12 @@ protocol digits, split 0, one α (1.0) per method unless the α flags are given,
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.common import add_common_args, overrides_from_args, scale_note  # noqa: E402
+from experiments.common import ArgumentParser, add_common_args, overrides_from_args, scale_note  # noqa: E402
 from experiments.grid_common import (ABLATION_K, ablation_config_fn,  # noqa: E402
                                      add_protocol_split_args, comma_list, float_list,
                                      protocols_and_splits, refuse_overrides, run_auroc_ablation)
@@ -59,7 +58,7 @@ def variants_from(methods: list[str], mixup_alphas: list[float], cutmix_alphas: 
 
 
 def main(argv=None, *, train_fn=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=",".join(METHODS), help="comma list of " + ",".join(METHODS))
     parser.add_argument("--mixup_alphas", default=None, help="comma list of α > 0 (default 0.2,1.0; "
                         "1.0 with --smoke)")

@@ -19,9 +19,7 @@ numbers): GradMix models show larger activated areas. This script shows the maps
 
 from __future__ import annotations
 
-import argparse
-import csv
-import json
+import io
 import os
 import sys
 
@@ -29,12 +27,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from gradmix_jax.workdir import write_bytes_atomic, write_csv, write_json  # noqa: E402
+
+from experiments.common import ArgumentParser  # noqa: E402
 from experiments.attribution_common import (METHODS, add_attribution_args,  # noqa: E402
                                             load_test_data, map_settings, scale_label, train_pair)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     add_attribution_args(parser, 8, "test images shown (half known, half unknown)")
     parser.add_argument("--normalize", choices=("image", "batch", "none"), default="image",
                         help="per-layer map normalisation before the sum over layers")
@@ -60,7 +61,6 @@ def main(argv=None) -> int:
 
     # Non-default targets get their own files, so both can sit in one --out.
     tag = f"{protocol}_split{args.split}" + ("" if args.target == "simclr" else f"_{args.target}")
-    os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"fig7_{tag}")
     columns = [f"known {data.known_classes[y]}" if y >= 0 else "unknown" for y in labels]
     title = (f"Fig. 7: LayerCAM ({args.target}, {'+'.join(settings['layers'])}), {protocol} "
@@ -68,8 +68,10 @@ def main(argv=None) -> int:
     aa.save_map_grid(stem + ".png", images,
                      {"without GradMix": maps["none"], "with GradMix": maps["gradmix"]},
                      title=title, column_titles=columns)
-    np.savez_compressed(stem + ".npz", images=images, test_indices=idx, labels=labels,
+    buf = io.BytesIO()
+    np.savez_compressed(buf, images=images, test_indices=idx, labels=labels,
                         **{f"maps_{m}": maps[m] for m in METHODS})
+    write_bytes_atomic(stem + ".npz", buf.getvalue())
 
     # Per-image statistics of the maps, so the figure has numbers behind it.
     rows = []
@@ -81,10 +83,7 @@ def main(argv=None) -> int:
                          float(m[i].mean()), float(m[i].max()), float(half[i])])
     header = ["test_index", "label", "known", "model", "map_mean", "map_max",
               "fraction_above_half_max"]
-    with open(stem + ".csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
+    write_csv(stem + ".csv", header, rows)
     summary = {
         "figure": "fig7", "scale": scale_label(args), "overrides": {k: str(v) for k, v in overrides.items()},
         "protocol": protocol, "split": args.split, "target": args.target,
@@ -97,8 +96,7 @@ def main(argv=None) -> int:
                            float(np.mean([r[6] for r in rows if r[3] == m]))} for m in METHODS},
         "per_image": [dict(zip(header, r)) for r in rows],
     }
-    with open(stem + ".json", "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json(stem + ".json", summary)
     print(f"wrote {stem}.png/.npz/.json/.csv [{scale_label(args)}]")
     for m in METHODS:
         print(f"  {m}: mean fraction of pixels above half the map max "

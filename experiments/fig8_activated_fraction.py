@@ -27,9 +27,6 @@ reports whether our run shows it; it does not assert it.
 
 from __future__ import annotations
 
-import argparse
-import csv
-import json
 import os
 import sys
 
@@ -37,17 +34,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from gradmix_jax.workdir import write_csv, write_json  # noqa: E402
+
 from experiments.attribution_common import (METHODS, add_attribution_args,  # noqa: E402
                                             load_test_data, map_settings, scale_label, scale_note,
                                             train_pair)
-from experiments.common import write_table  # noqa: E402
+from experiments.common import ArgumentParser, write_table  # noqa: E402
 
 #: map kind -> aggregate_maps normalisation.
 KINDS = {"raw": "none", "normalized": "image"}
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     add_attribution_args(parser, 0, "test images used (0 = all; seeded random subset otherwise)")
     parser.add_argument("--batch_size", type=int, default=256,
                         help="images per attribution batch (the authors' script used 256)")
@@ -97,7 +96,6 @@ def main(argv=None) -> int:
 
     # Non-default targets get their own files, so both can sit in one --out.
     tag = f"{protocol}_split{args.split}" + ("" if args.target == "simclr" else f"_{args.target}")
-    os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"fig8_{tag}")
     layers = "+".join(settings["layers"])
     for kind in KINDS:
@@ -107,15 +105,11 @@ def main(argv=None) -> int:
              "with GradMix": np.asarray(curves[kind]["gradmix"]["all"])},
             title=f"Fig. 8: S_M of {kind} LayerCAM maps ({args.target}, {layers})\n{protocol} "
                   f"split {args.split}, {len(order)} test images [{scale_label(args)}]")
-    with open(f"{stem}_curves.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["maps", "model", "group", "tau", "S_M"])
-        for kind in KINDS:
-            for m in METHODS:
-                for g in groups:
-                    if curves[kind][m][g] is not None:
-                        w.writerows([kind, m, g, f"{tau:.6g}", f"{v:.6f}"]
-                                    for tau, v in zip(taus, curves[kind][m][g]))
+    write_csv(f"{stem}_curves.csv", ["maps", "model", "group", "tau", "S_M"],
+              [[kind, m, g, f"{tau:.6g}", f"{v:.6f}"]
+               for kind in KINDS for m in METHODS for g in groups
+               if curves[kind][m][g] is not None
+               for tau, v in zip(taus, curves[kind][m][g])])
     summary = {
         "figure": "fig8", "scale": scale_label(args), "overrides": {k: str(v) for k, v in overrides.items()},
         "protocol": protocol, "split": args.split, "target": args.target,
@@ -126,8 +120,7 @@ def main(argv=None) -> int:
         "gradmix_higher_count": {k: int(v.sum()) for k, v in higher.items()},
         "models": {m: {"workdir": workdirs[m], "auroc": results[m]["auroc"]} for m in METHODS},
     }
-    with open(stem + ".json", "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json(stem + ".json", summary)
 
     # A few τ of the grid (first, middle, last = 1e-5, 1e-4, 1e-3 on the default grid).
     cols = sorted({0, len(taus) // 2, len(taus) - 1})

@@ -7,7 +7,7 @@ import os
 from typing import Any, Callable, Sequence
 
 from experiments.common import mean_std, parse_splits, run_cell, write_table
-from gradmix_jax.workdir import config_differences
+from gradmix_jax.workdir import config_differences, save_figure
 
 def comma_list(text: str, flag: str, allowed: Sequence[str] | None = None) -> list[str]:
     """'a,b' -> ['a', 'b']; one-line SystemExit on empty entries, repeats or values outside ``allowed``."""
@@ -40,10 +40,7 @@ def float_list(text: str, flag: str) -> list[float]:
 
 
 def split_list(text: str) -> list[int]:
-    try:
-        splits = parse_splits(text)
-    except ValueError:
-        raise SystemExit(f"error: --splits takes e.g. '0-4' or '0,2,3', got {text!r}") from None
+    splits = parse_splits(text)
     if not splits or len(set(splits)) != len(splits):
         raise SystemExit(f"error: --splits must name distinct splits, got {text!r}")
     return splits
@@ -171,8 +168,7 @@ def plot_grouped_bars(path: str, groups: Sequence[str], series: Sequence[str],
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a bar
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

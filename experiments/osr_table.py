@@ -11,19 +11,18 @@ with the paper's GradMix numbers beside ours. ``--smoke`` applies tiny overrides
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.common import (add_common_args, apply_overrides, load_config,  # noqa: E402
+from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,  # noqa: E402
                                 mean_std, overrides_from_args, run_cell, scale_note, write_table)
 from experiments.grid_common import check_protocols, comma_list, split_list, validate_all  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protocols", default="mnist,svhn,cifar10,cifar_plus10,cifar_plus50,tinyimagenet")
     parser.add_argument("--splits", default="0-4")
     add_common_args(parser)

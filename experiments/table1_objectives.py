@@ -22,13 +22,12 @@ made with another config is refused. Writes ``OUT/table1.md`` and ``OUT/table1.c
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.common import (add_common_args, apply_overrides, load_config,  # noqa: E402
+from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,  # noqa: E402
                                 overrides_from_args, scale_note, write_table)
 from experiments.grid_common import (add_protocol_split_args, comma_list,  # noqa: E402
                                      protocols_and_splits, refuse_overrides, run_checked_cell,
@@ -63,7 +62,7 @@ def cell_config(protocol: str, objective: str, split: int, overrides: dict):
 
 
 def main(argv=None, *, train_fn=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objectives", default=",".join(OBJECTIVES),
                         help="comma list of " + ",".join(OBJECTIVES))
     add_protocol_split_args(parser)

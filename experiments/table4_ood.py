@@ -20,7 +20,6 @@ The cell trains in ``OUT/<dataset>`` (skipped when results.json exists); the eva
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -28,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.common import (add_common_args, apply_overrides, load_config,  # noqa: E402
+from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,  # noqa: E402
                                 overrides_from_args, scale_note, write_table)
 from experiments.eval_common import Cell, cached_json, cell_data, pct  # noqa: E402
 
@@ -81,7 +80,7 @@ def evaluate(cell: Cell, dataset: str, k: int, seed: int) -> dict:
 
 
 def main(argv=None, *, train_fn=None, load_fn=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=DATASETS, default=None,
                         help="in-distribution training set (default: cifar10; digits with --smoke)")
     parser.add_argument("--k", type=int, default=None, help="k of Algorithm 1 (default: config.eval.k)")

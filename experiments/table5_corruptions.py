@@ -27,7 +27,6 @@ interrupted evaluation resumes. Writes ``OUT/table5.{md,csv}`` (D̄_s),
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -35,9 +34,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.common import (add_common_args, apply_overrides, load_config,  # noqa: E402
+from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,  # noqa: E402
                                 overrides_from_args, parse_splits, scale_note, write_table)
 from experiments.eval_common import Cell, cell_data, pct, read_json, write_json  # noqa: E402
+from gradmix_jax.workdir import save_figure  # noqa: E402
 
 # Table 5, D̄_s in percent for severities 1..5 and "Avg.".
 PAPER_TABLE5 = {
@@ -168,7 +168,7 @@ def plot_fig5(path: str, per_corruption: dict, corruptions_: list[str], title: s
         ax.legend()
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -176,7 +176,7 @@ def main(argv=None, *, train_fn=None, load_fn=None) -> int:
     from gradmix_jax.data import corruptions as corruption_lib
     from gradmix_jax.evaluation import corruption_accuracy_drops
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=None, help="comma list of " + ",".join(DATASETS) +
                         " (default: cifar10,tinyimagenet; digits with --smoke)")
     parser.add_argument("--mixings", default="none,gradmix")
@@ -197,7 +197,7 @@ def main(argv=None, *, train_fn=None, load_fn=None) -> int:
     default_corruptions = SMOKE_CORRUPTIONS if args.smoke else ",".join(corruption_lib.CORRUPTIONS)
     corruptions_ = (args.corruptions or default_corruptions).split(",")
     known_names = corruption_lib.CORRUPTIONS + corruption_lib.SYNTHETIC_CORRUPTIONS
-    severities = parse_splits(args.severities)
+    severities = parse_splits(args.severities, "--severities")
     for name, values, allowed in (("--datasets", datasets, DATASETS), ("--mixings", mixings, MIXINGS),
                                   ("--corruptions", corruptions_, known_names),
                                   ("--severities", severities, corruption_lib.SEVERITIES)):

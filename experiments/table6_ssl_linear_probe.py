@@ -24,15 +24,15 @@ cached in ``linear_probe.json`` there (recomputed when the probe settings change
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.common import (add_common_args, apply_overrides, load_config,  # noqa: E402
+from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,  # noqa: E402
                                 overrides_from_args, scale_note, write_table)
 from experiments.eval_common import Cell, cached_json, cell_data, pct  # noqa: E402
+from gradmix_jax.workdir import save_figure  # noqa: E402
 
 # Table 6 (ImageNet100, ResNet18), (Acc@1, Acc@5) in percent.
 PAPER_TABLE6 = {
@@ -103,12 +103,12 @@ def plot_fig6(path: str, results: dict, title: str) -> None:
         ax.legend(loc="upper center", ncol=2, fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
 def main(argv=None, *, train_fn=None, load_fn=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=DATASETS, default=None,
                         help="default tinyimagenet; digits with --smoke")
     parser.add_argument("--objectives", default=None,

@@ -45,6 +45,7 @@ import numpy as np
 
 from gradmix_jax import attribution, losses, metrics
 from gradmix_jax.models import TAP_NAMES, tap_path
+from gradmix_jax.workdir import save_figure
 
 __all__ = ["TARGETS", "DEFAULT_LAYERS", "tap_activations_and_gradients", "layer_maps",
            "attribution_maps", "class_prototypes", "pick_known_unknown", "default_thresholds",
@@ -417,7 +418,7 @@ def save_map_grid(path: str, images, maps_by_model: Mapping[str, np.ndarray], ti
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -454,5 +455,5 @@ def save_activated_fraction_plot(path: str, thresholds, curves_by_model: Mapping
     if title:
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import os
+import re
 import threading
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from gradmix_jax.workdir import as_path
 
 
 class CheckpointError(RuntimeError):
@@ -24,7 +26,7 @@ def make_manager(workdir: str, max_to_keep: int = 2, save_interval_steps: int = 
     a save takes from training, for a small saving in bytes (see docs/checkpointing.md).
     Checkpoints written compressed (earlier versions) read back the same way.
     """
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    directory = as_path(workdir) / "checkpoints"
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                            save_interval_steps=save_interval_steps,
                                            enable_async_checkpointing=True,
@@ -132,8 +134,23 @@ def restore(manager: ocp.CheckpointManager, step: int, target):
     except Exception as e:  # orbax raises several types for shape/structure mismatches
         raise CheckpointError(
             f"checkpoint at step {step} in {manager.directory} does not match this config "
-            f"(model size or optimizer changed?) or is corrupt: {type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}. Use a new --workdir or delete it.") from None
+            f"(model size or optimizer changed?) or is corrupt: {_reason(e)}. Use a new --workdir "
+            f"or delete it.") from None
+
+
+def _reason(error: BaseException) -> str:
+    """One readable line for a restore failure: the innermost error of the chain (TensorStore's
+    own message, e.g. a byte range beyond a truncated file), without the object reprs Orbax
+    appends ("See full TensorStore details: <bound method ...>")."""
+    chain = [error]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 20:
+        chain.append(nxt)
+    for e in reversed(chain):
+        text = re.split(r"\s*See full TensorStore details", str(e))[0]
+        text = re.sub(r"<[^<>]*object at 0x[0-9a-f]+>|<bound method[^\n]*", "", text).strip()
+        if text:
+            return f"{type(e).__name__}: {text.splitlines()[0].rstrip('.')}"
+    return type(error).__name__
 
 
 _pack_jit = jax.jit(pack)

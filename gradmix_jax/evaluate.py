@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import os
 import sys
 from typing import Any
 
@@ -51,9 +50,9 @@ def evaluate_run(workdir: str, overrides: dict[str, Any] | None = None) -> dict[
     from gradmix_jax.train_step import make_eval_fn
     from gradmix_jax.trained import load_trained
     from gradmix_jax.validation import ConfigError, validate_config, validate_data_dependent
-    from gradmix_jax.workdir import RESULTS, write_json
+    from gradmix_jax.workdir import RESULTS, as_path, write_json
 
-    if not os.path.exists(os.path.join(workdir, RESULTS)):
+    if not (as_path(workdir) / RESULTS).exists():
         raise EvaluateError(f"{workdir} holds no finished run (no {RESULTS}); train first: "
                             f"python -m gradmix_jax.train --config ... --workdir {workdir}")
     trained = load_trained(workdir)
@@ -81,7 +80,7 @@ def evaluate_run(workdir: str, overrides: dict[str, Any] | None = None) -> dict[
     summary = {**results, "step": trained.step, "protocol": config.data.protocol,
                "split": config.data.split, "known_classes": list(trained.known_classes),
                "overrides": dict(overrides or {}), "config": config.to_dict()}
-    write_json(os.path.join(workdir, EVAL_RESULTS), summary)
+    write_json(as_path(workdir) / EVAL_RESULTS, summary)
     return summary
 
 
@@ -104,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"step {summary['step']}: open-set AUROC {show(summary['auroc'])} (k-NN, eval.features="
           f"{summary['config']['eval']['features']}), NNO {show(summary['auroc_nno'])}, "
           f"closed-set accuracy {summary['closed_set_accuracy']:.4f}")
-    print(f"results: {os.path.join(args.workdir, EVAL_RESULTS)}")
+    print(f"results: {args.workdir.rstrip('/')}/{EVAL_RESULTS}")
     return 0
 
 

@@ -8,8 +8,6 @@ rebuilds the run's model from ``<workdir>/results.json`` and restores the newest
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
 import jax
@@ -19,6 +17,7 @@ import numpy as np
 from gradmix_jax import augment, checkpoint, parallel
 from gradmix_jax.models import ContrastiveResNet, model_from_config
 from gradmix_jax.train_step import StepConfig, TrainState, init_state, make_eval_fn, make_optimizer
+from gradmix_jax.workdir import RESULTS, as_path, read_json
 
 
 @dataclasses.dataclass
@@ -81,12 +80,11 @@ def load_trained(workdir: str) -> TrainedModel:
     ``<workdir>/checkpoints``. Raises FileNotFoundError if either is missing and
     ``checkpoint.CheckpointError`` if the checkpoint does not fit the recorded config.
     """
-    path = os.path.join(workdir, "results.json")
-    if not os.path.exists(path):
+    path = as_path(workdir) / RESULTS
+    results = read_json(path)
+    if results is None:
         raise FileNotFoundError(f"{path} not found: train first (python -m gradmix_jax.train "
                                 f"--workdir {workdir} ...)")
-    with open(path) as f:
-        results = json.load(f)
     config = ml_collections.ConfigDict(results["config"])
     if "image_shape" not in results:
         raise ValueError(f"{path} predates image_shape in results.json; retrain the run")
@@ -104,7 +102,7 @@ def load_trained(workdir: str) -> TrainedModel:
     manager = checkpoint.make_manager(workdir, config.max_to_keep)
     try:
         if manager.latest_step() is None:
-            raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+            raise FileNotFoundError(f"no checkpoint in {manager.directory}")
         state: TrainState = checkpoint.restore_latest(manager, abstract)
     finally:
         manager.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import signal
 import sys
 import time
@@ -244,7 +243,8 @@ class _Scalars:
         self._writer = None
         if jax.process_index() == 0:
             from tensorboardX import SummaryWriter
-            self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            records.register_tensorboard_filesystems()
+            self._writer = SummaryWriter(str(records.as_path(workdir) / "tensorboard"))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if self._writer is not None:
@@ -291,7 +291,7 @@ class _Record:
     record of the steps its checkpoint holds (entries past that step are dropped)."""
 
     def __init__(self, workdir: str, start_step: int):
-        self.path = os.path.join(workdir, records.HISTORY)
+        self.path = records.as_path(workdir) / records.HISTORY
         stored = (records.read_json(self.path) or {}) if start_step > 0 else {}
         self.prior = [h for h in stored.get("history", []) if h.get("step", 0) <= start_step]
         self.prior_seconds = float(stored.get("train_seconds") or 0.0)
@@ -410,7 +410,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, reevalua
         raise ConfigError(str(e)) from None
     data = load_data(config)
     validate_data_dependent(config, data.min_class_count(), len(data.train_images))
-    os.makedirs(workdir, exist_ok=True)
+    records.as_path(workdir).mkdir(parents=True, exist_ok=True)
 
     total_steps, steps_per_epoch = num_train_steps(config, len(data.train_images))
     model = model_from_config(config, num_classes=data.num_known if config.objective in ("ce", "ce_ssl")
@@ -428,7 +428,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, reevalua
     if restored is not None:
         state = restored
         if jax.process_index() == 0:
-            print(f"resumed from step {int(state.step)} ({os.path.join(workdir, 'checkpoints')})",
+            print(f"resumed from step {int(state.step)} ({manager.directory})",
                   flush=True)
     start_step = int(state.step)
     record = _Record(workdir, start_step)
@@ -495,5 +495,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, reevalua
     scalars.close()
     if jax.process_index() == 0:
         record.write(history, this_seconds, this_steps)
-        records.write_json(os.path.join(workdir, records.RESULTS), summary)
+        records.write_json(records.as_path(workdir) / records.RESULTS, summary)
     return summary

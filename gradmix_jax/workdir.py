@@ -8,11 +8,14 @@ written as null, so every file parses with a strict JSON parser.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
-import tempfile
+import uuid
 from typing import Any
+
+from etils import epath
 
 RESULTS = "results.json"
 HISTORY = "train_history.json"
@@ -33,23 +36,69 @@ def strict(value: Any) -> Any:
     return value
 
 
-def write_json(path: str, payload: dict) -> None:
+def is_local(path: str | os.PathLike) -> bool:
+    """False for URI paths (``gs://``, ``s3://``, ...), True for the local filesystem."""
+    return "://" not in os.fspath(path)
+
+
+def as_path(path: str | os.PathLike) -> epath.Path:
+    """``path`` as an ``epath.Path``: absolute when local, unchanged when a URI such as ``gs://``.
+
+    Every file the program reads or writes under a user-given folder goes through this, so a
+    workdir or data directory can live on any filesystem ``etils.epath`` supports.
+    """
+    p = epath.Path(path)
+    return p.absolute() if is_local(path) else p
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``path.tmp`` and renames it over ``path`` (made durable first when local); the
+    folder is made if needed."""
+    path = as_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / (path.name + ".tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        if is_local(path):
+            f.flush()
+            os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    write_bytes_atomic(path, text.encode())
+
+
+def write_csv(path: str | os.PathLike, header: list, rows: list[list]) -> None:
+    """A CSV file (header row, then ``rows``), written atomically."""
+    import csv
+
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
+
+
+def write_json(path: str | os.PathLike, payload: dict) -> None:
     """Strict JSON (no NaN/Infinity), written to ``path.tmp`` and renamed over ``path``."""
-    text = json.dumps(strict(payload), indent=2, sort_keys=True, allow_nan=False)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(strict(payload), indent=2, sort_keys=True, allow_nan=False))
 
 
-def read_json(path: str) -> dict | None:
+def read_json(path: str | os.PathLike) -> dict | None:
     """The parsed file, or None when it does not exist."""
-    if not os.path.exists(path):
+    path = as_path(path)
+    if not path.exists():
         return None
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(path.read_text())
+
+
+def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> None:
+    """``fig.savefig`` to any epath filesystem (the format comes from the file's suffix)."""
+    path = as_path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lstrip(".") or "png", **savefig_kwargs)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -78,7 +127,7 @@ def finished_run(workdir: str, config) -> dict | None:
     """The stored summary when ``workdir`` holds a finished run of ``config`` (same values in every
     field outside NON_SEMANTIC_FIELDS), else None (no results.json, or one of another config: a
     longer schedule or other evaluation settings continue from the run's checkpoint)."""
-    stored = read_json(os.path.join(workdir, RESULTS))
+    stored = read_json(as_path(workdir) / RESULTS)
     if stored is None or config_differences(stored.get("config"), config):
         return None
     return stored
@@ -88,28 +137,68 @@ class WorkdirError(ValueError):
     """The workdir cannot be created or written (one line)."""
 
 
-def check_writable(workdir: str) -> None:
-    """Checks, without creating anything, that ``workdir`` can be created and written.
+def check_writable(workdir: str | os.PathLike) -> None:
+    """Checks, without leaving anything behind, that ``workdir`` can be created and written.
 
     An existing workdir must be a writable directory (a probe file is created and removed); a new
-    one needs its nearest existing ancestor to be a writable directory. Raises WorkdirError naming
-    the workdir and the reason (a file in the way, a read-only filesystem, no permission), so a
-    run fails before loading data or compiling.
+    local one needs its nearest existing ancestor to be a writable directory. On an object store
+    (``gs://``...) a probe file is written and removed under the workdir. Raises WorkdirError
+    naming the workdir and the reason (a file in the way, a read-only filesystem, no permission,
+    a missing bucket), so a run fails before loading data or compiling.
     """
-    path = os.path.abspath(workdir)
-    if os.path.exists(path):
-        if not os.path.isdir(path):
-            raise WorkdirError(f"--workdir {workdir} is not a directory")
+    path = as_path(workdir)
+    if path.exists() and not path.is_dir():
+        raise WorkdirError(f"--workdir {workdir} is not a directory")
+    if path.exists() or not is_local(path):
+        probe = path / f".write_check-{uuid.uuid4().hex}"
         try:
-            with tempfile.NamedTemporaryFile(dir=path, prefix=".write_check"):
-                pass
-        except OSError as e:
-            raise WorkdirError(f"--workdir {workdir} is not writable: {e.strerror or e}") from None
+            probe.write_bytes(b"")
+            probe.unlink()
+        except Exception as e:  # OSError locally; object-store clients raise their own types
+            reason = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
+            raise WorkdirError(f"--workdir {workdir} is not writable: {reason}") from None
         return
-    parent = os.path.dirname(path)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
         raise WorkdirError(f"--workdir {workdir} cannot be created: {parent} is a file")
     if not os.access(parent, os.W_OK | os.X_OK):  # also false on a read-only filesystem
         raise WorkdirError(f"--workdir {workdir} cannot be created: {parent} is not writable")
+
+
+class _EpathEventFile:
+    """A TensorBoard event file on an epath filesystem. Object stores cannot append, so the whole
+    file is rewritten at each flush (scalars only: a few kB per run)."""
+
+    def __init__(self, path: str):
+        self.path = epath.Path(path)
+        self.buffer = io.BytesIO()
+
+    def write(self, data: bytes) -> None:
+        self.buffer.write(data)
+
+    def flush(self) -> None:
+        self.path.write_bytes(self.buffer.getvalue())
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _EpathEventFiles:
+    """tensorboardX writer factory for the URI schemes epath serves."""
+
+    def open(self, path: str) -> _EpathEventFile:
+        return _EpathEventFile(path)
+
+    def directory_check(self, path: str) -> None:
+        epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def register_tensorboard_filesystems() -> None:
+    """Routes tensorboardX's event files under ``gs://``, ``s3://``... through epath (its own
+    writers need google-cloud-storage / boto3, which this package does not depend on)."""
+    from tensorboardX import record_writer
+
+    for scheme in ("gs", "s3", "az"):
+        record_writer.register_writer_factory(scheme, _EpathEventFiles())

@@ -179,3 +179,24 @@ def test_train_loop_never_writes_a_non_finite_state(tmp_path):
     assert scalars.steps == [1, 2, 4]  # step 6's metrics were not logged
     with open(tmp_path / "train_history.json") as f:  # the record matches the last checkpoint
         assert [h["step"] for h in json.load(f)["history"]] == [1, 2, 4]
+
+
+def test_truncated_checkpoint_is_one_readable_line(tmp_path):
+    """A data file cut short: the error names the step and TensorStore's reason, on one line,
+    without the object reprs Orbax appends."""
+    state = {"a": jnp.arange(50_000, dtype=jnp.float32), "b": jnp.ones((64, 64))}
+    manager = checkpoint.make_manager(str(tmp_path), 2)
+    checkpoint.save(manager, 1, state, force=True)
+    manager.wait_until_finished()
+    manager.close()
+    files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "checkpoints") for f in fs]
+    biggest = max(files, key=os.path.getsize)
+    with open(biggest, "r+b") as f:
+        f.truncate(os.path.getsize(biggest) // 2)
+    manager = checkpoint.make_manager(str(tmp_path), 2)
+    with pytest.raises(checkpoint.CheckpointError) as info:
+        checkpoint.restore_latest(manager, state)
+    message = str(info.value)
+    assert "\n" not in message and "checkpoint at step 1" in message
+    assert "<bound method" not in message and "object at 0x" not in message
+    assert "delete it" in message

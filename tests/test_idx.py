@@ -1,7 +1,6 @@
 """IDX reader (MNIST / Fashion-MNIST files the tests write), the fashion_mnist protocol, the
 validation hold-out, and the real Debian `dataset-fashion-mnist` package."""
 
-import gzip
 import os
 import subprocess
 import sys
@@ -27,35 +26,9 @@ def _fresh_cache():
     idx.load_idx_split.cache_clear()
 
 
-def _idx_bytes(array: np.ndarray) -> bytes:
-    """The IDX encoding written out from the format's definition (independent of the reader)."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
-        int(d).to_bytes(4, "big") for d in array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
-def _write_set(folder, n_train=40, n_test=20, gz=False, size=28, seed=0):
-    """Four IDX files with every class present; returns {split: (images [N,H,W], labels [N])}."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        rng.shuffle(labels)
-        for name, arr in zip(idx.IDX_FILES[split], (images, labels)):
-            data = _idx_bytes(arr)
-            if gz:
-                (folder / f"{name}.gz").write_bytes(gzip.compress(data))
-            else:
-                (folder / name).write_bytes(data)
-        out[split] = (images, labels)
-    return out
-
-
 @pytest.mark.parametrize("gz", [False, True])
-def test_reads_plain_and_gzipped_files(tmp_path, gz):
-    want = _write_set(tmp_path, gz=gz)
+def test_reads_plain_and_gzipped_files(write_idx_set, tmp_path, gz):
+    want = write_idx_set(tmp_path, gz=gz)
     for split in ("train", "test"):
         images, labels = idx.load_idx_split(str(tmp_path), split)
         assert images.shape == (*want[split][0].shape, 1) and images.dtype == np.uint8
@@ -64,14 +37,14 @@ def test_reads_plain_and_gzipped_files(tmp_path, gz):
     assert idx.has_idx_files(str(tmp_path))
 
 
-def test_decoded_once_per_process(tmp_path):
-    _write_set(tmp_path)
+def test_decoded_once_per_process(write_idx_set, tmp_path):
+    write_idx_set(tmp_path)
     first = idx.load_idx_split(str(tmp_path), "train")
     assert idx.load_idx_split(str(tmp_path), "train") is first
 
 
-def test_truncated_file_names_the_file_and_the_package(tmp_path):
-    _write_set(tmp_path)
+def test_truncated_file_names_the_file_and_the_package(write_idx_set, tmp_path):
+    write_idx_set(tmp_path)
     path = tmp_path / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(IdxError) as err:
@@ -81,50 +54,50 @@ def test_truncated_file_names_the_file_and_the_package(tmp_path):
     assert "apt-get install dataset-fashion-mnist" in msg
 
 
-def test_truncated_gzip_stream(tmp_path):
-    _write_set(tmp_path, gz=True)
+def test_truncated_gzip_stream(write_idx_set, tmp_path):
+    write_idx_set(tmp_path, gz=True)
     path = tmp_path / "t10k-labels-idx1-ubyte.gz"
     path.write_bytes(path.read_bytes()[:-12])
     with pytest.raises(IdxError, match="t10k-labels-idx1-ubyte.gz"):
         idx.load_idx_split(str(tmp_path), "test")
 
 
-def test_wrong_magic_labels_file_in_place_of_images(tmp_path):
-    _write_set(tmp_path)
+def test_wrong_magic_labels_file_in_place_of_images(write_idx_set, tmp_path):
+    write_idx_set(tmp_path)
     labels = (tmp_path / "train-labels-idx1-ubyte").read_bytes()
     (tmp_path / "train-images-idx3-ubyte").write_bytes(labels)
     with pytest.raises(IdxError, match=r"magic number 0x00000801, expected 0x00000803 \(images\)"):
         idx.load_idx_split(str(tmp_path), "train")
 
 
-def test_count_mismatch_and_bad_label(tmp_path):
-    _write_set(tmp_path)
-    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(19, np.uint8)))
+def test_count_mismatch_and_bad_label(write_idx_set, encode_idx, tmp_path):
+    write_idx_set(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(encode_idx(np.zeros(19, np.uint8)))
     with pytest.raises(IdxError, match="20 images but .* 19 labels"):
         idx.load_idx_split(str(tmp_path), "test")
-    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx_bytes(np.full(20, 10, np.uint8)))
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(encode_idx(np.full(20, 10, np.uint8)))
     with pytest.raises(IdxError, match="label 10, outside 0..9"):
         idx.load_idx_split(str(tmp_path), "test")
 
 
-def test_longer_than_header(tmp_path):
-    _write_set(tmp_path)
+def test_longer_than_header(write_idx_set, tmp_path):
+    write_idx_set(tmp_path)
     path = tmp_path / "train-labels-idx1-ubyte"
     path.write_bytes(path.read_bytes() + b"\0")
     with pytest.raises(IdxError, match="longer than its header says"):
         idx.load_idx_split(str(tmp_path), "train")
 
 
-def test_missing_file_is_a_dataset_error_naming_it(tmp_path):
-    _write_set(tmp_path)
+def test_missing_file_is_a_dataset_error_naming_it(write_idx_set, tmp_path):
+    write_idx_set(tmp_path)
     (tmp_path / "t10k-images-idx3-ubyte").unlink()
     assert not idx.has_idx_files(str(tmp_path))
     with pytest.raises(DatasetNotPreparedError, match=r"t10k-images-idx3-ubyte\[.gz\] not found"):
         idx.load_idx_split(str(tmp_path), "test", "mnist")
 
 
-def test_fashion_mnist_protocol_from_a_folder(tmp_path):
-    raw = _write_set(tmp_path, n_train=60, n_test=30)
+def test_fashion_mnist_protocol_from_a_folder(write_idx_set, tmp_path):
+    raw = write_idx_set(tmp_path, n_train=60, n_test=30)
     for split in range(5):
         d = load_openset("fashion_mnist", split, data_dir=str(tmp_path))
         known, unknown = protocol_classes("fashion_mnist", split)
@@ -137,8 +110,8 @@ def test_fashion_mnist_protocol_from_a_folder(tmp_path):
         np.testing.assert_array_equal(d.test_images[..., 0], raw["test"][0])
 
 
-def test_mnist_reads_idx_folder_and_torchvision_layout(tmp_path):
-    raw = _write_set(tmp_path / "MNIST" / "raw", gz=True)
+def test_mnist_reads_idx_folder_and_torchvision_layout(write_idx_set, tmp_path):
+    raw = write_idx_set(tmp_path / "MNIST" / "raw", gz=True)
     for folder in (tmp_path / "MNIST" / "raw", tmp_path):  # the folder itself, or torchvision's root
         idx.load_idx_split.cache_clear()
         d = load_openset("mnist", 0, data_dir=str(folder))
@@ -169,8 +142,8 @@ def test_cli_without_data_fails_in_seconds_with_one_line(tmp_path):
     assert not (tmp_path / "w" / "checkpoints").exists()  # nothing trained
 
 
-def test_validation_holdout_is_disjoint_fixed_and_leaves_the_test_set(tmp_path):
-    raw = _write_set(tmp_path, n_train=60, n_test=30)
+def test_validation_holdout_is_disjoint_fixed_and_leaves_the_test_set(write_idx_set, tmp_path):
+    raw = write_idx_set(tmp_path, n_train=60, n_test=30)
     images, labels = raw["train"][0][..., None], raw["train"][1]
     (rest_x, rest_y), (held_x, held_y) = validation_holdout(images, labels)
     assert len(held_x) == 10 and len(rest_x) == 50

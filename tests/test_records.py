@@ -128,7 +128,7 @@ def test_unusable_workdir_is_one_line_before_any_data(tmp_path, case, monkeypatc
         if os.access(workdir, os.W_OK):  # root ignores permission bits: simulate the refusal
             def refuse(*args, **kwargs):
                 raise PermissionError(13, "Permission denied")
-            monkeypatch.setattr(records.tempfile, "NamedTemporaryFile", refuse)
+            monkeypatch.setattr(type(records.as_path(workdir)), "write_bytes", refuse)
 
     def no_data(*args, **kwargs):
         raise AssertionError("data was loaded before the workdir check")
@@ -137,7 +137,7 @@ def test_unusable_workdir_is_one_line_before_any_data(tmp_path, case, monkeypatc
     with pytest.raises(ConfigError, match=r"--workdir .* (cannot be created|is not a directory|is not writable)") as err:
         trainer.train_and_evaluate(_tiny(), str(workdir))
     assert "\n" not in str(err.value)
-    assert not list(workdir.parent.glob(".write_check*")) and blocker.read_text() == "not a folder"
+    assert not list(tmp_path.rglob(".write_check*")) and blocker.read_text() == "not a folder"
 
 
 def test_new_workdir_under_a_read_only_folder(tmp_path, monkeypatch):

@@ -17,7 +17,6 @@ them differently (``TFDS_CIFAR10_C_NAMES``).
 from __future__ import annotations
 
 import functools
-import os
 from typing import Sequence
 
 import jax
@@ -26,6 +25,7 @@ import numpy as np
 
 from gradmix_jax.data import sources
 from gradmix_jax.data.sources import DatasetNotPreparedError
+from gradmix_jax.workdir import as_path
 
 # The 15 benchmark corruptions, in the order of the paper's §4.4 and Hendrycks' Table/Fig. 1.
 CORRUPTIONS: tuple[str, ...] = (
@@ -137,12 +137,12 @@ def load_tinyimagenet_corrupted(root: str, corruption: str, severity: int,
     """
     _check_corruption(corruption)
     severity = _check_severity(severity)
-    folder = os.path.join(root, corruption, str(severity))
-    if not os.path.isdir(folder):
+    folder = as_path(root) / corruption / str(severity)
+    if not folder.is_dir():
         raise DatasetNotPreparedError(
             f"Tiny-ImageNet-C folder {folder} not found: expected <root>/<corruption>/<severity>/"
             f"<wnid>/*.JPEG with root={root} (unpack {TINYIMAGENET_C_URL}); runs never download")
-    cache = os.path.join(root, "gradmix_jax_cache", f"{corruption}-{severity}.npz")
+    cache = sources.cache_folder(root) / f"{corruption}-{severity}.npz"
     if use_disk_cache:
         cached = sources._load_cached(cache)
         if cached is not None:
@@ -150,15 +150,14 @@ def load_tinyimagenet_corrupted(root: str, corruption: str, severity: int,
     class_of = {w: i for i, w in enumerate(sorted(wnids if wnids is not None
                                                   else tinyimagenet_wnids(data_dir)))}
     images, labels = [], []
-    for wnid in sorted(os.listdir(folder)):
-        if not os.path.isdir(os.path.join(folder, wnid)):
+    for wnid in sorted(p.name for p in folder.iterdir()):
+        if not (folder / wnid).is_dir():
             continue
         if wnid not in class_of:
             raise ValueError(f"wnid folder {wnid!r} in {folder} is not a class of the clean "
                              f"TinyImageNet ({len(class_of)} wnids)")
-        for name in sorted(os.listdir(os.path.join(folder, wnid))):
-            with open(os.path.join(folder, wnid, name), "rb") as f:
-                images.append(sources._decode_rgb(f.read()))
+        for name in sorted(p.name for p in (folder / wnid).iterdir()):
+            images.append(sources._decode_rgb((folder / wnid / name).read_bytes()))
             labels.append(class_of[wnid])
     if not images:
         raise DatasetNotPreparedError(f"no images under {folder}")

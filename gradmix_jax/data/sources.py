@@ -3,7 +3,9 @@
 TFDS sets are read with ``tfds.data_source`` (random access over array_record files, no TensorFlow
 at run time, no network: ``download=False``). Each (dataset, split) is decoded once per process
 (``functools.cache``) and, where the data directory is writable, once per machine: the decoded
-arrays are kept in ``<data_dir>/gradmix_jax_cache/<name>-<split>.npz``.
+arrays are kept in ``<data_dir>/gradmix_jax_cache/<name>-<split>.npz``. A data directory on an
+object store (``gs://``...) is read through ``etils.epath``; its cache lives in a local folder
+(``cache_root()``), since decoded arrays are worth keeping next to the compute, not in the bucket.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import os
 import zipfile
 
 import numpy as np
+from etils import epath
+
+from gradmix_jax.workdir import as_path, is_local, write_bytes_atomic
 
 TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "svhn": "svhn_cropped", "cifar10": "cifar10", "cifar100": "cifar100"}
 TINYIMAGENET_DIR = "tiny-imagenet-200"
@@ -28,23 +33,41 @@ def default_data_dir() -> str:
     return os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
 
 
-def _cache_path(data_dir: str, name: str, split: str) -> str:
-    return os.path.join(data_dir, "gradmix_jax_cache", f"{name}-{split}.npz")
+def cache_root() -> epath.Path:
+    """Local folder for the decoded arrays of non-local data directories: ``GRADMIX_JAX_CACHE``,
+    else ``$XDG_CACHE_HOME/gradmix_jax``, else ``~/.cache/gradmix_jax``."""
+    root = os.environ.get("GRADMIX_JAX_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "gradmix_jax")
+    return epath.Path(root)
 
 
-def _load_cached(path: str):
-    if os.path.exists(path):
-        with np.load(path) as f:
-            return f["images"], f["labels"]
+def cache_folder(data_dir: str) -> epath.Path:
+    """``<data_dir>/gradmix_jax_cache`` for a local ``data_dir``; for a URI such as
+    ``gs://bucket/tfds``, ``cache_root()/gs/bucket/tfds``."""
+    if is_local(data_dir):
+        return as_path(data_dir) / "gradmix_jax_cache"
+    scheme, rest = os.fspath(data_dir).split("://", 1)
+    return cache_root() / scheme / rest.strip("/")
+
+
+def _cache_path(data_dir: str, name: str, split: str) -> epath.Path:
+    return cache_folder(data_dir) / f"{name}-{split}.npz"
+
+
+def _load_cached(path: epath.Path):
+    if path.exists():
+        with path.open("rb") as f, np.load(f) as arrays:
+            return arrays["images"], arrays["labels"]
     return None
 
 
-def _store_cached(path: str, images: np.ndarray, labels: np.ndarray) -> None:
+def _store_cached(path: epath.Path, images: np.ndarray, labels: np.ndarray) -> None:
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, images=images, labels=labels)
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.savez(buf, images=images, labels=labels)
+        write_bytes_atomic(path, buf.getvalue())
     except OSError:
         pass  # read-only data_dir: decode again next time, still correct
 
@@ -90,13 +113,15 @@ class _TinyImageNetFiles:
     """Uniform access to the standard layout, unpacked or as ``tiny-imagenet-200.zip``."""
 
     def __init__(self, data_dir: str):
-        folder = os.path.join(data_dir, TINYIMAGENET_DIR)
-        archive = folder + ".zip"
+        folder = as_path(data_dir) / TINYIMAGENET_DIR
+        archive = folder.parent / (TINYIMAGENET_DIR + ".zip")
         self.zip = None
-        if os.path.isfile(os.path.join(folder, "wnids.txt")):
+        if (folder / "wnids.txt").is_file():
             self.root = folder
-        elif os.path.isfile(archive):
-            self.zip = zipfile.ZipFile(archive)
+        elif archive.is_file():
+            # The archive is read into memory: zipfile needs random access, which object-store
+            # file objects do not all offer efficiently.
+            self.zip = zipfile.ZipFile(io.BytesIO(archive.read_bytes()))
             self.root = TINYIMAGENET_DIR
         else:
             raise DatasetNotPreparedError(
@@ -107,15 +132,14 @@ class _TinyImageNetFiles:
     def read(self, relative: str) -> bytes:
         if self.zip is not None:
             return self.zip.read(f"{self.root}/{relative}")
-        with open(os.path.join(self.root, relative), "rb") as f:
-            return f.read()
+        return (self.root / relative).read_bytes()
 
     def listdir(self, relative: str) -> list[str]:
         if self.zip is not None:
             prefix = f"{self.root}/{relative}/"
             return sorted({n[len(prefix):].split("/")[0] for n in self.zip.namelist()
                            if n.startswith(prefix) and len(n) > len(prefix)})
-        return sorted(os.listdir(os.path.join(self.root, relative)))
+        return sorted(p.name for p in (self.root / relative).iterdir())
 
 
 def _decode_rgb(data: bytes) -> np.ndarray:
