@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from gradmix_jax.models import model_from_config
 from gradmix_jax.train_step import StepConfig, make_optimizer
 from gradmix_jax.trainer import augment_params, build_jitted, epoch_index_matrix, steps_per_epoch_of
 from gradmix_jax.validation import validate_config
+from gradmix_jax.workdir import as_path, write_text_atomic
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/benchmark.py", "Benchmark config.",
                                           lock_config=True)
@@ -112,7 +112,7 @@ def time_method(config, method: str, images: np.ndarray, labels: np.ndarray, mes
     if b.profile_dir and method == "gradmix":
         setting = f"{c.model.dtype}_b{c.batch_size}_s{c.data.image_size}"
         result["profile"] = profile_step(compiled, state, dev_images, dev_labels, idx,
-                                         os.path.join(b.profile_dir, setting))
+                                         f"{b.profile_dir.rstrip('/')}/{setting}")
     return result
 
 
@@ -128,10 +128,8 @@ def hlo_op_counts(hlo_text: str) -> dict[str, int]:
 def profile_step(compiled, state, images, labels, idx, directory: str, steps: int = 3):
     """A ``jax.profiler`` trace of ``steps`` steps (view in TensorBoard/Perfetto) and the compiled
     step's HLO in ``directory``; returns the HLO op counts."""
-    os.makedirs(directory, exist_ok=True)
     text = compiled.as_text()
-    with open(os.path.join(directory, "train_step_gradmix.hlo.txt"), "w") as f:
-        f.write(text)
+    write_text_atomic(as_path(directory) / "train_step_gradmix.hlo.txt", text)
     with jax.profiler.trace(directory):
         for _ in range(steps):
             state, m = compiled(state, images, labels, idx)
@@ -239,8 +237,7 @@ def main(argv):
     report = run_benchmark(_CONFIG.value)
     text = json.dumps(report, indent=2)
     if _JSON.value:
-        with open(_JSON.value, "w") as f:
-            f.write(text)
+        write_text_atomic(_JSON.value, text)
     runs = report.get("runs", [report])
     print(json.dumps([{"dtype": r["model"]["dtype"], "batch": r["batch_size"],
                        "image_size": r["model"]["image_size"], **r.get("ratio_to_none", {})}
