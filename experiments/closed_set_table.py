@@ -1,7 +1,7 @@
 """Regenerates the paper's Table 3 (closed-set accuracy of the k-NN prediction, all classes).
 
-    python experiments/closed_set_table.py --datasets cifar10,cifar100,tinyimagenet --out runs/table3
-    python experiments/closed_set_table.py --datasets digits --out runs/t3 --smoke
+    python -m experiments.closed_set_table --datasets cifar10,cifar100,tinyimagenet --out runs/table3
+    python -m experiments.closed_set_table --datasets digits --out runs/t3 --smoke
 
 CIFAR10 and CIFAR100 train with the CIFAR10 protocol's settings, TinyImageNet (first 100 classes)
 with its protocol's settings (paper App. D.2), all with ``data.closed_set=True``. ``digits``
@@ -14,9 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,  # noqa: E402
+from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,
                                 overrides_from_args, run_cell, scale_note, write_table)
 
 PAPER_ACCURACY = {"cifar10": 0.941, "cifar100": 0.78, "tinyimagenet": 0.7246}

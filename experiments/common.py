@@ -77,7 +77,14 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line and exit status 2, like the train CLI's."""
+    """argparse whose usage errors are one line and exit status 2, like the train CLI's; run as
+    ``python -m experiments.<name>``, its usage line names that command."""
+
+    def __init__(self, *args, **kwargs):
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if "prog" not in kwargs and spec is not None and spec.name.startswith("experiments."):
+            kwargs["prog"] = f"python -m {spec.name}"
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (--help lists the arguments)\n")

@@ -1,9 +1,9 @@
 """Open-set comparison against baselines, with seed statistics (AUROC per split, method and seed).
 
-    python experiments/compare.py --protocols fashion_mnist_cpu --splits 0-4 --seeds 0,1 \
+    python -m experiments.compare --protocols fashion_mnist_cpu --splits 0-4 --seeds 0,1 \
         --methods raw,ce,none,gradmix --out docs/results/fashion_mnist_cpu
-    python experiments/compare.py --protocols digits --splits 0-4 --seeds 0,1,2 --out runs/digits
-    python experiments/compare.py --protocols digits --out runs/cmp --smoke     # tiny, ~2 minutes
+    python -m experiments.compare --protocols digits --splits 0-4 --seeds 0,1,2 --out runs/digits
+    python -m experiments.compare --protocols digits --out runs/cmp --smoke     # tiny, ~2 minutes
 
 Methods (every trained one shares the protocol config's model, schedule and view augmentation):
 
@@ -40,11 +40,9 @@ import os
 import sys
 from typing import Any, Callable
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,  # noqa: E402
+from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,
                                 overrides_from_args, run_cell, scale_note)
-from experiments.grid_common import (check_protocols, comma_list, plot_grouped_bars,  # noqa: E402
+from experiments.grid_common import (check_protocols, comma_list, plot_grouped_bars,
                                      refuse_overrides, run_checked_cell, split_list, validate_all)
 
 # method -> (label, config overrides; None = no training)

@@ -1,8 +1,8 @@
 """Regenerates the paper's Fig. 4 right (open-set AUROC of GradMix with different attribution layers).
 
-    python experiments/fig4_layer_ablation.py --out runs/fig4_layers           # 6 layer sets x 2 x 5 = 60 cells
-    python experiments/fig4_layer_ablation.py --out runs/f4l --protocols tinyimagenet --layer_sets conv3_2,conv3_2+conv4_2
-    python experiments/fig4_layer_ablation.py --out runs/f4l --smoke           # digits, 3 cells, ~1.5 minutes
+    python -m experiments.fig4_layer_ablation --out runs/fig4_layers           # 6 layer sets x 2 x 5 = 60 cells
+    python -m experiments.fig4_layer_ablation --out runs/f4l --protocols tinyimagenet --layer_sets conv3_2,conv3_2+conv4_2
+    python -m experiments.fig4_layer_ablation --out runs/f4l --smoke           # digits, 3 cells, ~1.5 minutes
 
 Paper setting (§4.1 "Ablations", B): SupCon + SSL with GradMix (each protocol's Table 8 settings),
 LayerCAM maps from ResNet18's conv3_2, conv4_2, conv5_2 and the aggregations conv3_2+conv4_2,
@@ -21,13 +21,10 @@ given, tiny overrides.
 
 from __future__ import annotations
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from experiments.common import ArgumentParser, add_common_args, overrides_from_args, scale_note  # noqa: E402
-from experiments.grid_common import (ABLATION_K, ablation_config_fn,  # noqa: E402
+from experiments.common import ArgumentParser, add_common_args, overrides_from_args, scale_note
+from experiments.grid_common import (ABLATION_K, ablation_config_fn,
                                      add_protocol_split_args, comma_list, protocols_and_splits,
                                      refuse_overrides, run_auroc_ablation)
 

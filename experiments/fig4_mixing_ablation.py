@@ -1,8 +1,8 @@
 """Regenerates the paper's Fig. 4 left (open-set AUROC with different mixing augmentations).
 
-    python experiments/fig4_mixing_ablation.py --out runs/fig4_mixing          # 6 variants x 2 x 5 = 60 cells
-    python experiments/fig4_mixing_ablation.py --out runs/f4m --protocols cifar10 --mixup_alphas 1.0
-    python experiments/fig4_mixing_ablation.py --out runs/f4m --smoke          # digits, 4 cells, ~2 minutes
+    python -m experiments.fig4_mixing_ablation --out runs/fig4_mixing          # 6 variants x 2 x 5 = 60 cells
+    python -m experiments.fig4_mixing_ablation --out runs/f4m --protocols cifar10 --mixup_alphas 1.0
+    python -m experiments.fig4_mixing_ablation --out runs/f4m --smoke          # digits, 4 cells, ~2 minutes
 
 Paper setting (§4.1 "Ablations", A): SupCon + SSL models (each protocol's Table 8 settings) trained
 without extra augmentation, with Mixup and CutMix at several α (Beta(α, α); larger = stronger), and
@@ -21,13 +21,10 @@ protocol digits, split 0, one α (1.0) per method unless the α flags are given,
 
 from __future__ import annotations
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from experiments.common import ArgumentParser, add_common_args, overrides_from_args, scale_note  # noqa: E402
-from experiments.grid_common import (ABLATION_K, ablation_config_fn,  # noqa: E402
+from experiments.common import ArgumentParser, add_common_args, overrides_from_args, scale_note
+from experiments.grid_common import (ABLATION_K, ablation_config_fn,
                                      add_protocol_split_args, comma_list, float_list,
                                      protocols_and_splits, refuse_overrides, run_auroc_ablation)
 

@@ -1,7 +1,7 @@
 """Regenerates the paper's Fig. 7/10: LayerCAM maps of a model trained without and with GradMix.
 
-    python experiments/fig7_attribution_maps.py --protocol cifar10 --out runs/fig7
-    python experiments/fig7_attribution_maps.py --out runs/fig7 --smoke      # digits, tiny, ~1 min
+    python -m experiments.fig7_attribution_maps --protocol cifar10 --out runs/fig7
+    python -m experiments.fig7_attribution_maps --out runs/fig7 --smoke      # digits, tiny, ~1 min
 
 Trains two cells, ``mixing.method`` none and gradmix (everything else equal), in
 ``OUT/<protocol>/split<k>/<method>`` (resumable; fig8_activated_fraction.py with the same --out
@@ -23,14 +23,12 @@ import io
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
+from gradmix_jax.workdir import write_bytes_atomic, write_csv, write_json
 
-from gradmix_jax.workdir import write_bytes_atomic, write_csv, write_json  # noqa: E402
-
-from experiments.common import ArgumentParser  # noqa: E402
-from experiments.attribution_common import (METHODS, add_attribution_args,  # noqa: E402
+from experiments.common import ArgumentParser
+from experiments.attribution_common import (METHODS, add_attribution_args,
                                             load_test_data, map_settings, scale_label, train_pair)
 
 

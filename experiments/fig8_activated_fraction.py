@@ -1,7 +1,7 @@
 """Regenerates the paper's Fig. 8: activated fraction S_M of attribution maps against threshold τ.
 
-    python experiments/fig8_activated_fraction.py --protocol cifar10 --out runs/fig8
-    python experiments/fig8_activated_fraction.py --out runs/fig8 --smoke    # digits, tiny, ~1 min
+    python -m experiments.fig8_activated_fraction --protocol cifar10 --out runs/fig8
+    python -m experiments.fig8_activated_fraction --out runs/fig8 --smoke    # digits, tiny, ~1 min
 
 S_M(τ) = fraction of map entries > τ, averaged over test images (known and unknown classes), for τ
 log-spaced from 1e-5 to 1e-3 (the paper's range). Trains (or reuses) the cells of
@@ -30,16 +30,14 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
+from gradmix_jax.workdir import write_csv, write_json
 
-from gradmix_jax.workdir import write_csv, write_json  # noqa: E402
-
-from experiments.attribution_common import (METHODS, add_attribution_args,  # noqa: E402
+from experiments.attribution_common import (METHODS, add_attribution_args,
                                             load_test_data, map_settings, scale_label, scale_note,
                                             train_pair)
-from experiments.common import ArgumentParser, write_table  # noqa: E402
+from experiments.common import ArgumentParser, write_table
 
 #: map kind -> aggregate_maps normalisation.
 KINDS = {"raw": "none", "normalized": "image"}

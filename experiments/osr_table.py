@@ -1,7 +1,7 @@
 """Regenerates the paper's Table 2 (open-set AUROC per protocol, mean ± std over splits).
 
-    python experiments/osr_table.py --protocols cifar10,cifar_plus10 --splits 0-4 --out runs/table2
-    python experiments/osr_table.py --protocols digits --splits 0-4 --out runs/t2 --smoke
+    python -m experiments.osr_table --protocols cifar10,cifar_plus10 --splits 0-4 --out runs/table2
+    python -m experiments.osr_table --protocols digits --splits 0-4 --out runs/t2 --smoke
 
 Each (protocol, split) trains in ``OUT/<protocol>/split<k>``; a cell with results.json is not rerun
 and an interrupted one resumes from its checkpoint. Writes ``OUT/table2.md`` and ``OUT/table2.csv``
@@ -14,11 +14,9 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,  # noqa: E402
+from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,
                                 mean_std, overrides_from_args, run_cell, scale_note, write_table)
-from experiments.grid_common import check_protocols, comma_list, split_list, validate_all  # noqa: E402
+from experiments.grid_common import check_protocols, comma_list, split_list, validate_all
 
 
 def main(argv=None) -> int:

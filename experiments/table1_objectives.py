@@ -1,8 +1,8 @@
 """Regenerates the paper's Table 1 (learning objectives: intrinsic dimension and open-set AUROCs).
 
-    python experiments/table1_objectives.py --out runs/table1                       # 4 x 2 x 5 = 40 cells
-    python experiments/table1_objectives.py --out runs/t1 --protocols cifar10 --splits 0
-    python experiments/table1_objectives.py --out runs/t1 --smoke                   # digits, 4 cells, ~2 minutes
+    python -m experiments.table1_objectives --out runs/table1                       # 4 x 2 x 5 = 40 cells
+    python -m experiments.table1_objectives --out runs/t1 --protocols cifar10 --splits 0
+    python -m experiments.table1_objectives --out runs/t1 --smoke                   # digits, 4 cells, ~2 minutes
 
 Paper setting (§1, App. A): ResNet18, feature dimension 128, 600 epochs, objectives CE, CE + SSL,
 SupCon, SupCon + SSL with γ = λ = 1 (so ``simclr_weight=1.0`` here, also for CIFAR10 whose
@@ -25,11 +25,9 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,  # noqa: E402
+from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,
                                 overrides_from_args, scale_note, write_table)
-from experiments.grid_common import (add_protocol_split_args, comma_list,  # noqa: E402
+from experiments.grid_common import (add_protocol_split_args, comma_list,
                                      protocols_and_splits, refuse_overrides, run_checked_cell,
                                      summarize, validate_all)
 

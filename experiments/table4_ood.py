@@ -1,7 +1,7 @@
 """Regenerates the paper's Table 4 (out-of-distribution detection with the k-NN score).
 
-    python experiments/table4_ood.py --out runs/table4             # CIFAR10 in; CIFAR100, SVHN out
-    python experiments/table4_ood.py --out runs/t4 --smoke         # digits, offline, ~1 minute
+    python -m experiments.table4_ood --out runs/table4             # CIFAR10 in; CIFAR100, SVHN out
+    python -m experiments.table4_ood --out runs/t4 --smoke         # digits, offline, ~1 minute
 
 Paper setting (§4.3, App. E): train on all of CIFAR10 (``configs/cifar10.py`` with
 ``data.closed_set=True``: ResNet18, 128-d output, GradMix on conv3_2/conv4_2/conv5_2, batch 256,
@@ -25,11 +25,9 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,  # noqa: E402
+from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,
                                 overrides_from_args, scale_note, write_table)
-from experiments.eval_common import Cell, cached_json, cell_data, pct  # noqa: E402
+from experiments.eval_common import Cell, cached_json, cell_data, pct
 
 # Table 4, "GradMix (Ours)" row, in percent.
 PAPER_TABLE4 = {"cifar100": {"tnr": 50.3, "auroc": 91.63, "dtacc": 92.15, "auin": 92.5, "auout": 90.86},

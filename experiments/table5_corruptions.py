@@ -1,8 +1,8 @@
 """Regenerates the paper's Table 5 and Fig. 5 (accuracy drop under common corruptions).
 
-    python experiments/table5_corruptions.py --out runs/table5 \
+    python -m experiments.table5_corruptions --out runs/table5 \
         --tinyimagenet-c-dir /data/Tiny-ImageNet-C                  # CIFAR-10-C (TFDS) + Tiny-ImageNet-C
-    python experiments/table5_corruptions.py --out runs/t5 --smoke  # digits, SYNTHETIC corruptions
+    python -m experiments.table5_corruptions --out runs/t5 --smoke  # digits, SYNTHETIC corruptions
 
 Paper setting (§4.4, App. F): SupCon+SimCLR models (ResNet18, 600 epochs, batch 256, k = 3) trained
 on clean CIFAR10 (λ = 1.0) and TinyImageNet (λ = 1.2), without (mixing.method=none) and with GradMix;
@@ -32,12 +32,10 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,  # noqa: E402
+from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,
                                 overrides_from_args, parse_splits, scale_note, write_table)
-from experiments.eval_common import Cell, cell_data, pct, read_json, write_json  # noqa: E402
-from gradmix_jax.workdir import save_figure  # noqa: E402
+from experiments.eval_common import Cell, cell_data, pct, read_json, write_json
+from gradmix_jax.workdir import save_figure
 
 # Table 5, D̄_s in percent for severities 1..5 and "Avg.".
 PAPER_TABLE5 = {

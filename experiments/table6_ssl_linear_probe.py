@@ -1,8 +1,8 @@
 """Regenerates the paper's Table 6 / Fig. 6 (linear probe of self-supervised encoders).
 
-    python experiments/table6_ssl_linear_probe.py --out runs/table6          # TinyImageNet, 24 cells
-    python experiments/table6_ssl_linear_probe.py --out runs/t6 --objectives simclr --archs resnet18
-    python experiments/table6_ssl_linear_probe.py --out runs/t6 --smoke     # digits, ~1-2 minutes
+    python -m experiments.table6_ssl_linear_probe --out runs/table6          # TinyImageNet, 24 cells
+    python -m experiments.table6_ssl_linear_probe --out runs/t6 --objectives simclr --archs resnet18
+    python -m experiments.table6_ssl_linear_probe --out runs/t6 --smoke     # digits, ~1-2 minutes
 
 Paper setting (§4.5, App. G): SimCLR and MoCo v1 (queue 4096, momentum 0.999), ResNet18/34/50,
 output dimension 128, 200 epochs, batch 256, trained without extra mixing and with Mixup, CutMix
@@ -27,12 +27,10 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,  # noqa: E402
+from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,
                                 overrides_from_args, scale_note, write_table)
-from experiments.eval_common import Cell, cached_json, cell_data, pct  # noqa: E402
-from gradmix_jax.workdir import save_figure  # noqa: E402
+from experiments.eval_common import Cell, cached_json, cell_data, pct
+from gradmix_jax.workdir import save_figure
 
 # Table 6 (ImageNet100, ResNet18), (Acc@1, Acc@5) in percent.
 PAPER_TABLE6 = {

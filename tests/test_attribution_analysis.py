@@ -196,9 +196,8 @@ def test_figures_are_written(tmp_path):
         aa.save_map_grid(str(grid), images, {"x": np.zeros((3, 4, 4))})
 
 
-def _run(script, out, *extra):
-    cmd = [sys.executable, os.path.join(ROOT, "experiments", script), "--out", str(out), "--smoke",
-           *extra]
+def _run(module, out, *extra):
+    cmd = [sys.executable, "-m", f"experiments.{module}", "--out", str(out), "--smoke", *extra]
     start = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -207,7 +206,7 @@ def _run(script, out, *extra):
 
 @pytest.mark.slow  # ~60-80 s on a 2-core CPU: fig7 trains two smoke cells, fig8 reuses them (~10 s)
 def test_fig7_and_fig8_smoke_share_their_cells(tmp_path):
-    _run("fig7_attribution_maps.py", tmp_path, "--num_images", "4")
+    _run("fig7_attribution_maps", tmp_path, "--num_images", "4")
     stem = tmp_path / "fig7_digits_split0"
     assert stem.with_suffix(".png").read_bytes()[:8] == PNG_MAGIC
     meta = json.loads(stem.with_suffix(".json").read_text())
@@ -219,7 +218,7 @@ def test_fig7_and_fig8_smoke_share_their_cells(tmp_path):
 
     results = tmp_path / "digits" / "split0" / "gradmix" / "results.json"
     mtime = results.stat().st_mtime
-    _run("fig8_activated_fraction.py", tmp_path, "--batch_size", "128")
+    _run("fig8_activated_fraction", tmp_path, "--batch_size", "128")
     assert results.stat().st_mtime == mtime  # the cells fig7 trained are reused, not retrained
     stem = tmp_path / "fig8_digits_split0"
     data = json.loads(stem.with_suffix(".json").read_text())

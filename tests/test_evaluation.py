@@ -509,8 +509,8 @@ def test_table6_runner_with_pixel_features(tmp_path):
 
 # ----------------------------------------------------------------------------- runners (real smoke)
 
-def _run(script, out, *extra):
-    cmd = [sys.executable, os.path.join(ROOT, "experiments", script), "--out", str(out), "--smoke", *extra]
+def _run(module, out, *extra):
+    cmd = [sys.executable, "-m", f"experiments.{module}", "--out", str(out), "--smoke", *extra]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -518,7 +518,7 @@ def _run(script, out, *extra):
 
 
 def test_table4_smoke(tmp_path):
-    _run("table4_ood.py", tmp_path)
+    _run("table4_ood", tmp_path)
     table = (tmp_path / "table4.md").read_text()
     assert "| digits-unknown-classes | ours |" in table and "SMOKE" in table
     stored = json.loads((tmp_path / "digits" / "ood.json").read_text())
@@ -528,7 +528,7 @@ def test_table4_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_table5_smoke(tmp_path):
-    _run("table5_corruptions.py", tmp_path)
+    _run("table5_corruptions", tmp_path)
     assert "SYNTHETIC" in (tmp_path / "table5.md").read_text()
     assert (tmp_path / "fig5.png").exists()
     assert (tmp_path / "digits" / "gradmix" / "corruption_drops.json").exists()
@@ -536,6 +536,6 @@ def test_table5_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_table6_smoke(tmp_path):
-    _run("table6_ssl_linear_probe.py", tmp_path, "--objectives", "simclr")
+    _run("table6_ssl_linear_probe", tmp_path, "--objectives", "simclr")
     table = (tmp_path / "table6.md").read_text()
     assert "| simclr | resnet18 | - |" in table and "| simclr | resnet18 | + GradMix |" in table
