@@ -30,6 +30,7 @@ from gradmix_jax.workdir import write_bytes_atomic, write_csv, write_json
 from experiments.common import ArgumentParser
 from experiments.attribution_common import (METHODS, add_attribution_args,
                                             load_test_data, map_settings, scale_label, train_pair)
+from experiments.plots import save_map_grid
 
 
 def main(argv=None) -> int:
@@ -63,9 +64,9 @@ def main(argv=None) -> int:
     columns = [f"known {data.known_classes[y]}" if y >= 0 else "unknown" for y in labels]
     title = (f"Fig. 7: LayerCAM ({args.target}, {'+'.join(settings['layers'])}), {protocol} "
              f"split {args.split} [{scale_label(args)}]")
-    aa.save_map_grid(stem + ".png", images,
-                     {"without GradMix": maps["none"], "with GradMix": maps["gradmix"]},
-                     title=title, column_titles=columns)
+    save_map_grid(stem + ".png", images,
+                  {"without GradMix": maps["none"], "with GradMix": maps["gradmix"]},
+                  title=title, column_titles=columns)
     buf = io.BytesIO()
     np.savez_compressed(buf, images=images, test_indices=idx, labels=labels,
                         **{f"maps_{m}": maps[m] for m in METHODS})

@@ -38,6 +38,7 @@ from experiments.attribution_common import (METHODS, add_attribution_args,
                                             load_test_data, map_settings, scale_label, scale_note,
                                             train_pair)
 from experiments.common import ArgumentParser, write_table
+from experiments.plots import save_activated_fraction_plot
 
 #: map kind -> aggregate_maps normalisation.
 KINDS = {"raw": "none", "normalized": "image"}
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
     stem = os.path.join(args.out, f"fig8_{tag}")
     layers = "+".join(settings["layers"])
     for kind in KINDS:
-        aa.save_activated_fraction_plot(
+        save_activated_fraction_plot(
             f"{stem}_{kind}.png", taus,
             {"without GradMix": np.asarray(curves[kind]["none"]["all"]),
              "with GradMix": np.asarray(curves[kind]["gradmix"]["all"])},

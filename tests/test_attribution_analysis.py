@@ -16,6 +16,10 @@ from gradmix_jax import losses
 from gradmix_jax.models import create_model, tap_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from experiments import plots  # noqa: E402
+
 LAYERS = ("conv3_2", "conv4_2", "conv5_2")
 STATIC = ("model", "layers", "target", "temperature", "normalize")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -184,16 +188,16 @@ def test_figures_are_written(tmp_path):
     images = rng.uniform(size=(3, 8, 8, 1)).astype(np.float32)
     maps = {"none": rng.uniform(size=(3, 8, 8)), "gradmix": rng.uniform(size=(3, 8, 8))}
     grid = tmp_path / "grid.png"
-    aa.save_map_grid(str(grid), images, maps, title="t", column_titles=["a", "b", "c"])
+    plots.save_map_grid(str(grid), images, maps, title="t", column_titles=["a", "b", "c"])
     plot = tmp_path / "curve.png"
     taus = aa.default_thresholds()
-    aa.save_activated_fraction_plot(str(plot), taus, {"none": np.linspace(1, 0, 9),
-                                                      "gradmix": np.linspace(1, 0.2, 9)})
+    plots.save_activated_fraction_plot(str(plot), taus, {"none": np.linspace(1, 0, 9),
+                                                         "gradmix": np.linspace(1, 0.2, 9)})
     for path in (grid, plot):
         data = path.read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 1000
     with pytest.raises(ValueError, match="must have shape"):
-        aa.save_map_grid(str(grid), images, {"x": np.zeros((3, 4, 4))})
+        plots.save_map_grid(str(grid), images, {"x": np.zeros((3, 4, 4))})
 
 
 def _run(module, out, *extra):
