@@ -92,11 +92,6 @@ def get_base_config() -> ml_collections.ConfigDict:
     return c
 
 
-# The paper's Table 2 GradMix AUROC (fractions) and Table 8 settings per protocol.
-PAPER_AUROC = {"mnist": 0.998, "svhn": 0.947, "cifar10": 0.9133, "cifar_plus10": 0.9862,
-               "cifar_plus50": 0.9764, "tinyimagenet": 0.8192}
-
-
 def get_protocol_config(protocol: str, *, epochs: int, simclr_weight: float,
                         layers: tuple[str, ...] = ("conv3_2", "conv4_2", "conv5_2"),
                         image_size: int = 32, preset: str = "rgb",

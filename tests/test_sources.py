@@ -15,6 +15,7 @@ from gradmix_jax.data import DatasetNotPreparedError, load_openset, protocol_cla
 from gradmix_jax.data import sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 
 @pytest.fixture(autouse=True)
@@ -141,7 +142,7 @@ def test_cli_offline_message(tmp_path):
 @pytest.mark.parametrize("name", ["mnist", "svhn", "cifar10", "cifar_plus10", "cifar_plus50", "tinyimagenet"])
 def test_protocol_configs_validate(name):
     import importlib.util
-    from gradmix_jax.config_base import PAPER_AUROC
+    from experiments.osr_table import PAPER_AUROC
     from gradmix_jax.validation import validate_config
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
