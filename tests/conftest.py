@@ -116,16 +116,68 @@ def fake_gcs(tmp_path):
         yield root
 
 
-@pytest.fixture
-def digits_config():
-    """configs/digits.py's ``get_config()`` (unlocked copy: tests shrink it)."""
+# ----------------------------------------------------------------------------- the repository
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Train-CLI flags for a tiny model on digits (same code path, seconds on a CPU).
+_TINY_OVERRIDES = ("--config.model.width=4", "--config.model.feature_dim=16",
+                   "--config.data.image_size=8", "--config.batch_size=32",
+                   "--config.progress_bar=False", "--config.log_every_steps=2",
+                   "--config.checkpoint_every_steps=2", "--config.eval.batch_size=256")
+
+
+@pytest.fixture(scope="session")
+def repo_root():
+    """The repository root: where configs/ and experiments/ are, the CLIs' working directory."""
+    return _ROOT
+
+
+@pytest.fixture(scope="session")
+def make_digits_config():
+    """``make_digits_config()``: a fresh configs/digits.py ``get_config()`` on every call
+    (unlocked: tests shrink it)."""
     import importlib.util
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location("digits_cfg", os.path.join(root, "configs", "digits.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    def make():
+        spec = importlib.util.spec_from_file_location(
+            "digits_cfg", os.path.join(_ROOT, "configs", "digits.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.get_config()
+
+    return make
+
+
+@pytest.fixture
+def digits_config(make_digits_config):
+    """configs/digits.py's ``get_config()`` (unlocked copy: tests shrink it)."""
+    return make_digits_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides():
+    """The train CLI's ``--config.*`` flags for a tiny model on digits (a tuple of strings)."""
+    return _TINY_OVERRIDES
+
+
+@pytest.fixture(scope="session")
+def run_cli(repo_root, tiny_overrides):
+    """``run_cli(workdir, *extra)``: ``python -m gradmix_jax.train`` on configs/digits.py with
+    ``tiny_overrides`` and ``extra`` flags; asserts exit status 0 and returns the finished process
+    (``stdout``, ``stderr``)."""
+    import subprocess
+    import sys
+
+    def run(workdir, *extra):
+        cmd = [sys.executable, "-m", "gradmix_jax.train", "--config",
+               os.path.join(repo_root, "configs", "digits.py"), "--workdir", str(workdir),
+               *tiny_overrides, *extra]
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out
+
+    return run
 
 
 # ----------------------------------------------------------------------------- IDX files

@@ -9,17 +9,20 @@ import time
 
 import pytest
 
-from test_end_to_end import TINY, run_cli
-from test_validation import ROOT
-
 LONG = ["--config.num_steps=160", "--config.checkpoint_every_steps=40", "--config.log_every_steps=20",
         "--config.batch_size=16"]
 
 
-def start_cli(workdir, *extra):
-    cmd = [sys.executable, "-m", "gradmix_jax.train", "--config", os.path.join(ROOT, "configs", "digits.py"),
-           "--workdir", str(workdir), *TINY, *extra]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@pytest.fixture
+def start_cli(repo_root, tiny_overrides):
+    """``start_cli(workdir, *extra)``: the tiny digits train CLI started in the background."""
+    def start(workdir, *extra):
+        cmd = [sys.executable, "-m", "gradmix_jax.train", "--config",
+               os.path.join(repo_root, "configs", "digits.py"), "--workdir", str(workdir),
+               *tiny_overrides, *extra]
+        return subprocess.Popen(cmd, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    return start
 
 
 def wait_for_checkpoint(proc, workdir, step, timeout=300):
@@ -32,7 +35,7 @@ def wait_for_checkpoint(proc, workdir, step, timeout=300):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, run_cli, start_cli):
     full = tmp_path / "full"
     run_cli(full, *LONG)
     want = json.loads((full / "results.json").read_text())
@@ -52,7 +55,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_exits_cleanly(tmp_path):
+def test_sigterm_saves_and_exits_cleanly(tmp_path, start_cli):
     workdir = tmp_path / "run"
     proc = start_cli(workdir, *LONG)
     wait_for_checkpoint(proc, workdir, 40)
@@ -66,13 +69,13 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     assert not (workdir / "results.json").exists()
 
 
-def test_incompatible_and_corrupt_checkpoints_are_refused(tmp_path):
+def test_incompatible_and_corrupt_checkpoints_are_refused(tmp_path, run_cli, repo_root, tiny_overrides):
     workdir = tmp_path / "run"
     run_cli(workdir, "--config.num_steps=2", "--config.checkpoint_every_steps=2")
     # another model size in the same workdir: a clear error, not a silent fresh start
-    cmd = [sys.executable, "-m", "gradmix_jax.train", "--config", os.path.join(ROOT, "configs", "digits.py"),
-           "--workdir", str(workdir), *TINY, "--config.num_steps=4", "--config.model.width=8"]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    cmd = [sys.executable, "-m", "gradmix_jax.train", "--config", os.path.join(repo_root, "configs", "digits.py"),
+           "--workdir", str(workdir), *tiny_overrides, "--config.num_steps=4", "--config.model.width=8"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=300)
     assert out.returncode == 2
     errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
     assert len(errors) == 1 and "checkpoint at step 2" in errors[0] and "does not match" in errors[0]
@@ -82,7 +85,7 @@ def test_incompatible_and_corrupt_checkpoints_are_refused(tmp_path):
             if name not in ("_CHECKPOINT_METADATA",):
                 with open(os.path.join(root, name), "wb") as f:
                     f.write(b"\x00garbage")
-    out = subprocess.run(cmd[:-1], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    out = subprocess.run(cmd[:-1], capture_output=True, text=True, cwd=repo_root, timeout=300)
     assert out.returncode == 2, out.stderr[-2000:]
     errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
     assert len(errors) == 1 and "checkpoint at step 2" in errors[0]

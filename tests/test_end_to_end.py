@@ -7,25 +7,13 @@ import sys
 
 import pytest
 
-from test_validation import ROOT, digits_config
-
 from gradmix_jax import trainer
 
-TINY = ["--config.model.width=4", "--config.model.feature_dim=16", "--config.data.image_size=8",
-        "--config.batch_size=32", "--config.progress_bar=False", "--config.log_every_steps=2",
-        "--config.checkpoint_every_steps=2", "--config.eval.batch_size=256"]
-
-
-def run_cli(workdir, *extra):
-    cmd = [sys.executable, "-m", "gradmix_jax.train", "--config",
-           os.path.join(ROOT, "configs", "digits.py"), "--workdir", str(workdir), *TINY, *extra]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # also used in parametrize
 
 
 @pytest.mark.slow
-def test_cli_end_to_end_and_resume(tmp_path):
+def test_cli_end_to_end_and_resume(tmp_path, run_cli):
     workdir = tmp_path / "run"
     out = run_cli(workdir, "--config.num_steps=4")
     assert "open-set AUROC" in out.stdout and "results.json" in out.stdout
@@ -55,8 +43,8 @@ def test_cli_end_to_end_and_resume(tmp_path):
     assert results["train_step_compilations"] == 1  # the restored state does not retrace
 
 
-def test_nan_loss_stops_with_clear_message(tmp_path):
-    config = digits_config()
+def test_nan_loss_stops_with_clear_message(tmp_path, digits_config):
+    config = digits_config
     config.model.width = 4
     config.model.feature_dim = 8
     config.data.image_size = 8

@@ -7,15 +7,13 @@ import sys
 
 import pytest
 
-from test_validation import ROOT, digits_config
-
 from gradmix_jax import evaluate, trainer
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(tmp_path_factory, make_digits_config):
     workdir = tmp_path_factory.mktemp("run")
-    c = digits_config()
+    c = make_digits_config()
     c.num_steps, c.batch_size, c.model.width, c.model.feature_dim = 2, 16, 4, 8
     c.data.image_size, c.progress_bar, c.eval.id_samples = 8, False, 0
     c.objective, c.mixing.method = "ce_ssl", "none"  # a classifier head: MSP and max-logit too
@@ -57,9 +55,9 @@ def test_bad_overrides_are_one_line(finished_run, capsys, args, message):
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
 
 
-def test_workdir_without_a_run_is_one_line_exit_2(tmp_path):
+def test_workdir_without_a_run_is_one_line_exit_2(tmp_path, repo_root):
     out = subprocess.run([sys.executable, "-m", "gradmix_jax.evaluate", "--workdir", str(tmp_path)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+                         capture_output=True, text=True, cwd=repo_root, timeout=120)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "holds no finished run" in lines[0]

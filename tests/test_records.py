@@ -7,19 +7,21 @@ import os
 
 import pytest
 
-from test_validation import digits_config
-
 from gradmix_jax import trainer
 from gradmix_jax import workdir as records
 
 
-def _tiny(num_steps=4):
-    c = digits_config()
-    c.num_steps, c.batch_size, c.model.width, c.model.feature_dim = num_steps, 16, 4, 8
-    c.data.image_size, c.progress_bar, c.eval.id_samples = 8, False, 0
-    c.log_every_steps, c.checkpoint_every_steps = 1, 2
-    c.mixing.method = "none"
-    return c
+@pytest.fixture
+def tiny_config(make_digits_config):
+    """``tiny_config(num_steps=4)``: a fresh tiny digits config on every call."""
+    def make(num_steps=4):
+        c = make_digits_config()
+        c.num_steps, c.batch_size, c.model.width, c.model.feature_dim = num_steps, 16, 4, 8
+        c.data.image_size, c.progress_bar, c.eval.id_samples = 8, False, 0
+        c.log_every_steps, c.checkpoint_every_steps = 1, 2
+        c.mixing.method = "none"
+        return c
+    return make
 
 
 def _strict_load(path):
@@ -33,20 +35,20 @@ def _files(workdir):
     return {p: (workdir / p).read_bytes() for p in (records.RESULTS, records.HISTORY)}
 
 
-def test_finished_run_is_left_untouched_and_reevaluates_on_request(tmp_path):
-    summary = trainer.train_and_evaluate(_tiny(), str(tmp_path))
+def test_finished_run_is_left_untouched_and_reevaluates_on_request(tmp_path, tiny_config):
+    summary = trainer.train_and_evaluate(tiny_config(), str(tmp_path))
     before = _files(tmp_path)
     mtimes = {p: os.stat(tmp_path / p).st_mtime_ns for p in before}
-    again = trainer.train_and_evaluate(_tiny(), str(tmp_path))
+    again = trainer.train_and_evaluate(tiny_config(), str(tmp_path))
     assert again["already_finished"] is True and again["num_steps"] == 4
     assert _files(tmp_path) == before  # byte-identical
     assert {p: os.stat(tmp_path / p).st_mtime_ns for p in before} == mtimes  # not even rewritten
     # A non-semantic change (logging cadence) is still the same run.
-    c = _tiny()
+    c = tiny_config()
     c.log_every_steps = 3
     assert trainer.train_and_evaluate(c, str(tmp_path))["already_finished"] is True
     # Explicit re-evaluation: same numbers, the run's train time and history kept.
-    redo = trainer.train_and_evaluate(_tiny(), str(tmp_path), reevaluate=True)
+    redo = trainer.train_and_evaluate(tiny_config(), str(tmp_path), reevaluate=True)
     assert "already_finished" not in redo
     assert redo["auroc"] == pytest.approx(summary["auroc"], abs=1e-6)
     assert redo["train_seconds"] == pytest.approx(summary["train_seconds"])
@@ -72,17 +74,17 @@ class _PreemptAfter:
         return self.n < 0
 
 
-def test_resumed_history_and_time_continue_the_interrupted_run(tmp_path, monkeypatch):
-    full = trainer.train_and_evaluate(_tiny(), str(tmp_path / "full"))
+def test_resumed_history_and_time_continue_the_interrupted_run(tmp_path, monkeypatch, tiny_config):
+    full = trainer.train_and_evaluate(tiny_config(), str(tmp_path / "full"))
     want = _strict_load(tmp_path / "full" / records.HISTORY)["history"]
 
     with monkeypatch.context() as m:
         m.setattr(trainer, "_SigtermWatch", lambda: _PreemptAfter(2))
         with pytest.raises(trainer.TrainingPreempted):
-            trainer.train_and_evaluate(_tiny(), str(tmp_path / "cut"))
+            trainer.train_and_evaluate(tiny_config(), str(tmp_path / "cut"))
     first = _strict_load(tmp_path / "cut" / records.HISTORY)
     assert [h["step"] for h in first["history"]] == [1, 2, 3]
-    got = trainer.train_and_evaluate(_tiny(), str(tmp_path / "cut"))
+    got = trainer.train_and_evaluate(tiny_config(), str(tmp_path / "cut"))
     assert got["resumed_from_step"] == 3
     history = _strict_load(tmp_path / "cut" / records.HISTORY)
     assert [h["step"] for h in history["history"]] == [h["step"] for h in want] == [1, 2, 3, 4]
@@ -117,7 +119,7 @@ def test_a_kill_during_a_write_leaves_the_old_file(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("case", ["file", "under_file", "read_only"])
-def test_unusable_workdir_is_one_line_before_any_data(tmp_path, case, monkeypatch):
+def test_unusable_workdir_is_one_line_before_any_data(tmp_path, case, monkeypatch, tiny_config):
     from gradmix_jax.validation import ConfigError
     blocker = tmp_path / "blocker"
     blocker.write_text("not a folder")
@@ -135,16 +137,16 @@ def test_unusable_workdir_is_one_line_before_any_data(tmp_path, case, monkeypatc
 
     monkeypatch.setattr(trainer, "load_data", no_data)
     with pytest.raises(ConfigError, match=r"--workdir .* (cannot be created|is not a directory|is not writable)") as err:
-        trainer.train_and_evaluate(_tiny(), str(workdir))
+        trainer.train_and_evaluate(tiny_config(), str(workdir))
     assert "\n" not in str(err.value)
     assert not list(tmp_path.rglob(".write_check*")) and blocker.read_text() == "not a folder"
 
 
-def test_new_workdir_under_a_read_only_folder(tmp_path, monkeypatch):
+def test_new_workdir_under_a_read_only_folder(tmp_path, monkeypatch, tiny_config):
     from gradmix_jax.validation import ConfigError
     monkeypatch.setattr(records.os, "access", lambda path, mode: False)  # as on a read-only mount
     with pytest.raises(ConfigError, match=f"cannot be created: {tmp_path} is not writable"):
-        trainer.train_and_evaluate(_tiny(), str(tmp_path / "new" / "run"))
+        trainer.train_and_evaluate(tiny_config(), str(tmp_path / "new" / "run"))
     assert not (tmp_path / "new").exists()
 
 

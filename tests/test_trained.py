@@ -3,15 +3,13 @@
 import numpy as np
 import pytest
 
-from test_validation import digits_config
-
 from gradmix_jax import metrics, osr, trainer
 from gradmix_jax.data import load_openset
 from gradmix_jax.trained import load_trained
 
 
-def test_load_trained_reproduces_the_runs_evaluation(tmp_path):
-    config = digits_config()
+def test_load_trained_reproduces_the_runs_evaluation(tmp_path, digits_config):
+    config = digits_config
     config.objective = "ce_ssl"  # a classifier head, so logits exist
     config.num_steps = 2
     config.model.width = 4

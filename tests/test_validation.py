@@ -1,6 +1,5 @@
 """Bad input: one clear error naming the field and the allowed values, before any training."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -11,13 +10,6 @@ from gradmix_jax import trainer
 from gradmix_jax.validation import ConfigError, validate_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def digits_config():
-    spec = importlib.util.spec_from_file_location("digits_cfg", os.path.join(ROOT, "configs", "digits.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -35,8 +27,8 @@ def digits_config():
     ("gradmix.fill", "zeros", r"gradmix.fill must be one of \['sample', 'noise'\]"),
     ("eval.features", "logits", r"eval.features must be one of"),
 ])
-def test_bad_field(field, value, message):
-    config = digits_config()
+def test_bad_field(field, value, message, digits_config):
+    config = digits_config
     node = config
     *path, leaf = field.split(".")
     for p in path:
@@ -47,24 +39,24 @@ def test_bad_field(field, value, message):
         validate_config(config)
 
 
-def test_batch_size_not_divisible_by_devices():
-    config = digits_config()
+def test_batch_size_not_divisible_by_devices(digits_config):
+    config = digits_config
     config.batch_size = 100
     validate_config(config, num_devices=4)
     with pytest.raises(ConfigError, match=r"batch_size must be divisible by the number of devices \(8\), got 100"):
         validate_config(config, num_devices=8)
 
 
-def test_k_larger_than_smallest_class_is_refused_before_training(tmp_path):
-    config = digits_config()
+def test_k_larger_than_smallest_class_is_refused_before_training(tmp_path, digits_config):
+    config = digits_config
     config.eval.k = 500
     with pytest.raises(ConfigError, match=r"eval.k must be <= the smallest known class's training count \(116\)"):
         trainer.train_and_evaluate(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()  # nothing was started
 
 
-def test_bad_augment_field_is_refused_before_loading(tmp_path):
-    config = digits_config()
+def test_bad_augment_field_is_refused_before_loading(tmp_path, digits_config):
+    config = digits_config
     config.augment.flip_prob = 1.5
     with pytest.raises(ConfigError, match=r"^augment.flip_prob=1.5 is invalid"):
         trainer.train_and_evaluate(config, str(tmp_path / "run"))
@@ -86,8 +78,8 @@ def test_cli_prints_one_error_line(tmp_path):
     ("moco", "moco.momentum", 1.0, r"moco.momentum must be in \[0, 1\), got 1.0"),
     ("ce", "eval.id_samples", 2, r"eval.id_samples must be 0 \(skip\) or >= 3, got 2"),
 ])
-def test_objective_specific_fields(objective, field, value, message):
-    config = digits_config()
+def test_objective_specific_fields(objective, field, value, message, digits_config):
+    config = digits_config
     config.objective = objective
     validate_config(config)  # the defaults are valid for every objective
     section, leaf = field.split(".")
