@@ -1,14 +1,14 @@
 """Train-step benchmark on synthetic CIFAR-shaped data (no dataset needed).
 
 Command:
-    python -m gradmix_jax.benchmark --config configs/benchmark.py --json runs/bench.json
+    python -m gradmix_jax.tools.benchmark --config configs/benchmark.py --json runs/bench.json
 
 Defaults (ResNet18 width 32, batch 32, 32x32x3) finish in about a minute or two on a 2-core CPU.
 The paper's size: --config.model.width=64 --config.batch_size=256.
-Measured ratios are in README.md ("Performance").
+Measured ratios are in docs/performance.md.
 """
 
-from gradmix_jax.config_base import get_base_config
+from gradmix_jax.training.config_base import get_base_config
 
 
 def get_config():

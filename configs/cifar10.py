@@ -3,13 +3,14 @@
 Command (data prepared once, see README "Datasets"):
     python -m gradmix_jax.train --config configs/cifar10.py --workdir runs/cifar10 --config.data.split=0
 
-Paper (Table 2, GradMix, mean of 5 splits): AUROC 91.33%. Measured here: not run yet (no dataset
-download on the development machine; 600 epochs need a GPU: at the 10,005 images/s measured on an
-H100 for this step in float32 (19,129 on an H200 in bfloat16), 600 epochs of the 30,000 known
-training images take about 30 (16) minutes of steps).
+Paper (Table 2, GradMix, mean of 5 splits): AUROC 91.33%. Not run with this implementation yet
+(the dataset must be prepared with TFDS first). 600 epochs need an accelerator: at the step rates
+in docs/performance.md (10,005 images/s on an H100 in float32, 19,129 on an H200 in bfloat16, both
+jax 0.11.2, 2026-11), 600 epochs of the 30,000 known training images take about 30 (16) minutes of
+steps.
 """
 
-from gradmix_jax.config_base import get_protocol_config
+from gradmix_jax.training.config_base import get_protocol_config
 
 
 def get_config():

@@ -7,7 +7,7 @@ Command (cifar10 and cifar100 prepared once, see README "Datasets"):
 Paper (Table 2, GradMix, mean of 5 splits): AUROC 98.62%. Measured here: not run yet.
 """
 
-from gradmix_jax.config_base import get_protocol_config
+from gradmix_jax.training.config_base import get_protocol_config
 
 
 def get_config():

@@ -12,7 +12,7 @@ pixels gives 0.9544. Results per split and seed and the tuning log that chose th
 docs/experiments.md ("The digits config").
 """
 
-from gradmix_jax.config_base import get_base_config
+from gradmix_jax.training.config_base import get_base_config
 
 
 def get_config():

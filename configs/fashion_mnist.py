@@ -18,10 +18,15 @@ horizontal flip (a mirrored garment is the same class) with brightness/contrast 
 hue and grayscale do nothing to one channel). All three tap layers: at 32 px they are 16/8/4 px.
 """
 
-from gradmix_jax.config_base import get_protocol_config
+from gradmix_jax.training.config_base import get_protocol_config
 
 
 def get_config():
-    return get_protocol_config("fashion_mnist", epochs=100, simclr_weight=1.0,
-                               layers=("conv3_2", "conv4_2", "conv5_2"), image_size=32,
-                               preset="rgb")
+    return get_protocol_config(
+        "fashion_mnist",
+        epochs=100,
+        simclr_weight=1.0,
+        layers=("conv3_2", "conv4_2", "conv5_2"),
+        image_size=32,
+        preset="rgb",
+    )

@@ -20,7 +20,7 @@ AUROC in results.json 0.867 / 0.771 / 0.852 / 0.837 (raw pixels, Algorithm 1: 0.
 0.282 / 0.844). Without mixing: NNO 0.867 / 0.785 / 0.856 / 0.840.
 """
 
-from gradmix_jax.config_base import get_base_config
+from gradmix_jax.training.config_base import get_base_config
 
 
 def get_config():

@@ -3,17 +3,18 @@
 Command (data prepared once, see README "Datasets"):
     python -m gradmix_jax.train --config configs/svhn.py --workdir runs/svhn --config.data.split=0
 
-Paper (Table 2, GradMix, mean of 5 splits): AUROC 94.7%. Measured here: not run yet (no dataset
-download on the development machine).
+Paper (Table 2, GradMix, mean of 5 splits): AUROC 94.7%. Not run with this implementation yet
+(the dataset must be prepared with TFDS first).
 
 Choices: conv5_2 alone for the attribution (the paper does not aggregate layers for SVHN and does
 not name the layer; conv5_2 is the usual CAM layer). RGB SimCLR augmentation without horizontal
 flips (mirrored digits are other shapes).
 """
 
-from gradmix_jax.config_base import get_protocol_config
+from gradmix_jax.training.config_base import get_protocol_config
 
 
 def get_config():
-    return get_protocol_config("svhn", epochs=100, simclr_weight=1.0, layers=("conv5_2",),
-                               flip_prob=0.0)
+    return get_protocol_config(
+        "svhn", epochs=100, simclr_weight=1.0, layers=("conv5_2",), flip_prob=0.0
+    )

@@ -9,7 +9,7 @@ Paper (Table 2, GradMix, mean of 5 splits): AUROC 81.92%. Measured here: not run
 Class index = position of the wnid in sorted wnids.txt (the convention of the split lists).
 """
 
-from gradmix_jax.config_base import get_protocol_config
+from gradmix_jax.training.config_base import get_protocol_config
 
 
 def get_config():

@@ -14,12 +14,24 @@ from __future__ import annotations
 import os
 import sys
 
-from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,
-                                overrides_from_args, run_cell, scale_note, write_table)
+from experiments.common import (
+    ArgumentParser,
+    add_common_args,
+    apply_overrides,
+    load_config,
+    overrides_from_args,
+    run_cell,
+    scale_note,
+    write_table,
+)
 
 PAPER_ACCURACY = {"cifar10": 0.941, "cifar100": 0.78, "tinyimagenet": 0.7246}
-CONFIG_OF = {"cifar10": "cifar10", "cifar100": "cifar10", "tinyimagenet": "tinyimagenet",
-             "digits": "digits"}
+CONFIG_OF = {
+    "cifar10": "cifar10",
+    "cifar100": "cifar10",
+    "tinyimagenet": "tinyimagenet",
+    "digits": "digits",
+}
 
 
 def main(argv=None) -> int:
@@ -28,13 +40,15 @@ def main(argv=None) -> int:
     add_common_args(parser)
     args = parser.parse_args(argv)
 
-    from gradmix_jax import trainer
+    from gradmix_jax.training import trainer
 
     overrides = overrides_from_args(args)
     rows = []
     for dataset in args.datasets.split(","):
         if dataset not in CONFIG_OF:
-            raise SystemExit(f"error: --datasets entries must be in {list(CONFIG_OF)}, got {dataset!r}")
+            raise SystemExit(
+                f"error: --datasets entries must be in {list(CONFIG_OF)}, got {dataset!r}"
+            )
         config = load_config(CONFIG_OF[dataset])
         cell = dict(overrides)
         if dataset != "digits":
@@ -45,12 +59,17 @@ def main(argv=None) -> int:
         print(f"{dataset}: accuracy {acc:.4f}", flush=True)
         paper = PAPER_ACCURACY.get(dataset)
         rows.append([dataset, f"{100 * acc:.2f}", f"{100 * paper:.2f}" if paper else "-"])
-    write_table(os.path.join(args.out, "table3"),
-                ["dataset", "accuracy % (ours, k-NN)", "accuracy % (paper, GradMix)"], rows,
-                "Table 3: closed-set classification", scale_note(args, overrides))
+    write_table(
+        os.path.join(args.out, "table3"),
+        ["dataset", "accuracy % (ours, k-NN)", "accuracy % (paper, GradMix)"],
+        rows,
+        "Table 3: closed-set classification",
+        scale_note(args, overrides),
+    )
     return 0
 
 
 if __name__ == "__main__":
     from experiments.common import main_guard
+
     sys.exit(main_guard(main))

@@ -12,22 +12,35 @@ from typing import Any, Callable, Iterable
 
 import ml_collections
 
-from gradmix_jax.workdir import RESULTS, as_path, read_json, write_csv, write_text_atomic
+from gradmix_jax.training.workdir import RESULTS, as_path, read_json, write_csv, write_text_atomic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Tiny overrides for --smoke: same code path, minutes on a CPU.
-SMOKE_OVERRIDES = {"num_steps": 3, "batch_size": 32, "model.width": 4, "model.feature_dim": 16,
-                   "data.image_size": 16, "log_every_steps": 1, "checkpoint_every_steps": 3,
-                   "eval.batch_size": 256, "progress_bar": False}
+SMOKE_OVERRIDES = {
+    "num_steps": 3,
+    "batch_size": 32,
+    "model.width": 4,
+    "model.feature_dim": 16,
+    "data.image_size": 16,
+    "log_every_steps": 1,
+    "checkpoint_every_steps": 3,
+    "eval.batch_size": 256,
+    "progress_bar": False,
+}
 
 
 def add_common_args(parser) -> None:
     """--out, --smoke and --set, shared by every runner."""
     parser.add_argument("--out", required=True, help="output folder (tables, per-cell workdirs)")
     parser.add_argument("--smoke", action="store_true", help="tiny overrides: minutes on a CPU")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field in every cell")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field in every cell",
+    )
 
 
 def overrides_from_args(args) -> dict[str, Any]:
@@ -35,8 +48,11 @@ def overrides_from_args(args) -> dict[str, Any]:
 
 
 def scale_note(args, overrides) -> list[str]:
-    scale = ("SMOKE scale (tiny model, 3 steps): not comparable to the paper" if args.smoke
-             else "full configs")
+    scale = (
+        "SMOKE scale (tiny model, 3 steps): not comparable to the paper"
+        if args.smoke
+        else "full configs"
+    )
     return [f"Scale: {scale}.", f"Overrides: {overrides or 'none'}."]
 
 
@@ -95,10 +111,11 @@ def main_guard(main: Callable[[], int]) -> int:
     the cell's state) ends it with the resume line and exit status 0, so the same command resumes
     it; a bad input (``SystemExit("error: ...")``, a config, data or checkpoint error) is one line
     on stderr and exit status 2."""
-    from gradmix_jax.checkpoint import CheckpointError
     from gradmix_jax.data import DatasetNotPreparedError
-    from gradmix_jax.trainer import NonFiniteLossError, TrainingPreempted
-    from gradmix_jax.validation import ConfigError
+    from gradmix_jax.training.checkpoint import CheckpointError
+    from gradmix_jax.training.trainer import NonFiniteLossError, TrainingPreempted
+    from gradmix_jax.training.validation import ConfigError
+
     try:
         return main()
     except TrainingPreempted as e:
@@ -136,8 +153,11 @@ def parse_splits(text: str, flag: str = "--splits") -> list[int]:
     return out
 
 
-def run_cell(workdir: str, config: ml_collections.ConfigDict,
-             train: Callable[[ml_collections.ConfigDict, str], dict]) -> dict:
+def run_cell(
+    workdir: str,
+    config: ml_collections.ConfigDict,
+    train: Callable[[ml_collections.ConfigDict, str], dict],
+) -> dict:
     """Runs one cell unless ``workdir/results.json`` exists (then it is read back: resumable)."""
     stored = read_json(as_path(workdir) / RESULTS)
     return stored if stored is not None else train(config, workdir)
@@ -152,8 +172,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
-def write_table(path_stem: str, header: list[str], rows: list[list[Any]], title: str,
-                notes: list[str] = ()) -> None:
+def write_table(
+    path_stem: str, header: list[str], rows: list[list[Any]], title: str, notes: list[str] = ()
+) -> None:
     """Writes ``<stem>.md`` (markdown) and ``<stem>.csv`` and prints the markdown."""
     write_csv(f"{path_stem}.csv", header, rows)
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -40,10 +40,24 @@ import os
 import sys
 from typing import Any, Callable
 
-from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,
-                                overrides_from_args, run_cell, scale_note)
-from experiments.grid_common import (check_protocols, comma_list, plot_grouped_bars,
-                                     refuse_overrides, run_checked_cell, split_list, validate_all)
+from experiments.common import (
+    ArgumentParser,
+    add_common_args,
+    apply_overrides,
+    load_config,
+    overrides_from_args,
+    run_cell,
+    scale_note,
+)
+from experiments.grid_common import (
+    check_protocols,
+    comma_list,
+    plot_grouped_bars,
+    refuse_overrides,
+    run_checked_cell,
+    split_list,
+    validate_all,
+)
 
 # method -> (label, config overrides; None = no training)
 METHODS: dict[str, tuple[str, dict[str, Any] | None]] = {
@@ -55,12 +69,19 @@ METHODS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "gradmix": ("SupCon+SimCLR + GradMix", {"objective": "supcon_ssl", "mixing.method": "gradmix"}),
 }
 # method -> (results key of the headline AUROC, its name, closed-set accuracy key)
-HEADLINE = {"raw": ("auroc", "k-NN on pixels", "closed_set_accuracy"),
-            "ce": ("auroc_msp", "MSP", "closed_set_accuracy_logits")}
+HEADLINE = {
+    "raw": ("auroc", "k-NN on pixels", "closed_set_accuracy"),
+    "ce": ("auroc_msp", "MSP", "closed_set_accuracy_logits"),
+}
 CONTRASTIVE_HEADLINE = ("auroc_nno", "NNO on encoder", "closed_set_accuracy")
 # Every score column of the table (results key, column name).
-SCORES = (("auroc_knn_encoder", "k-NN enc."), ("auroc_knn_projection", "k-NN proj."),
-          ("auroc_nno", "NNO"), ("auroc_msp", "MSP"), ("auroc_max_logit", "max-logit"))
+SCORES = (
+    ("auroc_knn_encoder", "k-NN enc."),
+    ("auroc_knn_projection", "k-NN proj."),
+    ("auroc_nno", "NNO"),
+    ("auroc_msp", "MSP"),
+    ("auroc_max_logit", "max-logit"),
+)
 BASELINE = "none"
 DEFAULT_METHODS = "raw,ce,none,gradmix"
 # Fields the per-cell settings own; --set may not change them.
@@ -94,7 +115,7 @@ def raw_pixel_results(config) -> dict[str, Any]:
     import numpy as np
 
     from gradmix_jax import metrics, osr
-    from gradmix_jax.trainer import load_data
+    from gradmix_jax.training.trainer import load_data
 
     data = load_data(config)
     train = data.train_images.reshape(len(data.train_images), -1).astype(np.float32) / 255.0
@@ -104,20 +125,30 @@ def raw_pixel_results(config) -> dict[str, Any]:
     nno = np.asarray(osr.mahalanobis_scores(train, data.train_labels, test, data.num_known)[0])
     known = data.test_is_known
     auroc = float(metrics.auroc(scores[known], scores[~known]))
-    return {"auroc": auroc, "auroc_knn_encoder": auroc, "auroc_knn_projection": None,
-            "auroc_nno": float(metrics.auroc(nno[known], nno[~known])), "auroc_msp": None,
-            "auroc_max_logit": None,
-            "closed_set_accuracy": float(metrics.closed_set_accuracy(preds[known],
-                                                                     data.test_labels[known])),
-            "protocol": config.data.protocol, "split": config.data.split,
-            "known_classes": list(data.known_classes), "num_train_images": len(train),
-            "raw_config": {"data": config.data.to_dict(), "eval.k": config.eval.k}}
+    return {
+        "auroc": auroc,
+        "auroc_knn_encoder": auroc,
+        "auroc_knn_projection": None,
+        "auroc_nno": float(metrics.auroc(nno[known], nno[~known])),
+        "auroc_msp": None,
+        "auroc_max_logit": None,
+        "closed_set_accuracy": float(
+            metrics.closed_set_accuracy(preds[known], data.test_labels[known])
+        ),
+        "protocol": config.data.protocol,
+        "split": config.data.split,
+        "known_classes": list(data.known_classes),
+        "num_train_images": len(train),
+        "raw_config": {"data": config.data.to_dict(), "eval.k": config.eval.k},
+    }
 
 
 def run_raw_cell(workdir: str, config) -> dict[str, Any]:
     """A resumable raw-pixel cell: results.json holds the data fields and k it was computed with."""
+
     def compute(config, workdir):
-        from gradmix_jax.workdir import as_path, write_json
+        from gradmix_jax.training.workdir import as_path, write_json
+
         result = raw_pixel_results(config)
         write_json(as_path(workdir) / "results.json", result)
         return result
@@ -129,8 +160,10 @@ def run_raw_cell(workdir: str, config) -> dict[str, Any]:
         stored.get("data", {}).pop(moved, None)
         now["data"].pop(moved, None)
     if stored != now:
-        raise SystemExit(f"error: {os.path.join(workdir, 'results.json')} was made with other data "
-                         "settings or k; use another --out or delete that cell")
+        raise SystemExit(
+            f"error: {os.path.join(workdir, 'results.json')} was made with other data "
+            "settings or k; use another --out or delete that cell"
+        )
     return result
 
 
@@ -140,10 +173,12 @@ CELL_SECONDS = "cell_seconds.json"
 def timed(train_fn: Callable) -> Callable:
     """``train_fn`` that also writes ``<workdir>/cell_seconds.json``: the cell's wall time in this
     process (data loading, compilation, training, evaluation; not the interpreter's start-up)."""
+
     def run(config, workdir):
         import time
 
-        from gradmix_jax.workdir import as_path, write_json
+        from gradmix_jax.training.workdir import as_path, write_json
+
         t0 = time.perf_counter()
         result = train_fn(config, workdir)
         write_json(as_path(workdir) / CELL_SECONDS, {"seconds": time.perf_counter() - t0})
@@ -153,12 +188,14 @@ def timed(train_fn: Callable) -> Callable:
 
 
 def cell_seconds(workdir: str) -> float | None:
-    from gradmix_jax.workdir import as_path, read_json
+    from gradmix_jax.training.workdir import as_path, read_json
+
     stored = read_json(as_path(workdir) / CELL_SECONDS)
     return None if stored is None else stored["seconds"]
 
 
 # ----------------------------------------------------------------------------- statistics
+
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof 1; nan for fewer than two values)."""
@@ -189,8 +226,9 @@ def verdict(mean: float, sd: float) -> str:
     return "higher" if mean > 0 else "lower"
 
 
-def statistics(cells: dict[tuple[str, int, int], dict], methods: list[str], splits: list[int],
-               seeds: list[int]) -> dict[str, Any]:
+def statistics(
+    cells: dict[tuple[str, int, int], dict], methods: list[str], splits: list[int], seeds: list[int]
+) -> dict[str, Any]:
     """Per-method and paired statistics of one protocol's cells.
 
     ``cells[(method, split, seed)]`` is a results dict (raw: the same dict under every seed).
@@ -206,26 +244,43 @@ def statistics(cells: dict[tuple[str, int, int], dict], methods: list[str], spli
         scores = {}
         for skey, _ in SCORES:
             vals = [cells[(method, sp, se)].get(skey) for sp in splits for se in seeds_m]
-            scores[skey] = mean_sd(vals) if all(v is not None for v in vals) else (math.nan, math.nan)
+            scores[skey] = (
+                mean_sd(vals) if all(v is not None for v in vals) else (math.nan, math.nan)
+            )
         times = [cells[(method, sp, se)].get("cell_seconds") for sp in splits for se in seeds_m]
         times = [t for t in times if t is not None]
         out["methods"][method] = {
             "cell_seconds_max": max(times) if times else None,
             "cell_seconds_median": sorted(times)[len(times) // 2] if times else None,
-            "label": METHODS[method][0], "headline_score": score_name, "headline_key": key,
-            "cells": len(values), "auroc": mean_sd(values), "per_split": per_split,
-            "closed_set_accuracy": mean_sd(accs), "scores": scores, "values": values}
+            "label": METHODS[method][0],
+            "headline_score": score_name,
+            "headline_key": key,
+            "cells": len(values),
+            "auroc": mean_sd(values),
+            "per_split": per_split,
+            "closed_set_accuracy": mean_sd(accs),
+            "scores": scores,
+            "values": values,
+        }
     if BASELINE in methods:
         for method in methods:
             if method in (BASELINE, "raw") or METHODS[method][1] is None:
                 continue
             key = headline(method)[0]
             base_key = headline(BASELINE)[0]
-            diffs = [cells[(method, sp, se)][key] - cells[(BASELINE, sp, se)][base_key]
-                     for sp in splits for se in seeds]
+            diffs = [
+                cells[(method, sp, se)][key] - cells[(BASELINE, sp, se)][base_key]
+                for sp in splits
+                for se in seeds
+            ]
             m, s = mean_sd(diffs)
-            out["paired"][method] = {"mean": m, "sd": s, "positive": sum(d > 0 for d in diffs),
-                                     "cells": len(diffs), "verdict": verdict(m, s)}
+            out["paired"][method] = {
+                "mean": m,
+                "sd": s,
+                "positive": sum(d > 0 for d in diffs),
+                "cells": len(diffs),
+                "verdict": verdict(m, s),
+            }
     if "raw" in methods:
         for method in methods:
             if method == "raw":
@@ -236,20 +291,33 @@ def statistics(cells: dict[tuple[str, int, int], dict], methods: list[str], spli
                 floor = cells[("raw", sp, 0)]["auroc"]
                 per_split[sp] = mean_sd([cells[(method, sp, se)][key] for se in seeds])[0] - floor
             gaps = list(per_split.values())
-            out["vs_raw"][method] = {"per_split": per_split, "mean": sum(gaps) / len(gaps),
-                                     "above_on_every_split": all(g > 0 for g in gaps)}
+            out["vs_raw"][method] = {
+                "per_split": per_split,
+                "mean": sum(gaps) / len(gaps),
+                "above_on_every_split": all(g > 0 for g in gaps),
+            }
     return out
 
 
-def markdown(protocol: str, stats: dict, methods: list[str], splits: list[int], seeds: list[int]
-             ) -> list[str]:
+def markdown(
+    protocol: str, stats: dict, methods: list[str], splits: list[int], seeds: list[int]
+) -> list[str]:
     """The protocol's section of compare.md."""
-    lines = [f"## {protocol}", "",
-             f"Headline AUROC % per method: mean ± sample std over {len(splits)} split(s) x "
-             f"{len(seeds)} seed(s) (raw pixels: one value per split); per split: mean ± std over "
-             "seeds.", ""]
-    header = (["method", "headline score", "cells", "AUROC %"] + [f"split {s}" for s in splits]
-              + ["closed-set acc. %"] + [name for _, name in SCORES] + ["cell time, max"])
+    lines = [
+        f"## {protocol}",
+        "",
+        f"Headline AUROC % per method: mean ± sample std over {len(splits)} split(s) x "
+        f"{len(seeds)} seed(s) (raw pixels: one value per split); per split: mean ± std over "
+        "seeds.",
+        "",
+    ]
+    header = (
+        ["method", "headline score", "cells", "AUROC %"]
+        + [f"split {s}" for s in splits]
+        + ["closed-set acc. %"]
+        + [name for _, name in SCORES]
+        + ["cell time, max"]
+    )
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method in methods:
         m = stats["methods"][method]
@@ -259,33 +327,52 @@ def markdown(protocol: str, stats: dict, methods: list[str], splits: list[int], 
         row += [fmt(m["scores"][k][0], math.nan) for k, _ in SCORES]
         row += ["-" if m["cell_seconds_max"] is None else f"{m['cell_seconds_max']:.0f} s"]
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Score columns: mean AUROC % over the cells of each score the row supports "
-              "(k-NN = Algorithm 1, k = eval.k; NNO = Mahalanobis distance to the closest class "
-              "mean; MSP / max-logit need a classifier head). Closed-set accuracy: k-NN prediction, "
-              "or the classifier's argmax for the CE row. Cell time: wall time of the slowest cell "
-              "in the runner's process (data, compilation, training, evaluation; cells read back "
-              "keep the time of their run)."]
+    lines += [
+        "",
+        "Score columns: mean AUROC % over the cells of each score the row supports "
+        "(k-NN = Algorithm 1, k = eval.k; NNO = Mahalanobis distance to the closest class "
+        "mean; MSP / max-logit need a classifier head). Closed-set accuracy: k-NN prediction, "
+        "or the classifier's argmax for the CE row. Cell time: wall time of the slowest cell "
+        "in the runner's process (data, compilation, training, evaluation; cells read back "
+        "keep the time of their run).",
+    ]
     if stats["paired"]:
-        lines += ["", f"Paired difference to {METHODS[BASELINE][0]} (same split and seed), "
-                  "headline AUROC points:", "",
-                  "| method | cells | mean ± std | positive on | verdict |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Paired difference to {METHODS[BASELINE][0]} (same split and seed), "
+            "headline AUROC points:",
+            "",
+            "| method | cells | mean ± std | positive on | verdict |",
+            "|---|---|---|---|---|",
+        ]
         for method, p in stats["paired"].items():
-            lines.append(f"| {METHODS[method][0]} | {p['cells']} | {fmt(p['mean'], p['sd'], signed=True)} "
-                         f"| {p['positive']} of {p['cells']} | {p['verdict']} |")
+            lines.append(
+                f"| {METHODS[method][0]} | {p['cells']} | {fmt(p['mean'], p['sd'], signed=True)} "
+                f"| {p['positive']} of {p['cells']} | {p['verdict']} |"
+            )
     if stats["vs_raw"]:
-        lines += ["", "Difference to the raw-pixel floor (k-NN on pixels), headline AUROC points, "
-                  "per split (mean over seeds) and their mean:", "",
-                  "| method | " + " | ".join(f"split {s}" for s in splits)
-                  + " | mean | above on every split |", "|---|" + "---|" * (len(splits) + 2)]
+        lines += [
+            "",
+            "Difference to the raw-pixel floor (k-NN on pixels), headline AUROC points, "
+            "per split (mean over seeds) and their mean:",
+            "",
+            "| method | "
+            + " | ".join(f"split {s}" for s in splits)
+            + " | mean | above on every split |",
+            "|---|" + "---|" * (len(splits) + 2),
+        ]
         for method, v in stats["vs_raw"].items():
-            lines.append(f"| {METHODS[method][0]} | "
-                         + " | ".join(f"{100 * v['per_split'][s]:+.2f}" for s in splits)
-                         + f" | {100 * v['mean']:+.2f} | {'yes' if v['above_on_every_split'] else 'no'} |")
+            lines.append(
+                f"| {METHODS[method][0]} | "
+                + " | ".join(f"{100 * v['per_split'][s]:+.2f}" for s in splits)
+                + f" | {100 * v['mean']:+.2f} | {'yes' if v['above_on_every_split'] else 'no'} |"
+            )
     return lines
 
 
-def plot(path: str, protocol: str, stats: dict, methods: list[str], splits: list[int],
-         smoke: bool) -> None:
+def plot(
+    path: str, protocol: str, stats: dict, methods: list[str], splits: list[int], smoke: bool
+) -> None:
     groups = [f"split {s}" for s in splits] + ["all"]
     labels = [stats["methods"][m]["label"] for m in methods]
     means, sds = {}, {}
@@ -293,49 +380,79 @@ def plot(path: str, protocol: str, stats: dict, methods: list[str], splits: list
         st = stats["methods"][method]
         for s, g in zip(splits, groups):
             means[(g, label)] = 100 * st["per_split"][s][0]
-            sds[(g, label)] = 0.0 if math.isnan(st["per_split"][s][1]) else 100 * st["per_split"][s][1]
+            sds[(g, label)] = (
+                0.0 if math.isnan(st["per_split"][s][1]) else 100 * st["per_split"][s][1]
+            )
         means[("all", label)] = 100 * st["auroc"][0]
         sds[("all", label)] = 0.0 if math.isnan(st["auroc"][1]) else 100 * st["auroc"][1]
-    plot_grouped_bars(path, groups, labels, means, sds, "AUROC % (headline score)",
-                      f"{protocol}: open-set AUROC, error bars = std over seeds (all: over cells)"
-                      + (" - SMOKE scale" if smoke else ""))
+    plot_grouped_bars(
+        path,
+        groups,
+        labels,
+        means,
+        sds,
+        "AUROC % (headline score)",
+        f"{protocol}: open-set AUROC, error bars = std over seeds (all: over cells)"
+        + (" - SMOKE scale" if smoke else ""),
+    )
 
 
 def main(argv=None, *, train_fn: Callable | None = None) -> int:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--protocols", default=None,
-                        help="comma list of config names (default fashion_mnist_cpu; digits with --smoke)")
-    parser.add_argument("--splits", default=None, help="e.g. 0-4 or 0,2 (default 0-4; 0 with --smoke)")
+    parser.add_argument(
+        "--protocols",
+        default=None,
+        help="comma list of config names (default fashion_mnist_cpu; digits with --smoke)",
+    )
+    parser.add_argument(
+        "--splits", default=None, help="e.g. 0-4 or 0,2 (default 0-4; 0 with --smoke)"
+    )
     parser.add_argument("--seeds", default=None, help="comma list of seeds (default 0,1)")
-    parser.add_argument("--methods", default=DEFAULT_METHODS, help="comma list of " + ",".join(METHODS))
+    parser.add_argument(
+        "--methods", default=DEFAULT_METHODS, help="comma list of " + ",".join(METHODS)
+    )
     add_common_args(parser)
     args = parser.parse_args(argv)
 
-    protocols = comma_list(args.protocols or ("digits" if args.smoke else "fashion_mnist_cpu"),
-                           "--protocols")
+    protocols = comma_list(
+        args.protocols or ("digits" if args.smoke else "fashion_mnist_cpu"), "--protocols"
+    )
     check_protocols(protocols)
     splits = split_list(args.splits or ("0" if args.smoke else "0-4"))
     try:
         seeds = [int(s) for s in comma_list(args.seeds or "0,1", "--seeds")]
     except ValueError:
-        raise SystemExit(f"error: --seeds takes comma-separated integers, got {args.seeds!r}") from None
+        raise SystemExit(
+            f"error: --seeds takes comma-separated integers, got {args.seeds!r}"
+        ) from None
     methods = comma_list(args.methods, "--methods", list(METHODS))
     overrides = overrides_from_args(args)
     refuse_overrides(overrides, CELL_FIELDS, "compare.py")
 
     # Seed-major, then split, then method: an interrupted table has whole (split, seed) groups,
     # so its paired differences are already usable.
-    cells = {(p, m, sp, se): (cell_dir(args.out, p, m, sp, se), cell_config(p, m, sp, se, overrides))
-             for p in protocols for se in seeds for sp in splits for m in methods
-             if METHODS[m][1] is not None or se == seeds[0]}
+    cells = {
+        (p, m, sp, se): (cell_dir(args.out, p, m, sp, se), cell_config(p, m, sp, se, overrides))
+        for p in protocols
+        for se in seeds
+        for sp in splits
+        for m in methods
+        if METHODS[m][1] is not None or se == seeds[0]
+    }
     validate_all([c for key, c in cells.items() if METHODS[key[1]][1] is not None])
     if train_fn is None:
-        from gradmix_jax import trainer
+        from gradmix_jax.training import trainer
+
         train_fn = trainer.train_and_evaluate
     train_fn = timed(train_fn)
 
-    report = {"protocols": {}, "splits": splits, "seeds": seeds, "methods": methods,
-              "overrides": overrides}
+    report = {
+        "protocols": {},
+        "splits": splits,
+        "seeds": seeds,
+        "methods": methods,
+        "overrides": overrides,
+    }
     md = ["# Open-set comparison: baselines, mixing methods and seed statistics", ""]
     csv_rows = []
     for protocol in protocols:
@@ -353,28 +470,43 @@ def main(argv=None, *, train_fn: Callable | None = None) -> int:
                 results[(method, split, seed)] = {**r, "cell_seconds": cell_seconds(workdir)}
                 seed_txt = str(seed)
             key = headline(method)[0]
-            print(f"{protocol} {method} split {split} seed {seed_txt}: AUROC ({headline(method)[1]}) "
-                  f"{r[key]:.4f}", flush=True)
-            csv_rows.append([protocol, method, split, seed_txt, r[key]]
-                            + [r.get(k) for k, _ in SCORES]
-                            + [r.get(headline(method)[2]), r.get("train_seconds"),
-                               cell_seconds(workdir)])
+            print(
+                f"{protocol} {method} split {split} seed {seed_txt}: AUROC ({headline(method)[1]}) "
+                f"{r[key]:.4f}",
+                flush=True,
+            )
+            csv_rows.append(
+                [protocol, method, split, seed_txt, r[key]]
+                + [r.get(k) for k, _ in SCORES]
+                + [r.get(headline(method)[2]), r.get("train_seconds"), cell_seconds(workdir)]
+            )
         stats = statistics(results, methods, splits, seeds)
         report["protocols"][protocol] = stats
         md += markdown(protocol, stats, methods, splits, seeds) + [""]
-        plot(os.path.join(args.out, f"compare_{protocol}.png"), protocol, stats, methods, splits,
-             args.smoke)
+        plot(
+            os.path.join(args.out, f"compare_{protocol}.png"),
+            protocol,
+            stats,
+            methods,
+            splits,
+            args.smoke,
+        )
     md += [f"- {n}" for n in scale_note(args, overrides)]
     _write_outputs(args.out, md, csv_rows, report)
     return 0
 
 
 def _write_outputs(out: str, md: list[str], csv_rows: list[list], report: dict) -> None:
-    from gradmix_jax.workdir import as_path, write_csv, write_json, write_text_atomic
+    from gradmix_jax.training.workdir import as_path, write_csv, write_json, write_text_atomic
+
     out = as_path(out)
-    write_csv(out / "compare.csv",
-              ["protocol", "method", "split", "seed", "headline_auroc"] + [k for k, _ in SCORES]
-              + ["closed_set_accuracy", "train_seconds", "cell_seconds"], csv_rows)
+    write_csv(
+        out / "compare.csv",
+        ["protocol", "method", "split", "seed", "headline_auroc"]
+        + [k for k, _ in SCORES]
+        + ["closed_set_accuracy", "train_seconds", "cell_seconds"],
+        csv_rows,
+    )
     write_json(out / "compare.json", report)  # NaN -> null
     write_text_atomic(out / "compare.md", "\n".join(md) + "\n")
     print("\n".join(md))
@@ -382,4 +514,5 @@ def _write_outputs(out: str, md: list[str], csv_rows: list[list], report: dict) 
 
 if __name__ == "__main__":
     from experiments.common import main_guard
+
     sys.exit(main_guard(main))

@@ -7,20 +7,22 @@ import json
 from typing import Any, Callable
 
 from experiments.common import run_cell
-from gradmix_jax import workdir as records
-from gradmix_jax.workdir import read_json  # noqa: F401  (the runners import it from here)
+from gradmix_jax.training import workdir as records
+from gradmix_jax.training.workdir import read_json  # noqa: F401  (the runners import it from here)
 
 TrainFn = Callable[[Any, str], dict]
 LoadFn = Callable[[str], Any]
 
 
 def default_train(config, workdir: str) -> dict:
-    from gradmix_jax import trainer
+    from gradmix_jax.training import trainer
+
     return trainer.train_and_evaluate(config, workdir)
 
 
 def default_load(workdir: str):
-    from gradmix_jax.trained import load_trained
+    from gradmix_jax.training.trained import load_trained
+
     return load_trained(workdir)
 
 
@@ -28,8 +30,9 @@ class Cell:
     """One trained configuration: trains it unless ``workdir/results.json`` exists; the model is
     loaded only when an evaluation is not cached yet (so a finished table re-renders instantly)."""
 
-    def __init__(self, workdir: str, config, train_fn: TrainFn | None = None,
-                 load_fn: LoadFn | None = None):
+    def __init__(
+        self, workdir: str, config, train_fn: TrainFn | None = None, load_fn: LoadFn | None = None
+    ):
         self.workdir = workdir
         self.config = config
         self.results = run_cell(workdir, config, train_fn or default_train)
@@ -50,15 +53,17 @@ class Cell:
 def cell_data(config):
     """The split the cell was trained on (same loaders and arguments as the trainer)."""
     from gradmix_jax.data import load_closed_set, load_openset
+
     data_dir = config.data.data_dir or None
     if config.data.closed_set:
         return load_closed_set(config.data.protocol, data_dir)
-    return load_openset(config.data.protocol, config.data.split, tuple(config.data.known_classes),
-                        data_dir)
+    return load_openset(
+        config.data.protocol, config.data.split, tuple(config.data.known_classes), data_dir
+    )
 
 
 def write_json(path: str, payload: dict) -> None:
-    """``gradmix_jax.workdir.write_json`` (strict, atomic; the folder is made if needed)."""
+    """``gradmix_jax.training.workdir.write_json`` (strict, atomic; the folder is made if needed)."""
     records.write_json(path, payload)
 
 

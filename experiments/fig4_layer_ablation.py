@@ -24,12 +24,24 @@ from __future__ import annotations
 import sys
 
 from experiments.common import ArgumentParser, add_common_args, overrides_from_args, scale_note
-from experiments.grid_common import (ABLATION_K, ablation_config_fn,
-                                     add_protocol_split_args, comma_list, protocols_and_splits,
-                                     refuse_overrides, run_auroc_ablation)
+from experiments.grid_common import (
+    ABLATION_K,
+    ablation_config_fn,
+    add_protocol_split_args,
+    comma_list,
+    protocols_and_splits,
+    refuse_overrides,
+    run_auroc_ablation,
+)
 
-LAYER_SETS = ("conv3_2", "conv4_2", "conv5_2", "conv3_2+conv4_2", "conv4_2+conv5_2",
-              "conv3_2+conv4_2+conv5_2")
+LAYER_SETS = (
+    "conv3_2",
+    "conv4_2",
+    "conv5_2",
+    "conv3_2+conv4_2",
+    "conv4_2+conv5_2",
+    "conv3_2+conv4_2+conv5_2",
+)
 SMOKE_LAYER_SETS = ("conv3_2", "conv4_2+conv5_2", "conv3_2+conv4_2+conv5_2")
 PAPER_NOTES = [
     "Paper (Fig. 4 right): bars only, no numbers in the text. Text: the layer choice changes AUROC "
@@ -40,42 +52,65 @@ PAPER_NOTES = [
 
 def parse_layer_sets(text: str) -> list[tuple[str, ...]]:
     from gradmix_jax.models import TAP_NAMES
+
     out = []
     for item in comma_list(text, "--layer_sets"):
         layers = tuple(item.split("+"))
-        bad = [l for l in layers if l not in TAP_NAMES]
+        bad = [layer for layer in layers if layer not in TAP_NAMES]
         if bad or len(set(layers)) != len(layers):
-            raise SystemExit(f"error: --layer_sets entry {item!r} must join distinct tap names from "
-                             f"{list(TAP_NAMES)} with '+'")
+            raise SystemExit(
+                f"error: --layer_sets entry {item!r} must join distinct tap names from "
+                f"{list(TAP_NAMES)} with '+'"
+            )
         out.append(layers)
     return out
 
 
 def main(argv=None, *, train_fn=None) -> int:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layer_sets", default=None,
-                        help="comma list of '+'-joined layers (default " + ",".join(LAYER_SETS) +
-                        "; " + ",".join(SMOKE_LAYER_SETS) + " with --smoke)")
+    parser.add_argument(
+        "--layer_sets",
+        default=None,
+        help="comma list of '+'-joined layers (default "
+        + ",".join(LAYER_SETS)
+        + "; "
+        + ",".join(SMOKE_LAYER_SETS)
+        + " with --smoke)",
+    )
     add_protocol_split_args(parser)
     add_common_args(parser)
     args = parser.parse_args(argv)
 
-    layer_sets = parse_layer_sets(args.layer_sets or ",".join(SMOKE_LAYER_SETS if args.smoke else LAYER_SETS))
+    layer_sets = parse_layer_sets(
+        args.layer_sets or ",".join(SMOKE_LAYER_SETS if args.smoke else LAYER_SETS)
+    )
     protocols, splits = protocols_and_splits(args)
     overrides = overrides_from_args(args)
     refuse_overrides(overrides, ("mixing.method", "gradmix.layers"), "fig4_layer_ablation.py")
 
-    variants = [("+".join(layers), "+".join(layers), {"mixing.method": "gradmix", "gradmix.layers": layers})
-                for layers in layer_sets]
+    variants = [
+        ("+".join(layers), "+".join(layers), {"mixing.method": "gradmix", "gradmix.layers": layers})
+        for layers in layer_sets
+    ]
     notes = PAPER_NOTES + [
         f"Ours: k-NN AUROC (Algorithm 1) with eval.k={ABLATION_K} unless overridden, mean ± std "
-        "(population) over splits; objective from each protocol's config, mixing.method=gradmix."]
-    run_auroc_ablation(args, variants, ablation_config_fn(overrides), protocols, splits, train_fn, "fig4_layers",
-                       "Fig. 4 (right): open-set AUROC by GradMix attribution layers",
-                       notes + scale_note(args, overrides))
+        "(population) over splits; objective from each protocol's config, mixing.method=gradmix."
+    ]
+    run_auroc_ablation(
+        args,
+        variants,
+        ablation_config_fn(overrides),
+        protocols,
+        splits,
+        train_fn,
+        "fig4_layers",
+        "Fig. 4 (right): open-set AUROC by GradMix attribution layers",
+        notes + scale_note(args, overrides),
+    )
     return 0
 
 
 if __name__ == "__main__":
     from experiments.common import main_guard
+
     sys.exit(main_guard(main))

@@ -24,9 +24,16 @@ from __future__ import annotations
 import sys
 
 from experiments.common import ArgumentParser, add_common_args, overrides_from_args, scale_note
-from experiments.grid_common import (ABLATION_K, ablation_config_fn,
-                                     add_protocol_split_args, comma_list, float_list,
-                                     protocols_and_splits, refuse_overrides, run_auroc_ablation)
+from experiments.grid_common import (
+    ABLATION_K,
+    ablation_config_fn,
+    add_protocol_split_args,
+    comma_list,
+    float_list,
+    protocols_and_splits,
+    refuse_overrides,
+    run_auroc_ablation,
+)
 
 METHODS = ("none", "mixup", "cutmix", "gradmix")
 PAPER_NOTES = [
@@ -48,19 +55,32 @@ def variants_from(methods: list[str], mixup_alphas: list[float], cutmix_alphas: 
             out.append(("gradmix", "GradMix", {"mixing.method": "gradmix"}))
         else:
             name = {"mixup": "Mixup", "cutmix": "CutMix"}[method]
-            for alpha in (mixup_alphas if method == "mixup" else cutmix_alphas):
-                out.append((f"{method}_a{alpha:g}", f"{name} α={alpha:g}",
-                            {"mixing.method": method, "mixing.alpha": alpha}))
+            for alpha in mixup_alphas if method == "mixup" else cutmix_alphas:
+                out.append(
+                    (
+                        f"{method}_a{alpha:g}",
+                        f"{name} α={alpha:g}",
+                        {"mixing.method": method, "mixing.alpha": alpha},
+                    )
+                )
     return out
 
 
 def main(argv=None, *, train_fn=None) -> int:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma list of " + ",".join(METHODS))
-    parser.add_argument("--mixup_alphas", default=None, help="comma list of α > 0 (default 0.2,1.0; "
-                        "1.0 with --smoke)")
-    parser.add_argument("--cutmix_alphas", default=None, help="comma list of α > 0 (default 0.2,1.0; "
-                        "1.0 with --smoke)")
+    parser.add_argument(
+        "--methods", default=",".join(METHODS), help="comma list of " + ",".join(METHODS)
+    )
+    parser.add_argument(
+        "--mixup_alphas",
+        default=None,
+        help="comma list of α > 0 (default 0.2,1.0; 1.0 with --smoke)",
+    )
+    parser.add_argument(
+        "--cutmix_alphas",
+        default=None,
+        help="comma list of α > 0 (default 0.2,1.0; 1.0 with --smoke)",
+    )
     add_protocol_split_args(parser)
     add_common_args(parser)
     args = parser.parse_args(argv)
@@ -76,14 +96,24 @@ def main(argv=None, *, train_fn=None) -> int:
     variants = variants_from(methods, mixup_alphas, cutmix_alphas)
     notes = PAPER_NOTES + [
         f"Ours: k-NN AUROC (Algorithm 1) with eval.k={ABLATION_K} unless overridden, mean ± std "
-        "(population) over splits; objective and GradMix layers from each protocol's config."]
-    run_auroc_ablation(args, variants, ablation_config_fn(overrides), protocols, splits, train_fn,
-                       "fig4_mixing", "Fig. 4 (left): open-set AUROC by mixing augmentation",
-                       notes + scale_note(args, overrides),
-                       baseline="none" if "none" in methods else None)
+        "(population) over splits; objective and GradMix layers from each protocol's config."
+    ]
+    run_auroc_ablation(
+        args,
+        variants,
+        ablation_config_fn(overrides),
+        protocols,
+        splits,
+        train_fn,
+        "fig4_mixing",
+        "Fig. 4 (left): open-set AUROC by mixing augmentation",
+        notes + scale_note(args, overrides),
+        baseline="none" if "none" in methods else None,
+    )
     return 0
 
 
 if __name__ == "__main__":
     from experiments.common import main_guard
+
     sys.exit(main_guard(main))

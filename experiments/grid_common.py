@@ -7,7 +7,8 @@ import os
 from typing import Any, Callable, Sequence
 
 from experiments.common import mean_std, parse_splits, run_cell, write_table
-from gradmix_jax.workdir import config_differences, save_figure
+from gradmix_jax.training.workdir import config_differences, save_figure
+
 
 def comma_list(text: str, flag: str, allowed: Sequence[str] | None = None) -> list[str]:
     """'a,b' -> ['a', 'b']; one-line SystemExit on empty entries, repeats or values outside ``allowed``."""
@@ -48,24 +49,34 @@ def split_list(text: str) -> list[int]:
 
 def check_protocols(protocols: Sequence[str]) -> None:
     from experiments.common import ROOT
+
     missing = [p for p in protocols if not os.path.exists(os.path.join(ROOT, "configs", f"{p}.py"))]
     if missing:
-        names = sorted(n[:-3] for n in os.listdir(os.path.join(ROOT, "configs")) if n.endswith(".py"))
-        raise SystemExit(f"error: --protocols: no configs/<name>.py for {missing}; the configs are "
-                         f"{names}")
+        names = sorted(
+            n[:-3] for n in os.listdir(os.path.join(ROOT, "configs")) if n.endswith(".py")
+        )
+        raise SystemExit(
+            f"error: --protocols: no configs/<name>.py for {missing}; the configs are {names}"
+        )
 
 
 def add_protocol_split_args(parser) -> None:
     """--protocols and --splits, shared by the grid runners."""
-    parser.add_argument("--protocols", default=None,
-                        help="comma list of config names (default cifar10,tinyimagenet; digits with --smoke)")
-    parser.add_argument("--splits", default=None, help="e.g. 0-4 or 0,2 (default 0-4; 0 with --smoke)")
+    parser.add_argument(
+        "--protocols",
+        default=None,
+        help="comma list of config names (default cifar10,tinyimagenet; digits with --smoke)",
+    )
+    parser.add_argument(
+        "--splits", default=None, help="e.g. 0-4 or 0,2 (default 0-4; 0 with --smoke)"
+    )
 
 
 def protocols_and_splits(args) -> tuple[list[str], list[int]]:
     """The checked --protocols and --splits (paper defaults, or digits split 0 with --smoke)."""
-    protocols = comma_list(args.protocols or ("digits" if args.smoke else "cifar10,tinyimagenet"),
-                           "--protocols")
+    protocols = comma_list(
+        args.protocols or ("digits" if args.smoke else "cifar10,tinyimagenet"), "--protocols"
+    )
     check_protocols(protocols)
     return protocols, split_list(args.splits or ("0" if args.smoke else "0-4"))
 
@@ -94,15 +105,18 @@ def refuse_overrides(overrides: dict, fields: Sequence[str], script: str) -> Non
     """One-line error when --set names a field the script sets per cell (its ablation variable)."""
     bad = [f for f in overrides if f in fields]
     if bad:
-        raise SystemExit(f"error: --set {bad} is not allowed: {script} sets {list(fields)} per cell "
-                         "(use its own flags)")
+        raise SystemExit(
+            f"error: --set {bad} is not allowed: {script} sets {list(fields)} per cell "
+            "(use its own flags)"
+        )
 
 
 def validate_all(cells: Sequence[tuple[str, Any]]) -> None:
     """Checks every cell's config before anything trains (one-line error naming the cell)."""
     import jax
 
-    from gradmix_jax.validation import ConfigError, validate_config
+    from gradmix_jax.training.validation import ConfigError, validate_config
+
     for workdir, config in cells:
         try:
             validate_config(config, jax.device_count())
@@ -115,16 +129,19 @@ def run_checked_cell(workdir: str, config, train: Callable[[Any, str], dict]) ->
     (e.g. the same --out reused with other --set values or without --smoke) and for the trainer's
     config/data errors."""
     from gradmix_jax.data import DatasetNotPreparedError
-    from gradmix_jax.validation import ConfigError
+    from gradmix_jax.training.validation import ConfigError
+
     try:
         result = run_cell(workdir, config, train)
     except (ConfigError, DatasetNotPreparedError) as e:
         raise SystemExit(f"error: cell {workdir}: {e}") from None
     diff = config_differences(result.get("config"), config)
     if diff:
-        raise SystemExit(f"error: {os.path.join(workdir, 'results.json')} was made with another config "
-                         f"(differs in {diff[:6]}{' ...' if len(diff) > 6 else ''}); use another --out "
-                         "or delete that cell")
+        raise SystemExit(
+            f"error: {os.path.join(workdir, 'results.json')} was made with another config "
+            f"(differs in {diff[:6]}{' ...' if len(diff) > 6 else ''}); use another --out "
+            "or delete that cell"
+        )
     return result
 
 
@@ -138,12 +155,19 @@ def summarize(values: list[float | None], scale: float = 100.0) -> tuple[str, fl
     return f"{m:.2f} ± {s:.2f}", m
 
 
-def plot_grouped_bars(path: str, groups: Sequence[str], series: Sequence[str],
-                      means: dict[tuple[str, str], float], stds: dict[tuple[str, str], float],
-                      ylabel: str, title: str) -> None:
+def plot_grouped_bars(
+    path: str,
+    groups: Sequence[str],
+    series: Sequence[str],
+    means: dict[tuple[str, str], float],
+    stds: dict[tuple[str, str], float],
+    ylabel: str,
+    title: str,
+) -> None:
     """One group of bars per ``groups`` entry (e.g. protocol), one bar per ``series`` entry (e.g.
     augmentation), error bars = std over splits, value on each bar; y axis zoomed to the data."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
@@ -155,7 +179,9 @@ def plot_grouped_bars(path: str, groups: Sequence[str], series: Sequence[str],
     for j, name in enumerate(series):
         m = [means.get((g, name), np.nan) for g in groups]
         s = [stds.get((g, name), 0.0) for g in groups]
-        bars = ax.bar(x + (j - (len(series) - 1) / 2) * width, m, width, yerr=s, capsize=2, label=name)
+        bars = ax.bar(
+            x + (j - (len(series) - 1) / 2) * width, m, width, yerr=s, capsize=2, label=name
+        )
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
         lows += [a - b for a, b in zip(m, s) if not np.isnan(a)]
         highs += [a + b for a, b in zip(m, s) if not np.isnan(a)]
@@ -166,27 +192,42 @@ def plot_grouped_bars(path: str, groups: Sequence[str], series: Sequence[str],
     ax.set_xticks(x, groups)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a bar
+    ax.legend(
+        fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0)
+    )  # outside: never hides a bar
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
-def run_auroc_ablation(args, variants: Sequence[tuple[str, str, dict]], make_config: Callable,
-                       protocols: Sequence[str], splits: Sequence[int],
-                       train_fn: Callable | None, stem: str, title: str, notes: Sequence[str],
-                       baseline: str | None = None) -> dict[tuple[str, str], list[float]]:
+def run_auroc_ablation(
+    args,
+    variants: Sequence[tuple[str, str, dict]],
+    make_config: Callable,
+    protocols: Sequence[str],
+    splits: Sequence[int],
+    train_fn: Callable | None,
+    stem: str,
+    title: str,
+    notes: Sequence[str],
+    baseline: str | None = None,
+) -> dict[tuple[str, str], list[float]]:
     """Trains (or reads back) every (protocol, variant, split) cell in
     ``OUT/<protocol>/<variant key>/split<k>`` and writes ``OUT/<stem>.{md,csv,png}``: k-NN AUROC
     mean ± std over splits per (variant, protocol). ``variants``: (key, label, config overrides);
     ``make_config(protocol, variant_overrides, split)`` builds a cell's config. With ``baseline``
     (a variant key) the table gets the difference of each variant's mean to the baseline's.
     Returns {(protocol, key): [AUROC per split]}."""
-    cells = {(p, key, s): (os.path.join(args.out, p, key, f"split{s}"), make_config(p, extra, s))
-             for p in protocols for key, _, extra in variants for s in splits}
+    cells = {
+        (p, key, s): (os.path.join(args.out, p, key, f"split{s}"), make_config(p, extra, s))
+        for p in protocols
+        for key, _, extra in variants
+        for s in splits
+    }
     validate_all(list(cells.values()))
     if train_fn is None:
-        from gradmix_jax import trainer
+        from gradmix_jax.training import trainer
+
         train_fn = trainer.train_and_evaluate
     aurocs: dict[tuple[str, str], list[float]] = {}
     accs: dict[tuple[str, str], list[float]] = {}
@@ -208,15 +249,28 @@ def run_auroc_ablation(args, variants: Sequence[tuple[str, str, dict]], make_con
             if baseline is not None:
                 b, _ = mean_std([100 * v for v in aurocs[(protocol, baseline)]])
                 row.append(f"{m - b:+.2f}")
-            row += [f"{mean_std([100 * v for v in accs[(protocol, key)]])[0]:.2f}",
-                    " / ".join(f"{v:.2f}" for v in values)]
+            row += [
+                f"{mean_std([100 * v for v in accs[(protocol, key)]])[0]:.2f}",
+                " / ".join(f"{v:.2f}" for v in values),
+            ]
             rows.append(row)
-    header = (["variant", "protocol", "splits", "AUROC % (ours, mean ± std)"]
-              + ([f"Δ AUROC vs {dict((k, l) for k, l, _ in variants)[baseline]} (points)"]
-                 if baseline is not None else [])
-              + ["closed-set acc. % (ours, mean)", "AUROC % per split"])
+    header = (
+        ["variant", "protocol", "splits", "AUROC % (ours, mean ± std)"]
+        + (
+            [f"Δ AUROC vs {dict((k, label) for k, label, _ in variants)[baseline]} (points)"]
+            if baseline is not None
+            else []
+        )
+        + ["closed-set acc. % (ours, mean)", "AUROC % per split"]
+    )
     write_table(os.path.join(args.out, stem), header, rows, title, list(notes))
-    plot_grouped_bars(os.path.join(args.out, stem + ".png"), list(protocols),
-                      [label for _, label, _ in variants], means, stds, "AUROC % (k-NN)",
-                      title + (" - SMOKE scale" if args.smoke else ""))
+    plot_grouped_bars(
+        os.path.join(args.out, stem + ".png"),
+        list(protocols),
+        [label for _, label, _ in variants],
+        means,
+        stds,
+        "AUROC % (k-NN)",
+        title + (" - SMOKE scale" if args.smoke else ""),
+    )
     return aurocs

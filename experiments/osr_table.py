@@ -14,23 +14,40 @@ from __future__ import annotations
 import os
 import sys
 
-from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,
-                                mean_std, overrides_from_args, run_cell, scale_note, write_table)
+from experiments.common import (
+    ArgumentParser,
+    add_common_args,
+    apply_overrides,
+    load_config,
+    mean_std,
+    overrides_from_args,
+    run_cell,
+    scale_note,
+    write_table,
+)
 from experiments.grid_common import check_protocols, comma_list, split_list, validate_all
 
 # The paper's Table 2: GradMix AUROC per protocol (fractions, mean of five splits).
-PAPER_AUROC = {"mnist": 0.998, "svhn": 0.947, "cifar10": 0.9133, "cifar_plus10": 0.9862,
-               "cifar_plus50": 0.9764, "tinyimagenet": 0.8192}
+PAPER_AUROC = {
+    "mnist": 0.998,
+    "svhn": 0.947,
+    "cifar10": 0.9133,
+    "cifar_plus10": 0.9862,
+    "cifar_plus50": 0.9764,
+    "tinyimagenet": 0.8192,
+}
 
 
 def main(argv=None) -> int:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--protocols", default="mnist,svhn,cifar10,cifar_plus10,cifar_plus50,tinyimagenet")
+    parser.add_argument(
+        "--protocols", default="mnist,svhn,cifar10,cifar_plus10,cifar_plus50,tinyimagenet"
+    )
     parser.add_argument("--splits", default="0-4")
     add_common_args(parser)
     args = parser.parse_args(argv)
 
-    from gradmix_jax import trainer
+    from gradmix_jax.training import trainer
 
     overrides = overrides_from_args(args)
     protocols = comma_list(args.protocols, "--protocols")
@@ -55,15 +72,32 @@ def main(argv=None) -> int:
         m, s = mean_std(aurocs)
         am, _ = mean_std(accs)
         paper = PAPER_AUROC.get(protocol)
-        rows.append([protocol, len(aurocs), f"{100 * m:.2f} ± {100 * s:.2f}", f"{100 * am:.2f}",
-                     f"{100 * paper:.2f}" if paper is not None else "-"])
-    write_table(os.path.join(args.out, "table2"),
-                ["protocol", "splits", "AUROC % (ours, mean ± std)", "closed-set acc. % (ours)",
-                 "AUROC % (paper, GradMix)"], rows, "Table 2: open-set AUROC",
-                scale_note(args, overrides))
+        rows.append(
+            [
+                protocol,
+                len(aurocs),
+                f"{100 * m:.2f} ± {100 * s:.2f}",
+                f"{100 * am:.2f}",
+                f"{100 * paper:.2f}" if paper is not None else "-",
+            ]
+        )
+    write_table(
+        os.path.join(args.out, "table2"),
+        [
+            "protocol",
+            "splits",
+            "AUROC % (ours, mean ± std)",
+            "closed-set acc. % (ours)",
+            "AUROC % (paper, GradMix)",
+        ],
+        rows,
+        "Table 2: open-set AUROC",
+        scale_note(args, overrides),
+    )
     return 0
 
 
 if __name__ == "__main__":
     from experiments.common import main_guard
+
     sys.exit(main_guard(main))

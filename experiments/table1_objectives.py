@@ -25,11 +25,24 @@ from __future__ import annotations
 import os
 import sys
 
-from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,
-                                overrides_from_args, scale_note, write_table)
-from experiments.grid_common import (add_protocol_split_args, comma_list,
-                                     protocols_and_splits, refuse_overrides, run_checked_cell,
-                                     summarize, validate_all)
+from experiments.common import (
+    ArgumentParser,
+    add_common_args,
+    apply_overrides,
+    load_config,
+    overrides_from_args,
+    scale_note,
+    write_table,
+)
+from experiments.grid_common import (
+    add_protocol_split_args,
+    comma_list,
+    protocols_and_splits,
+    refuse_overrides,
+    run_checked_cell,
+    summarize,
+    validate_all,
+)
 
 OBJECTIVES = ("ce", "ce_ssl", "supcon", "supcon_ssl")
 LABEL = {"ce": "CE", "ce_ssl": "CE + SSL", "supcon": "SupCon", "supcon_ssl": "SupCon + SSL"}
@@ -44,8 +57,12 @@ PAPER_TABLE1 = {
     ("supcon_ssl", "cifar10"): (14.25, 88.75, None, None),
     ("supcon_ssl", "tinyimagenet"): (17.47, 77.48, None, None),
 }
-METRICS = (("intrinsic_dimension", 1.0), ("auroc_nno", 100.0), ("auroc_entropy", 100.0),
-           ("auroc_msp", 100.0))
+METRICS = (
+    ("intrinsic_dimension", 1.0),
+    ("auroc_nno", 100.0),
+    ("auroc_entropy", 100.0),
+    ("auroc_msp", 100.0),
+)
 
 
 def cell_config(protocol: str, objective: str, split: int, overrides: dict):
@@ -61,8 +78,9 @@ def cell_config(protocol: str, objective: str, split: int, overrides: dict):
 
 def main(argv=None, *, train_fn=None) -> int:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--objectives", default=",".join(OBJECTIVES),
-                        help="comma list of " + ",".join(OBJECTIVES))
+    parser.add_argument(
+        "--objectives", default=",".join(OBJECTIVES), help="comma list of " + ",".join(OBJECTIVES)
+    )
     add_protocol_split_args(parser)
     add_common_args(parser)
     args = parser.parse_args(argv)
@@ -71,11 +89,16 @@ def main(argv=None, *, train_fn=None) -> int:
     protocols, splits = protocols_and_splits(args)
     overrides = overrides_from_args(args)
     refuse_overrides(overrides, ("objective",), "table1_objectives.py")
-    cells = {(p, o, s): (os.path.join(args.out, p, o, f"split{s}"), cell_config(p, o, s, overrides))
-             for p in protocols for o in objectives for s in splits}
+    cells = {
+        (p, o, s): (os.path.join(args.out, p, o, f"split{s}"), cell_config(p, o, s, overrides))
+        for p in protocols
+        for o in objectives
+        for s in splits
+    }
     validate_all(list(cells.values()))
     if train_fn is None:
-        from gradmix_jax import trainer
+        from gradmix_jax.training import trainer
+
         train_fn = trainer.train_and_evaluate
 
     rows = []
@@ -86,9 +109,12 @@ def main(argv=None, *, train_fn=None) -> int:
                 workdir, config = cells[(protocol, objective, split)]
                 r = run_checked_cell(workdir, config, train_fn)
                 results.append(r)
-                print(f"{protocol} {objective} split {split}: ID {r['intrinsic_dimension']} "
-                      f"A_nno {r['auroc_nno']} A_enp {r['auroc_entropy']} A_msp {r['auroc_msp']} "
-                      f"A_kNN {r['auroc']}", flush=True)
+                print(
+                    f"{protocol} {objective} split {split}: ID {r['intrinsic_dimension']} "
+                    f"A_nno {r['auroc_nno']} A_enp {r['auroc_entropy']} A_msp {r['auroc_msp']} "
+                    f"A_kNN {r['auroc']}",
+                    flush=True,
+                )
             paper = PAPER_TABLE1.get((objective, protocol))
             row = [LABEL[objective], protocol, len(results)]
             for i, (key, scale) in enumerate(METRICS):
@@ -100,20 +126,38 @@ def main(argv=None, *, train_fn=None) -> int:
                 row += [ours, theirs]
             row.append(summarize([r["auroc"] for r in results])[0])
             rows.append(row)
-    header = ["objective", "protocol", "splits", "ID (ours)", "ID (paper)", "A_nno % (ours)",
-              "A_nno % (paper)", "A_enp % (ours)", "A_enp % (paper)", "A_msp % (ours)",
-              "A_msp % (paper)", "A_kNN % (ours, Alg. 1)"]
-    notes = ["Ours: mean ± std over splits (population std). Paper: Table 1, mean of 5 splits; "
-             "'-' = no classifier head (SupCon models) or protocol not in the paper.",
-             "Cells trained with mixing.method=none, γ=λ=1 (App. A) unless --set says otherwise; "
-             "ID = TwoNN on training features (eval.features; the paper does not say which layer).",
-             "A_kNN is this repository's k-NN score (Algorithm 1), not a column of the paper's table."]
-    write_table(os.path.join(args.out, "table1"), header, rows,
-                "Table 1: learning objectives (intrinsic dimension and open-set AUROC)",
-                notes + scale_note(args, overrides))
+    header = [
+        "objective",
+        "protocol",
+        "splits",
+        "ID (ours)",
+        "ID (paper)",
+        "A_nno % (ours)",
+        "A_nno % (paper)",
+        "A_enp % (ours)",
+        "A_enp % (paper)",
+        "A_msp % (ours)",
+        "A_msp % (paper)",
+        "A_kNN % (ours, Alg. 1)",
+    ]
+    notes = [
+        "Ours: mean ± std over splits (population std). Paper: Table 1, mean of 5 splits; "
+        "'-' = no classifier head (SupCon models) or protocol not in the paper.",
+        "Cells trained with mixing.method=none, γ=λ=1 (App. A) unless --set says otherwise; "
+        "ID = TwoNN on training features (eval.features; the paper does not say which layer).",
+        "A_kNN is this repository's k-NN score (Algorithm 1), not a column of the paper's table.",
+    ]
+    write_table(
+        os.path.join(args.out, "table1"),
+        header,
+        rows,
+        "Table 1: learning objectives (intrinsic dimension and open-set AUROC)",
+        notes + scale_note(args, overrides),
+    )
     return 0
 
 
 if __name__ == "__main__":
     from experiments.common import main_guard
+
     sys.exit(main_guard(main))

@@ -32,10 +32,18 @@ import sys
 
 import numpy as np
 
-from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,
-                                overrides_from_args, parse_splits, scale_note, write_table)
+from experiments.common import (
+    ArgumentParser,
+    add_common_args,
+    apply_overrides,
+    load_config,
+    overrides_from_args,
+    parse_splits,
+    scale_note,
+    write_table,
+)
 from experiments.eval_common import Cell, cell_data, pct, read_json, write_json
-from gradmix_jax.workdir import save_figure
+from gradmix_jax.training.workdir import save_figure
 
 # Table 5, D̄_s in percent for severities 1..5 and "Avg.".
 PAPER_TABLE5 = {
@@ -67,17 +75,24 @@ def cell_config(dataset: str, mixing: str, overrides: dict):
 def resolve_source(dataset: str, source: str) -> str:
     if source == "auto":
         return {"cifar10": "tfds", "tinyimagenet": "folder", "digits": "synthetic"}[dataset]
-    allowed = {"cifar10": ("tfds", "synthetic"), "tinyimagenet": ("folder", "synthetic"),
-               "digits": ("synthetic",)}[dataset]
+    allowed = {
+        "cifar10": ("tfds", "synthetic"),
+        "tinyimagenet": ("folder", "synthetic"),
+        "digits": ("synthetic",),
+    }[dataset]
     if source not in allowed:
-        raise SystemExit(f"error: --source for {dataset} must be one of {list(allowed)}, got {source!r}")
+        raise SystemExit(
+            f"error: --source for {dataset} must be one of {list(allowed)}, got {source!r}"
+        )
     return source
 
 
 class CorruptedTestSets:
     """Corrupted versions of the cell's known-class test set, labels in the cell's 0..K-1 order."""
 
-    def __init__(self, dataset: str, source: str, data, config, tinyimagenet_c_dir: str | None, seed: int):
+    def __init__(
+        self, dataset: str, source: str, data, config, tinyimagenet_c_dir: str | None, seed: int
+    ):
         self.dataset, self.source, self.data, self.config = dataset, source, data, config
         self.tinyimagenet_c_dir, self.seed = tinyimagenet_c_dir, seed
         known = data.test_is_known
@@ -85,37 +100,55 @@ class CorruptedTestSets:
 
     def get(self, corruption: str, severity: int) -> tuple[np.ndarray, np.ndarray]:
         from gradmix_jax.data import corruptions, remap_labels
+
         if self.source == "synthetic":
             import jax
+
             # One key per (seed, corruption, severity), independent of the order of --corruptions.
             index = corruptions.SYNTHETIC_CORRUPTIONS.index(corruption)
             key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), index), severity)
-            return (corruptions.synthetic_corruption(key, self.clean_images, corruption, severity),
-                    self.clean_labels)
+            return (
+                corruptions.synthetic_corruption(key, self.clean_images, corruption, severity),
+                self.clean_labels,
+            )
         data_dir = self.config.data.data_dir or None
         if self.source == "tfds":
             images, labels = corruptions.load_cifar10_corrupted(corruption, severity, data_dir)
         else:
             if not self.tinyimagenet_c_dir:
-                raise SystemExit("error: --tinyimagenet-c-dir is required for TinyImageNet "
-                                 "(or use --source synthetic)")
+                raise SystemExit(
+                    "error: --tinyimagenet-c-dir is required for TinyImageNet "
+                    "(or use --source synthetic)"
+                )
             images, labels = corruptions.load_tinyimagenet_corrupted(
-                self.tinyimagenet_c_dir, corruption, severity, data_dir=data_dir)
+                self.tinyimagenet_c_dir, corruption, severity, data_dir=data_dir
+            )
         # Keep the classes the cell was trained on; source ids -> the cell's label order.
         keep = np.isin(labels, self.data.known_classes)
         return images[keep], remap_labels(labels[keep], self.data.known_classes)
 
 
-def evaluate_cell(cell: Cell, dataset: str, source: str, corruptions_: list[str], severities: list[int],
-                  k: int, tinyimagenet_c_dir: str | None, seed: int) -> dict:
+def evaluate_cell(
+    cell: Cell,
+    dataset: str,
+    source: str,
+    corruptions_: list[str],
+    severities: list[int],
+    k: int,
+    tinyimagenet_c_dir: str | None,
+    seed: int,
+) -> dict:
     """Accuracies of one cell, cached in corruptions.json after every corruption."""
     from gradmix_jax.evaluation import knn_accuracy
+
     path = os.path.join(cell.workdir, "corruptions.json")
     settings = {"source": source, "k": k, "features": cell.config.eval.features, "seed": seed}
     stored = read_json(path)
     if stored is None or stored.get("settings") != settings:
         stored = {"settings": settings, "accuracy": {}}
-    todo = [(c, s) for c in corruptions_ for s in severities if f"{c}/{s}" not in stored["accuracy"]]
+    todo = [
+        (c, s) for c in corruptions_ for s in severities if f"{c}/{s}" not in stored["accuracy"]
+    ]
     if not todo and "clean_accuracy" in stored:
         return stored
     data = cell_data(cell.config)
@@ -123,8 +156,9 @@ def evaluate_cell(cell: Cell, dataset: str, source: str, corruptions_: list[str]
     tests = CorruptedTestSets(dataset, source, data, cell.config, tinyimagenet_c_dir, seed)
 
     def accuracy(test_features, labels):
-        return knn_accuracy(train_features, data.train_labels, test_features, labels,
-                            data.num_known, k=k)
+        return knn_accuracy(
+            train_features, data.train_labels, test_features, labels, data.num_known, k=k
+        )
 
     if "clean_accuracy" not in stored:
         stored["clean_accuracy"] = accuracy(cell.features(tests.clean_images), tests.clean_labels)
@@ -137,10 +171,12 @@ def evaluate_cell(cell: Cell, dataset: str, source: str, corruptions_: list[str]
         features = cell.features(np.concatenate([images for images, _ in sets.values()]))
         start = 0
         for s, (images, labels) in sets.items():
-            stored["accuracy"][f"{c}/{s}"] = accuracy(features[start:start + len(images)], labels)
+            stored["accuracy"][f"{c}/{s}"] = accuracy(features[start : start + len(images)], labels)
             start += len(images)
-            print(f"{cell.workdir}: {c} severity {s}: accuracy {stored['accuracy'][f'{c}/{s}']:.4f}",
-                  flush=True)
+            print(
+                f"{cell.workdir}: {c} severity {s}: accuracy {stored['accuracy'][f'{c}/{s}']:.4f}",
+                flush=True,
+            )
         write_json(path, stored)
     return stored
 
@@ -148,8 +184,10 @@ def evaluate_cell(cell: Cell, dataset: str, source: str, corruptions_: list[str]
 def plot_fig5(path: str, per_corruption: dict, corruptions_: list[str], title: str) -> None:
     """Bar plot of D̄_c per corruption, without vs with GradMix, one panel per dataset."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     datasets = list(dict.fromkeys(d for d, _ in per_corruption))
     size = (max(7.0, 0.7 * len(corruptions_)), 1.0 + 3.2 * len(datasets))
     fig, axes = plt.subplots(len(datasets), 1, figsize=size, squeeze=False)
@@ -159,7 +197,9 @@ def plot_fig5(path: str, per_corruption: dict, corruptions_: list[str], title: s
         width = 0.8 / max(len(mixings), 1)
         for j, mixing in enumerate(mixings):
             values = [100 * per_corruption[(dataset, mixing)][c] for c in corruptions_]
-            ax.bar(x + (j - (len(mixings) - 1) / 2) * width, values, width, label=MIXING_LABEL[mixing])
+            ax.bar(
+                x + (j - (len(mixings) - 1) / 2) * width, values, width, label=MIXING_LABEL[mixing]
+            )
         ax.set_xticks(x, [c.replace("_", " ") for c in corruptions_], rotation=45, ha="right")
         ax.set_ylabel("mean accuracy drop D̄_c (%)")
         ax.set_title(dataset)
@@ -175,18 +215,33 @@ def main(argv=None, *, train_fn=None, load_fn=None) -> int:
     from gradmix_jax.evaluation import corruption_accuracy_drops
 
     parser = ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default=None, help="comma list of " + ",".join(DATASETS) +
-                        " (default: cifar10,tinyimagenet; digits with --smoke)")
+    parser.add_argument(
+        "--datasets",
+        default=None,
+        help="comma list of "
+        + ",".join(DATASETS)
+        + " (default: cifar10,tinyimagenet; digits with --smoke)",
+    )
     parser.add_argument("--mixings", default="none,gradmix")
-    parser.add_argument("--corruptions", default=None,
-                        help="comma list (default: the 15 benchmark corruptions; with --smoke: "
-                        f"{SMOKE_CORRUPTIONS})")
+    parser.add_argument(
+        "--corruptions",
+        default=None,
+        help="comma list (default: the 15 benchmark corruptions; with --smoke: "
+        f"{SMOKE_CORRUPTIONS})",
+    )
     parser.add_argument("--severities", default="1-5")
     parser.add_argument("--source", choices=SOURCES, default="auto")
-    parser.add_argument("--tinyimagenet-c-dir", default=None,
-                        help="Tiny-ImageNet-C folder (<dir>/<corruption>/<severity>/<wnid>/*.JPEG)")
-    parser.add_argument("--k", type=int, default=None, help="k of Algorithm 1 (default: config.eval.k)")
-    parser.add_argument("--corruption-seed", type=int, default=0, help="seed of synthetic corruptions")
+    parser.add_argument(
+        "--tinyimagenet-c-dir",
+        default=None,
+        help="Tiny-ImageNet-C folder (<dir>/<corruption>/<severity>/<wnid>/*.JPEG)",
+    )
+    parser.add_argument(
+        "--k", type=int, default=None, help="k of Algorithm 1 (default: config.eval.k)"
+    )
+    parser.add_argument(
+        "--corruption-seed", type=int, default=0, help="seed of synthetic corruptions"
+    )
     add_common_args(parser)
     args = parser.parse_args(argv)
 
@@ -196,25 +251,35 @@ def main(argv=None, *, train_fn=None, load_fn=None) -> int:
     corruptions_ = (args.corruptions or default_corruptions).split(",")
     known_names = corruption_lib.CORRUPTIONS + corruption_lib.SYNTHETIC_CORRUPTIONS
     severities = parse_splits(args.severities, "--severities")
-    for name, values, allowed in (("--datasets", datasets, DATASETS), ("--mixings", mixings, MIXINGS),
-                                  ("--corruptions", corruptions_, known_names),
-                                  ("--severities", severities, corruption_lib.SEVERITIES)):
+    for name, values, allowed in (
+        ("--datasets", datasets, DATASETS),
+        ("--mixings", mixings, MIXINGS),
+        ("--corruptions", corruptions_, known_names),
+        ("--severities", severities, corruption_lib.SEVERITIES),
+    ):
         bad = [v for v in values if v not in allowed]
         if bad:
-            raise SystemExit(f"error: {name} entries must be in {list(dict.fromkeys(allowed))}, got {bad}")
+            raise SystemExit(
+                f"error: {name} entries must be in {list(dict.fromkeys(allowed))}, got {bad}"
+            )
     sources = {d: resolve_source(d, args.source) for d in datasets}
     if "folder" in sources.values() and not args.tinyimagenet_c_dir:
-        raise SystemExit("error: --tinyimagenet-c-dir is required for TinyImageNet (the Tiny-ImageNet-C "
-                         "folder), or use --source synthetic")
+        raise SystemExit(
+            "error: --tinyimagenet-c-dir is required for TinyImageNet (the Tiny-ImageNet-C "
+            "folder), or use --source synthetic"
+        )
     for d, source in sources.items():
         if source == "synthetic":
             bad = [c for c in corruptions_ if c not in corruption_lib.SYNTHETIC_CORRUPTIONS]
             if bad:
-                raise SystemExit(f"error: synthetic corruptions ({d}) must be in "
-                                 f"{list(corruption_lib.SYNTHETIC_CORRUPTIONS)}, got {bad}")
+                raise SystemExit(
+                    f"error: synthetic corruptions ({d}) must be in "
+                    f"{list(corruption_lib.SYNTHETIC_CORRUPTIONS)}, got {bad}"
+                )
         elif any(c not in corruption_lib.CORRUPTIONS for c in corruptions_):
-            raise SystemExit(f"error: --corruptions for {source} must be in "
-                             f"{list(corruption_lib.CORRUPTIONS)}")
+            raise SystemExit(
+                f"error: --corruptions for {source} must be in {list(corruption_lib.CORRUPTIONS)}"
+            )
 
     overrides = overrides_from_args(args)
     drops, notes = {}, []
@@ -223,30 +288,57 @@ def main(argv=None, *, train_fn=None, load_fn=None) -> int:
             config = cell_config(dataset, mixing, overrides)
             cell = Cell(os.path.join(args.out, dataset, mixing), config, train_fn, load_fn)
             k = args.k or config.eval.k
-            stored = evaluate_cell(cell, dataset, sources[dataset], corruptions_, severities, k,
-                                   args.tinyimagenet_c_dir, args.corruption_seed)
-            accuracy = {(c, s): stored["accuracy"][f"{c}/{s}"] for c in corruptions_ for s in severities}
+            stored = evaluate_cell(
+                cell,
+                dataset,
+                sources[dataset],
+                corruptions_,
+                severities,
+                k,
+                args.tinyimagenet_c_dir,
+                args.corruption_seed,
+            )
+            accuracy = {
+                (c, s): stored["accuracy"][f"{c}/{s}"] for c in corruptions_ for s in severities
+            }
             drops[(dataset, mixing)] = corruption_accuracy_drops(stored["clean_accuracy"], accuracy)
             summary = drops[(dataset, mixing)]
-            write_json(os.path.join(cell.workdir, "corruption_drops.json"), {
-                "source": sources[dataset], "synthetic": sources[dataset] == "synthetic",
-                "clean_accuracy": stored["clean_accuracy"], "mean_drop": summary["mean"],
-                "per_severity": {str(s): v for s, v in summary["per_severity"].items()},
-                "per_corruption": summary["per_corruption"],
-                "drops": {f"{c}/{s}": v for (c, s), v in summary["drops"].items()}})
-            print(f"{dataset} {mixing}: clean {stored['clean_accuracy']:.4f}, mean drop "
-                  f"{summary['mean']:.4f}", flush=True)
-            notes.append(f"{dataset} {MIXING_LABEL[mixing]}: clean accuracy {pct(stored['clean_accuracy'])}% "
-                         f"on {stored['num_test_images']} test images (k-NN, k={k}).")
+            write_json(
+                os.path.join(cell.workdir, "corruption_drops.json"),
+                {
+                    "source": sources[dataset],
+                    "synthetic": sources[dataset] == "synthetic",
+                    "clean_accuracy": stored["clean_accuracy"],
+                    "mean_drop": summary["mean"],
+                    "per_severity": {str(s): v for s, v in summary["per_severity"].items()},
+                    "per_corruption": summary["per_corruption"],
+                    "drops": {f"{c}/{s}": v for (c, s), v in summary["drops"].items()},
+                },
+            )
+            print(
+                f"{dataset} {mixing}: clean {stored['clean_accuracy']:.4f}, mean drop "
+                f"{summary['mean']:.4f}",
+                flush=True,
+            )
+            notes.append(
+                f"{dataset} {MIXING_LABEL[mixing]}: clean accuracy {pct(stored['clean_accuracy'])}% "
+                f"on {stored['num_test_images']} test images (k-NN, k={k})."
+            )
 
     synthetic = {d for d in datasets if sources[d] == "synthetic"}
     tag = {d: " SYNTHETIC" if d in synthetic else "" for d in datasets}
     if synthetic:
-        notes.insert(0, f"SYNTHETIC corruptions for {sorted(synthetic)}: Hendrycks' formulas recomputed "
-                     "on the clean test set (gradmix_jax.data.corruptions.synthetic_corruption), not a "
-                     "released -C benchmark; not comparable to the paper.")
-    notes.insert(0, f"Corruptions ({len(corruptions_)}): {', '.join(corruptions_)}; severities {severities}. "
-                 "Sources: " + ", ".join(f"{d}: {s}" for d, s in sources.items()) + ".")
+        notes.insert(
+            0,
+            f"SYNTHETIC corruptions for {sorted(synthetic)}: Hendrycks' formulas recomputed "
+            "on the clean test set (gradmix_jax.data.corruptions.synthetic_corruption), not a "
+            "released -C benchmark; not comparable to the paper.",
+        )
+    notes.insert(
+        0,
+        f"Corruptions ({len(corruptions_)}): {', '.join(corruptions_)}; severities {severities}. "
+        "Sources: " + ", ".join(f"{d}: {s}" for d, s in sources.items()) + ".",
+    )
 
     cells = list(drops)
     header = ["severity"] + [f"{d}{tag[d]} {MIXING_LABEL[m]} (ours)" for d, m in cells]
@@ -254,26 +346,45 @@ def main(argv=None, *, train_fn=None, load_fn=None) -> int:
     header += [f"{d} {MIXING_LABEL[m]} (paper)" for d, m in paper_cells]
     rows = []
     for i, s in enumerate(severities + ["Avg."]):
-        row = [s] + [pct(drops[c]["mean"] if s == "Avg." else drops[c]["per_severity"][s]) for c in cells]
+        row = [s] + [
+            pct(drops[c]["mean"] if s == "Avg." else drops[c]["per_severity"][s]) for c in cells
+        ]
         row += [f"{PAPER_TABLE5[c][5 if s == 'Avg.' else s - 1]:.2f}" for c in paper_cells]
         rows.append(row)
-    title = ("Table 5: mean accuracy drop D̄_s (%) per severity"
-             + (" (SYNTHETIC corruptions)" if synthetic else ""))
-    write_table(os.path.join(args.out, "table5"), header, rows, title, notes + scale_note(args, overrides))
+    title = "Table 5: mean accuracy drop D̄_s (%) per severity" + (
+        " (SYNTHETIC corruptions)" if synthetic else ""
+    )
+    write_table(
+        os.path.join(args.out, "table5"), header, rows, title, notes + scale_note(args, overrides)
+    )
 
     header_c = ["corruption"] + [f"{d}{tag[d]} {MIXING_LABEL[m]} (ours)" for d, m in cells]
     rows_c = [[c] + [pct(drops[cell]["per_corruption"][c]) for cell in cells] for c in corruptions_]
-    write_table(os.path.join(args.out, "table5_per_corruption"), header_c, rows_c,
-                "Fig. 5 data: mean accuracy drop D̄_c (%) per corruption" +
-                (" (SYNTHETIC corruptions)" if synthetic else ""), notes[:2 if synthetic else 1])
+    write_table(
+        os.path.join(args.out, "table5_per_corruption"),
+        header_c,
+        rows_c,
+        "Fig. 5 data: mean accuracy drop D̄_c (%) per corruption"
+        + (" (SYNTHETIC corruptions)" if synthetic else ""),
+        notes[: 2 if synthetic else 1],
+    )
     fig_title = "Accuracy drop under corruption (Fig. 5)" + (
-        "\nSYNTHETIC corruptions, smoke scale" if synthetic and args.smoke else
-        "\nSYNTHETIC corruptions" if synthetic else "")
-    plot_fig5(os.path.join(args.out, "fig5.png"),
-              {c: drops[c]["per_corruption"] for c in cells}, corruptions_, fig_title)
+        "\nSYNTHETIC corruptions, smoke scale"
+        if synthetic and args.smoke
+        else "\nSYNTHETIC corruptions"
+        if synthetic
+        else ""
+    )
+    plot_fig5(
+        os.path.join(args.out, "fig5.png"),
+        {c: drops[c]["per_corruption"] for c in cells},
+        corruptions_,
+        fig_title,
+    )
     return 0
 
 
 if __name__ == "__main__":
     from experiments.common import main_guard
+
     sys.exit(main_guard(main))

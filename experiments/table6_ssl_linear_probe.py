@@ -27,17 +27,28 @@ from __future__ import annotations
 import os
 import sys
 
-from experiments.common import (ArgumentParser, add_common_args, apply_overrides, load_config,
-                                overrides_from_args, scale_note, write_table)
+from experiments.common import (
+    ArgumentParser,
+    add_common_args,
+    apply_overrides,
+    load_config,
+    overrides_from_args,
+    scale_note,
+    write_table,
+)
 from experiments.eval_common import Cell, cached_json, cell_data, pct
-from gradmix_jax.workdir import save_figure
+from gradmix_jax.training.workdir import save_figure
 
 # Table 6 (ImageNet100, ResNet18), (Acc@1, Acc@5) in percent.
 PAPER_TABLE6 = {
-    ("simclr", "none"): (48.1, 75.78), ("simclr", "mixup"): (49.32, 77.43),
-    ("simclr", "cutmix"): (50.61, 78.67), ("simclr", "gradmix"): (54.8, 81.36),
-    ("moco", "none"): (40.31, 66.54), ("moco", "mixup"): (42.53, 67.1),
-    ("moco", "cutmix"): (44.87, 69.21), ("moco", "gradmix"): (47.75, 72.37),
+    ("simclr", "none"): (48.1, 75.78),
+    ("simclr", "mixup"): (49.32, 77.43),
+    ("simclr", "cutmix"): (50.61, 78.67),
+    ("simclr", "gradmix"): (54.8, 81.36),
+    ("moco", "none"): (40.31, 66.54),
+    ("moco", "mixup"): (42.53, 67.1),
+    ("moco", "cutmix"): (44.87, 69.21),
+    ("moco", "gradmix"): (47.75, 72.37),
 }
 OBJECTIVES = ("simclr", "moco")
 ARCHS = ("resnet18", "resnet34", "resnet50")
@@ -68,32 +79,50 @@ def probe(cell: Cell, args, key_seed: int) -> dict:
     import jax
 
     from gradmix_jax.evaluation import linear_probe
+
     data = cell_data(cell.config)
     known = data.test_is_known
-    result = linear_probe(cell.features(data.train_images, args.features), data.train_labels,
-                          cell.features(data.test_images[known], args.features),
-                          data.test_labels[known], data.num_known, key=jax.random.key(key_seed),
-                          epochs=args.probe_epochs, batch_size=args.probe_batch_size,
-                          learning_rate=args.probe_lr, weight_decay=args.probe_weight_decay,
-                          normalize=args.probe_normalize)
-    return {**result, "num_train": int(len(data.train_labels)), "num_test": int(known.sum()),
-            "num_classes": data.num_known}
+    result = linear_probe(
+        cell.features(data.train_images, args.features),
+        data.train_labels,
+        cell.features(data.test_images[known], args.features),
+        data.test_labels[known],
+        data.num_known,
+        key=jax.random.key(key_seed),
+        epochs=args.probe_epochs,
+        batch_size=args.probe_batch_size,
+        learning_rate=args.probe_lr,
+        weight_decay=args.probe_weight_decay,
+        normalize=args.probe_normalize,
+    )
+    return {
+        **result,
+        "num_train": int(len(data.train_labels)),
+        "num_test": int(known.sum()),
+        "num_classes": data.num_known,
+    }
 
 
 def plot_fig6(path: str, results: dict, title: str) -> None:
     """Top-1 / top-5 bars per mixing method, one panel per (objective, architecture)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+
     panels = list(dict.fromkeys((o, a) for o, a, _ in results))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.4), squeeze=False)
     for ax, (objective, arch) in zip(axes[0], panels):
         mixings = [m for m in MIXINGS if (objective, arch, m) in results]
         x = np.arange(len(mixings))
         for j, metric in enumerate(("top1", "top5")):
-            ax.bar(x + (j - 0.5) * 0.4, [100 * results[(objective, arch, m)][metric] for m in mixings],
-                   0.4, label=f"Acc@{metric[3:]}")
+            ax.bar(
+                x + (j - 0.5) * 0.4,
+                [100 * results[(objective, arch, m)][metric] for m in mixings],
+                0.4,
+                label=f"Acc@{metric[3:]}",
+            )
         ax.set_xticks(x, [MIXING_LABEL[m] for m in mixings])
         ax.set_title(f"{objective} {arch}")
         ax.set_ylabel("linear-probe accuracy (%)")
@@ -107,21 +136,40 @@ def plot_fig6(path: str, results: dict, title: str) -> None:
 
 def main(argv=None, *, train_fn=None, load_fn=None) -> int:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", choices=DATASETS, default=None,
-                        help="default tinyimagenet; digits with --smoke")
-    parser.add_argument("--objectives", default=None,
-                        help="comma list of simclr,moco (default: those the train step implements)")
-    parser.add_argument("--archs", default=None, help="comma list (default: " + ",".join(ARCHS) +
-                        "; resnet18 with --smoke)")
-    parser.add_argument("--mixings", default=None, help="comma list (default: " + ",".join(MIXINGS) +
-                        "; none,gradmix with --smoke)")
-    parser.add_argument("--features", choices=("encoder", "projection"), default="encoder",
-                        help="probed features: pooled backbone (standard) or projection z")
+    parser.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default=None,
+        help="default tinyimagenet; digits with --smoke",
+    )
+    parser.add_argument(
+        "--objectives",
+        default=None,
+        help="comma list of simclr,moco (default: those the train step implements)",
+    )
+    parser.add_argument(
+        "--archs",
+        default=None,
+        help="comma list (default: " + ",".join(ARCHS) + "; resnet18 with --smoke)",
+    )
+    parser.add_argument(
+        "--mixings",
+        default=None,
+        help="comma list (default: " + ",".join(MIXINGS) + "; none,gradmix with --smoke)",
+    )
+    parser.add_argument(
+        "--features",
+        choices=("encoder", "projection"),
+        default="encoder",
+        help="probed features: pooled backbone (standard) or projection z",
+    )
     parser.add_argument("--probe-epochs", type=int, default=100)
     parser.add_argument("--probe-batch-size", type=int, default=256)
     parser.add_argument("--probe-lr", type=float, default=0.1)
     parser.add_argument("--probe-weight-decay", type=float, default=0.0)
-    parser.add_argument("--probe-normalize", choices=("standardize", "l2", "none"), default="standardize")
+    parser.add_argument(
+        "--probe-normalize", choices=("standardize", "l2", "none"), default="standardize"
+    )
     parser.add_argument("--probe-seed", type=int, default=0)
     add_common_args(parser)
     args = parser.parse_args(argv)
@@ -130,50 +178,95 @@ def main(argv=None, *, train_fn=None, load_fn=None) -> int:
     objectives = (args.objectives or ",".join(OBJECTIVES)).split(",")
     archs = (args.archs or ("resnet18" if args.smoke else ",".join(ARCHS))).split(",")
     mixings = (args.mixings or ("none,gradmix" if args.smoke else ",".join(MIXINGS))).split(",")
-    for name, values, allowed in (("--objectives", objectives, OBJECTIVES), ("--archs", archs, ARCHS),
-                                  ("--mixings", mixings, MIXINGS)):
+    for name, values, allowed in (
+        ("--objectives", objectives, OBJECTIVES),
+        ("--archs", archs, ARCHS),
+        ("--mixings", mixings, MIXINGS),
+    ):
         bad = [v for v in values if v not in allowed]
         if bad:
             raise SystemExit(f"error: {name} entries must be in {list(allowed)}, got {bad}")
 
     overrides = overrides_from_args(args)
-    settings = {"features": args.features, "epochs": args.probe_epochs,
-                "batch_size": args.probe_batch_size, "learning_rate": args.probe_lr,
-                "weight_decay": args.probe_weight_decay, "normalize": args.probe_normalize,
-                "seed": args.probe_seed}
+    settings = {
+        "features": args.features,
+        "epochs": args.probe_epochs,
+        "batch_size": args.probe_batch_size,
+        "learning_rate": args.probe_lr,
+        "weight_decay": args.probe_weight_decay,
+        "normalize": args.probe_normalize,
+        "seed": args.probe_seed,
+    }
     results, rows = {}, []
     for objective in objectives:
         for arch in archs:
             for mixing in mixings:
                 config = cell_config(dataset, objective, arch, mixing, overrides)
-                cell = Cell(os.path.join(args.out, dataset, objective, arch, mixing), config,
-                            train_fn, load_fn)
-                r = cached_json(os.path.join(cell.workdir, "linear_probe.json"), settings,
-                                lambda: probe(cell, args, args.probe_seed))
+                cell = Cell(
+                    os.path.join(args.out, dataset, objective, arch, mixing),
+                    config,
+                    train_fn,
+                    load_fn,
+                )
+                r = cached_json(
+                    os.path.join(cell.workdir, "linear_probe.json"),
+                    settings,
+                    lambda: probe(cell, args, args.probe_seed),
+                )
                 results[(objective, arch, mixing)] = r
-                print(f"{objective} {arch} {mixing}: top1 {r['top1']:.4f} top5 {r['top5']:.4f}",
-                      flush=True)
+                print(
+                    f"{objective} {arch} {mixing}: top1 {r['top1']:.4f} top5 {r['top5']:.4f}",
+                    flush=True,
+                )
                 paper = PAPER_TABLE6.get((objective, mixing)) if arch == "resnet18" else None
-                rows.append([objective, arch, MIXING_LABEL[mixing], pct(r["top1"]), pct(r["top5"]),
-                             pct(r["train_top1"]), f"{paper[0]:.2f}" if paper else "-",
-                             f"{paper[1]:.2f}" if paper else "-"])
+                rows.append(
+                    [
+                        objective,
+                        arch,
+                        MIXING_LABEL[mixing],
+                        pct(r["top1"]),
+                        pct(r["top5"]),
+                        pct(r["train_top1"]),
+                        f"{paper[0]:.2f}" if paper else "-",
+                        f"{paper[1]:.2f}" if paper else "-",
+                    ]
+                )
     first = next(iter(results.values()))
-    notes = [f"Linear probe on {dataset} ({first['num_classes']} classes, {first['num_train']} train / "
-             f"{first['num_test']} test images), {args.features} features, settings {settings}.",
-             "Paper columns: Table 6 = ImageNet100, ResNet18 (Fig. 6's TinyImageNet values are not "
-             "given as numbers); reference only, not the same dataset."]
+    notes = [
+        f"Linear probe on {dataset} ({first['num_classes']} classes, {first['num_train']} train / "
+        f"{first['num_test']} test images), {args.features} features, settings {settings}.",
+        "Paper columns: Table 6 = ImageNet100, ResNet18 (Fig. 6's TinyImageNet values are not "
+        "given as numbers); reference only, not the same dataset.",
+    ]
     if first["num_classes"] < 5:
-        notes.append(f"Acc@5 with {first['num_classes']} classes uses top-{first['num_classes']} (= 100%).")
-    write_table(os.path.join(args.out, "table6"),
-                ["objective", "architecture", "augmentation", "Acc@1 % (ours)", "Acc@5 % (ours)",
-                 "train Acc@1 % (ours)", "Acc@1 % (paper, ImageNet100)", "Acc@5 % (paper, ImageNet100)"],
-                rows, "Table 6: linear probe of self-supervised encoders",
-                notes + scale_note(args, overrides))
-    plot_fig6(os.path.join(args.out, "fig6.png"), results,
-              f"Linear probe on {dataset} (Fig. 6)" + (" - smoke scale" if args.smoke else ""))
+        notes.append(
+            f"Acc@5 with {first['num_classes']} classes uses top-{first['num_classes']} (= 100%)."
+        )
+    write_table(
+        os.path.join(args.out, "table6"),
+        [
+            "objective",
+            "architecture",
+            "augmentation",
+            "Acc@1 % (ours)",
+            "Acc@5 % (ours)",
+            "train Acc@1 % (ours)",
+            "Acc@1 % (paper, ImageNet100)",
+            "Acc@5 % (paper, ImageNet100)",
+        ],
+        rows,
+        "Table 6: linear probe of self-supervised encoders",
+        notes + scale_note(args, overrides),
+    )
+    plot_fig6(
+        os.path.join(args.out, "fig6.png"),
+        results,
+        f"Linear probe on {dataset} (Fig. 6)" + (" - smoke scale" if args.smoke else ""),
+    )
     return 0
 
 
 if __name__ == "__main__":
     from experiments.common import main_guard
+
     sys.exit(main_guard(main))

@@ -75,9 +75,7 @@ def _minmax(maps: jax.Array, axes: tuple[int, ...]) -> jax.Array:
 
 def _check_normalize(normalize: str) -> None:
     if normalize not in NORMALIZE_MODES:
-        raise ValueError(
-            f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}"
-        )
+        raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
 
 
 def aggregate_maps(

@@ -44,22 +44,32 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradmix_jax import attribution, losses, metrics
-from gradmix_jax.models import TAP_NAMES, tap_path
+from gradmix_jax.models import DEFAULT_TAPS, TAP_NAMES, tap_activation, tap_gradient, zero_taps
 
-__all__ = ["TARGETS", "DEFAULT_LAYERS", "tap_activations_and_gradients", "layer_maps",
-           "attribution_maps", "class_prototypes", "pick_known_unknown", "default_thresholds",
-           "activated_fractions", "activated_fraction_curve"]
+__all__ = [
+    "TARGETS",
+    "DEFAULT_LAYERS",
+    "tap_activations_and_gradients",
+    "layer_maps",
+    "attribution_maps",
+    "class_prototypes",
+    "pick_known_unknown",
+    "default_thresholds",
+    "activated_fractions",
+    "activated_fraction_curve",
+]
 
 #: Allowed values of ``target``.
 TARGETS = ("simclr", "prototype")
 
-#: The paper's default GradMix layers (conv3_2, conv4_2, conv5_2).
-DEFAULT_LAYERS: tuple[str, ...] = ("conv3_2", "conv4_2", "conv5_2")
+#: The paper's default GradMix layers (``models.DEFAULT_TAPS``: conv3_2, conv4_2, conv5_2).
+DEFAULT_LAYERS: tuple[str, ...] = DEFAULT_TAPS
 
 
 # ----------------------------------------------------------------------------------------------
 # Argument checks (one clear ValueError naming the argument and the allowed values)
 # ----------------------------------------------------------------------------------------------
+
 
 def _check_layers(layers: Sequence[str]) -> tuple[str, ...]:
     if isinstance(layers, str):
@@ -67,7 +77,9 @@ def _check_layers(layers: Sequence[str]) -> tuple[str, ...]:
     layers = tuple(layers)
     bad = [layer for layer in layers if layer not in TAP_NAMES]
     if bad or not layers:
-        raise ValueError(f"layers must be a non-empty subset of {list(TAP_NAMES)}, got {list(layers)}")
+        raise ValueError(
+            f"layers must be a non-empty subset of {list(TAP_NAMES)}, got {list(layers)}"
+        )
     return layers
 
 
@@ -76,11 +88,15 @@ def _check_target(target: str, prototypes) -> None:
         raise ValueError(f"target must be one of {list(TARGETS)}, got {target!r}")
     if target == "prototype":
         if prototypes is None:
-            raise ValueError("prototypes must be a [num_classes, feature_dim] array when "
-                             "target='prototype', got None")
+            raise ValueError(
+                "prototypes must be a [num_classes, feature_dim] array when "
+                "target='prototype', got None"
+            )
         if np.ndim(prototypes) != 2 or np.shape(prototypes)[0] < 1:
-            raise ValueError(f"prototypes must be a [num_classes, feature_dim] array, "
-                             f"got shape {np.shape(prototypes)}")
+            raise ValueError(
+                f"prototypes must be a [num_classes, feature_dim] array, "
+                f"got shape {np.shape(prototypes)}"
+            )
 
 
 def _check_images(images) -> None:
@@ -98,18 +114,14 @@ def _check_temperature(temperature: float) -> None:
 
 def _check_normalize(normalize: str) -> None:
     if normalize not in attribution.NORMALIZE_MODES:
-        raise ValueError(f"normalize must be one of {list(attribution.NORMALIZE_MODES)}, "
-                         f"got {normalize!r}")
+        raise ValueError(
+            f"normalize must be one of {list(attribution.NORMALIZE_MODES)}, got {normalize!r}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
 # Tap gradients and maps
 # ----------------------------------------------------------------------------------------------
-
-def _get(tree, path):
-    for key in path:
-        tree = tree[key]
-    return tree
 
 
 def _variables(variables: Mapping) -> dict:
@@ -126,15 +138,15 @@ def _taps_jit(model: nn.Module, variables, images, prototypes, layers, target, t
     else:
         inputs = images
 
-    # Zeros shaped like every tap (abstract evaluation, no compute).
-    shapes = jax.eval_shape(
-        lambda v, x: model.apply(v, x, train=False, mutable=["perturbations"])[1]["perturbations"],
-        variables, inputs)
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    zeros = zero_taps(model, variables, inputs, train=False)
 
     def forward(perturbations):
-        (z, _), state = model.apply({**variables, "perturbations": perturbations}, inputs,
-                                    train=False, mutable=["intermediates"])
+        (z, _), state = model.apply(
+            {**variables, "perturbations": perturbations},
+            inputs,
+            train=False,
+            mutable=["intermediates"],
+        )
         z = z.astype(jnp.float32)
         if target == "simclr":
             feats = jnp.stack([z[:n], z[n:]], axis=1)  # [B, 2 views, D]
@@ -151,8 +163,8 @@ def _taps_jit(model: nn.Module, variables, images, prototypes, layers, target, t
 
     value, vjp_fn, intermediates = jax.vjp(forward, zeros, has_aux=True)
     (grads,) = vjp_fn(jnp.ones_like(value))
-    acts = {layer: _get(intermediates, tap_path(layer))[0][:n].astype(jnp.float32) for layer in layers}
-    grad = {layer: _get(grads, tap_path(layer))[:n].astype(jnp.float32) for layer in layers}
+    acts = {layer: tap_activation(intermediates, layer)[:n].astype(jnp.float32) for layer in layers}
+    grad = {layer: tap_gradient(grads, layer)[:n].astype(jnp.float32) for layer in layers}
     return acts, grad, value
 
 
@@ -192,8 +204,15 @@ def tap_activations_and_gradients(
         prototypes = None
     else:
         prototypes = jnp.asarray(prototypes, jnp.float32)
-    return _taps_jit(model, _variables(variables), jnp.asarray(images, jnp.float32), prototypes,
-                     layers, target, float(temperature))
+    return _taps_jit(
+        model,
+        _variables(variables),
+        jnp.asarray(images, jnp.float32),
+        prototypes,
+        layers,
+        target,
+        float(temperature),
+    )
 
 
 def layer_maps(
@@ -211,8 +230,9 @@ def layer_maps(
     ``attribution.aggregate_maps(list(maps.values()), (H, W), normalize)``; computing the per-layer
     maps once lets callers aggregate with several ``normalize`` modes from one gradient pass.
     """
-    acts, grads, _ = tap_activations_and_gradients(model, variables, images, layers, target,
-                                                   prototypes, temperature)
+    acts, grads, _ = tap_activations_and_gradients(
+        model, variables, images, layers, target, prototypes, temperature
+    )
     return {layer: attribution.layercam(acts[layer], grads[layer]) for layer in acts}
 
 
@@ -244,8 +264,9 @@ def attribution_maps(
     _check_normalize(normalize)
     _check_images(images)
     maps = layer_maps(model, variables, images, layers, target, prototypes, temperature)
-    return attribution.aggregate_maps(list(maps.values()), tuple(np.shape(images)[1:3]),
-                                      normalize=normalize)
+    return attribution.aggregate_maps(
+        list(maps.values()), tuple(np.shape(images)[1:3]), normalize=normalize
+    )
 
 
 def class_prototypes(features, labels, num_classes: int) -> np.ndarray:
@@ -257,21 +278,28 @@ def class_prototypes(features, labels, num_classes: int) -> np.ndarray:
     features = np.asarray(features, np.float64)
     labels = np.asarray(labels)
     if features.ndim != 2 or labels.ndim != 1 or features.shape[0] != labels.shape[0]:
-        raise ValueError(f"features must be [N, D] and labels [N], got shapes {features.shape} "
-                         f"and {labels.shape}")
+        raise ValueError(
+            f"features must be [N, D] and labels [N], got shapes {features.shape} "
+            f"and {labels.shape}"
+        )
     if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
         raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in 0..{num_classes - 1}, got range "
-                         f"[{labels.min()}, {labels.max()}]")
+        raise ValueError(
+            f"labels must lie in 0..{num_classes - 1}, got range [{labels.min()}, {labels.max()}]"
+        )
     counts = np.bincount(labels, minlength=num_classes)
     if np.any(counts == 0):
-        raise ValueError(f"labels must contain every class 0..{num_classes - 1}; missing "
-                         f"{np.flatnonzero(counts == 0).tolist()}")
+        raise ValueError(
+            f"labels must contain every class 0..{num_classes - 1}; missing "
+            f"{np.flatnonzero(counts == 0).tolist()}"
+        )
     sums = np.zeros((num_classes, features.shape[1]))
     np.add.at(sums, labels, features)
     means = sums / counts[:, None]
-    return (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    return (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)).astype(
+        np.float32
+    )
 
 
 def pick_known_unknown(labels, num_images: int, seed: int = 0) -> np.ndarray:
@@ -303,6 +331,7 @@ def pick_known_unknown(labels, num_images: int, seed: int = 0) -> np.ndarray:
 # Activated fraction (Fig. 8)
 # ----------------------------------------------------------------------------------------------
 
+
 def default_thresholds(num: int = 9) -> np.ndarray:
     """The paper's τ grid for Fig. 8: ``num`` log-spaced values from 1e-5 to 1e-3 -> ``[num]``."""
     if not isinstance(num, (int, np.integer)) or num < 2:
@@ -313,8 +342,9 @@ def default_thresholds(num: int = 9) -> np.ndarray:
 def _check_thresholds(thresholds) -> np.ndarray:
     thresholds = np.asarray(thresholds, np.float64)
     if thresholds.ndim != 1 or thresholds.size == 0 or not np.all(np.isfinite(thresholds)):
-        raise ValueError(f"thresholds must be a non-empty 1-D array of finite values, "
-                         f"got {thresholds!r}")
+        raise ValueError(
+            f"thresholds must be a non-empty 1-D array of finite values, got {thresholds!r}"
+        )
     return thresholds
 
 
@@ -332,8 +362,10 @@ def activated_fractions(maps, thresholds) -> np.ndarray:
     if np.ndim(maps) < 2 or np.shape(maps)[0] == 0:
         raise ValueError(f"maps must be a non-empty [B, H, W] array, got shape {np.shape(maps)}")
     maps = jnp.asarray(maps, jnp.float32)
-    return np.stack([np.asarray(metrics.activated_fraction(maps, float(t)), np.float64)
-                     for t in thresholds], axis=1)
+    return np.stack(
+        [np.asarray(metrics.activated_fraction(maps, float(t)), np.float64) for t in thresholds],
+        axis=1,
+    )
 
 
 def activated_fraction_curve(maps, thresholds) -> np.ndarray:

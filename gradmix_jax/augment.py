@@ -86,6 +86,10 @@ def _pair(value: Any) -> tuple:
     return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
+#: Named view augmentations: the ``AugmentParams`` class methods of the same names.
+PRESETS: tuple[str, ...] = ("rgb", "digits")
+
+
 @dataclasses.dataclass(frozen=True)
 class AugmentParams:
     """Static configuration of the two-view augmentation (hashable, jit-static).
@@ -234,7 +238,7 @@ class AugmentParams:
 
 
 # --------------------------------------------------------------------------- #
-# Helpers
+# Utilities
 # --------------------------------------------------------------------------- #
 
 
@@ -519,7 +523,9 @@ def _color_jitter(u: Array, image: Array, params: AugmentParams) -> Array:
         if name not in ops:
             continue
         strength = getattr(params, name)
-        lo, hi = (-strength, strength) if name == "hue" else (max(0.0, 1.0 - strength), 1.0 + strength)
+        lo, hi = (
+            (-strength, strength) if name == "hue" else (max(0.0, 1.0 - strength), 1.0 + strength)
+        )
         values[name] = lo + (hi - lo) * u[i]
     order = None
     if params.jitter_random_order and len(ops) > 1:

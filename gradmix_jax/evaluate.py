@@ -29,12 +29,16 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not key.startswith("--config.") or not sep:
-            raise EvaluateError(f"unknown argument {item!r}: expected --workdir DIR and "
-                                "--config.<field>=<value> overrides")
-        field = key[len("--config."):]
+            raise EvaluateError(
+                f"unknown argument {item!r}: expected --workdir DIR and "
+                "--config.<field>=<value> overrides"
+            )
+        field = key[len("--config.") :]
         if not field.startswith(OVERRIDABLE):
-            raise EvaluateError(f"--config.{field} cannot change at evaluation: only eval.* and "
-                                "data.data_dir (the rest defines the trained model)")
+            raise EvaluateError(
+                f"--config.{field} cannot change at evaluation: only eval.* and "
+                "data.data_dir (the rest defines the trained model)"
+            )
         try:
             out[field] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -46,15 +50,21 @@ def evaluate_run(workdir: str, overrides: dict[str, Any] | None = None) -> dict[
     """Evaluates ``workdir``'s newest checkpoint; writes and returns ``eval_results.json``'s dict."""
     import jax
 
-    from gradmix_jax import parallel, trainer
-    from gradmix_jax.train_step import make_eval_fn
-    from gradmix_jax.trained import load_trained
-    from gradmix_jax.validation import ConfigError, validate_config, validate_data_dependent
-    from gradmix_jax.workdir import RESULTS, as_path, write_json
+    from gradmix_jax.training import parallel, trainer
+    from gradmix_jax.training.train_step import make_eval_fn
+    from gradmix_jax.training.trained import load_trained
+    from gradmix_jax.training.validation import (
+        ConfigError,
+        validate_config,
+        validate_data_dependent,
+    )
+    from gradmix_jax.training.workdir import RESULTS, as_path, write_json
 
     if not (as_path(workdir) / RESULTS).exists():
-        raise EvaluateError(f"{workdir} holds no finished run (no {RESULTS}); train first: "
-                            f"python -m gradmix_jax.train --config ... --workdir {workdir}")
+        raise EvaluateError(
+            f"{workdir} holds no finished run (no {RESULTS}); train first: "
+            f"python -m gradmix_jax.train --config ... --workdir {workdir}"
+        )
     trained = load_trained(workdir)
     config = trained.config
     for field, value in (overrides or {}).items():
@@ -77,9 +87,15 @@ def evaluate_run(workdir: str, overrides: dict[str, Any] | None = None) -> dict[
     mesh = parallel.make_mesh(jax.local_devices()[:1])
     eval_fn = jax.jit(make_eval_fn(trained.model, trained.image_size, config.eval.features))
     results = trainer.evaluate(eval_fn, trained.variables, data, config, mesh)
-    summary = {**results, "step": trained.step, "protocol": config.data.protocol,
-               "split": config.data.split, "known_classes": list(trained.known_classes),
-               "overrides": dict(overrides or {}), "config": config.to_dict()}
+    summary = {
+        **results,
+        "step": trained.step,
+        "protocol": config.data.protocol,
+        "split": config.data.split,
+        "known_classes": list(trained.known_classes),
+        "overrides": dict(overrides or {}),
+        "config": config.to_dict(),
+    }
     write_json(as_path(workdir) / EVAL_RESULTS, summary)
     return summary
 
@@ -88,21 +104,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="a finished run's workdir")
     args, rest = parser.parse_known_args(argv)
-    from gradmix_jax.checkpoint import CheckpointError
     from gradmix_jax.data import DatasetNotPreparedError
-    from gradmix_jax.validation import ConfigError
+    from gradmix_jax.training.checkpoint import CheckpointError
+    from gradmix_jax.training.validation import ConfigError
+
     try:
         summary = evaluate_run(args.workdir, parse_overrides(rest))
-    except (EvaluateError, ConfigError, DatasetNotPreparedError, CheckpointError,
-            FileNotFoundError) as e:
+    except (
+        EvaluateError,
+        ConfigError,
+        DatasetNotPreparedError,
+        CheckpointError,
+        FileNotFoundError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
     def show(value):
         return "n/a (closed set)" if value is None else f"{value:.4f}"
 
-    print(f"step {summary['step']}: open-set AUROC {show(summary['auroc'])} (k-NN, eval.features="
-          f"{summary['config']['eval']['features']}), NNO {show(summary['auroc_nno'])}, "
-          f"closed-set accuracy {summary['closed_set_accuracy']:.4f}")
+    print(
+        f"step {summary['step']}: open-set AUROC {show(summary['auroc'])} (k-NN, eval.features="
+        f"{summary['config']['eval']['features']}), NNO {show(summary['auroc_nno'])}, "
+        f"closed-set accuracy {summary['closed_set_accuracy']:.4f}"
+    )
     print(f"results: {args.workdir.rstrip('/')}/{EVAL_RESULTS}")
     return 0
 

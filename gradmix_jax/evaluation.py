@@ -39,10 +39,13 @@ def _features(name: str, x) -> jax.Array:
 def _labels(name: str, y, n: int, num_classes: int) -> jax.Array:
     y = np.asarray(y)
     if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{name} must be an integer array of shape ({n},), got {y.dtype} {y.shape}")
+        raise ValueError(
+            f"{name} must be an integer array of shape ({n},), got {y.dtype} {y.shape}"
+        )
     if y.min() < 0 or y.max() >= num_classes:
-        raise ValueError(f"{name} must lie in [0, num_classes={num_classes}), "
-                         f"got range [{y.min()}, {y.max()}]")
+        raise ValueError(
+            f"{name} must lie in [0, num_classes={num_classes}), got range [{y.min()}, {y.max()}]"
+        )
     return jnp.asarray(y, jnp.int32)
 
 
@@ -55,14 +58,24 @@ def _positive_int(name: str, value) -> int:
 def _same_dim(reference: jax.Array, **others: jax.Array) -> None:
     for name, x in others.items():
         if x.shape[1] != reference.shape[1]:
-            raise ValueError(f"{name} must have the feature dimension of train_features "
-                             f"({reference.shape[1]}), got {x.shape[1]}")
+            raise ValueError(
+                f"{name} must have the feature dimension of train_features "
+                f"({reference.shape[1]}), got {x.shape[1]}"
+            )
 
 
 # ----------------------------------------------------------------------------- Table 4
 
-def ood_evaluation(train_features, train_labels, in_features, out_features_by_name: Mapping[str, object],
-                   num_classes: int, k: int = 3, chunk_size: int = 1024) -> dict[str, dict[str, float]]:
+
+def ood_evaluation(
+    train_features,
+    train_labels,
+    in_features,
+    out_features_by_name: Mapping[str, object],
+    num_classes: int,
+    k: int = 3,
+    chunk_size: int = 1024,
+) -> dict[str, dict[str, float]]:
     """Out-of-distribution detection with the k-NN score of Algorithm 1 (paper §4.3, App. E).
 
     The score of a sample is max_c d_c / sum_c d_c, d_c = sum of its k largest cosine similarities to
@@ -84,14 +97,22 @@ def ood_evaluation(train_features, train_labels, in_features, out_features_by_na
     labels = _labels("train_labels", train_labels, train.shape[0], num_classes)
     inside = _features("in_features", in_features)
     if not isinstance(out_features_by_name, Mapping) or not out_features_by_name:
-        raise ValueError("out_features_by_name must be a non-empty dict {name: [T, D] features}, "
-                         f"got {type(out_features_by_name).__name__}")
-    outs = {name: _features(f"out_features_by_name[{name!r}]", x)
-            for name, x in out_features_by_name.items()}
-    _same_dim(train, in_features=inside, **{f"out_features_by_name[{n!r}]": x for n, x in outs.items()})
+        raise ValueError(
+            "out_features_by_name must be a non-empty dict {name: [T, D] features}, "
+            f"got {type(out_features_by_name).__name__}"
+        )
+    outs = {
+        name: _features(f"out_features_by_name[{name!r}]", x)
+        for name, x in out_features_by_name.items()
+    }
+    _same_dim(
+        train, in_features=inside, **{f"out_features_by_name[{n!r}]": x for n, x in outs.items()}
+    )
 
     def scores(x):
-        return np.asarray(osr.knn_scores(train, labels, x, num_classes, k=k, chunk_size=chunk_size)[0])
+        return np.asarray(
+            osr.knn_scores(train, labels, x, num_classes, k=k, chunk_size=chunk_size)[0]
+        )
 
     in_scores = scores(inside)
     return {name: metrics.ood_metrics(in_scores, scores(x)) for name, x in outs.items()}
@@ -99,8 +120,16 @@ def ood_evaluation(train_features, train_labels, in_features, out_features_by_na
 
 # ----------------------------------------------------------------------------- Table 5 / Fig. 5
 
-def knn_accuracy(train_features, train_labels, test_features, test_labels, num_classes: int,
-                 k: int = 3, chunk_size: int = 1024) -> float:
+
+def knn_accuracy(
+    train_features,
+    train_labels,
+    test_features,
+    test_labels,
+    num_classes: int,
+    k: int = 3,
+    chunk_size: int = 1024,
+) -> float:
     """Accuracy of the Algorithm 1 prediction argmax_c d_c (the classifier of a contrastive model).
 
     Args:
@@ -126,8 +155,9 @@ def _fraction(name: str, value) -> float:
     return value
 
 
-def corruption_accuracy_drops(clean_accuracy: float,
-                              accuracy: Mapping[tuple[str, int], float]) -> dict:
+def corruption_accuracy_drops(
+    clean_accuracy: float, accuracy: Mapping[tuple[str, int], float]
+) -> dict:
     """Accuracy drops under corruption (paper §4.4): D_{c,s} = A_clean - A_{c,s}.
 
     Args:
@@ -145,24 +175,38 @@ def corruption_accuracy_drops(clean_accuracy: float,
     if not isinstance(accuracy, Mapping) or not accuracy:
         raise ValueError("accuracy must be a non-empty dict {(corruption, severity): accuracy}")
     for cell in accuracy:
-        if not (isinstance(cell, tuple) and len(cell) == 2 and isinstance(cell[0], str)
-                and isinstance(cell[1], (int, np.integer))):
-            raise ValueError(f"accuracy keys must be (corruption: str, severity: int), got {cell!r}")
+        if not (
+            isinstance(cell, tuple)
+            and len(cell) == 2
+            and isinstance(cell[0], str)
+            and isinstance(cell[1], (int, np.integer))
+        ):
+            raise ValueError(
+                f"accuracy keys must be (corruption: str, severity: int), got {cell!r}"
+            )
     corruptions = list(dict.fromkeys(c for c, _ in accuracy))
     severities = sorted({int(s) for _, s in accuracy})
     missing = [(c, s) for c in corruptions for s in severities if (c, s) not in accuracy]
     if missing:
-        raise ValueError(f"accuracy must cover every (corruption, severity) of the grid "
-                         f"{corruptions} x {severities}; missing {missing}")
-    drops = {(c, int(s)): clean - _fraction(f"accuracy[{(c, s)!r}]", a)
-             for (c, s), a in accuracy.items()}
+        raise ValueError(
+            f"accuracy must cover every (corruption, severity) of the grid "
+            f"{corruptions} x {severities}; missing {missing}"
+        )
+    drops = {
+        (c, int(s)): clean - _fraction(f"accuracy[{(c, s)!r}]", a) for (c, s), a in accuracy.items()
+    }
     per_corruption = {c: float(np.mean([drops[(c, s)] for s in severities])) for c in corruptions}
     per_severity = {s: float(np.mean([drops[(c, s)] for c in corruptions])) for s in severities}
-    return {"drops": drops, "per_corruption": per_corruption, "per_severity": per_severity,
-            "mean": float(np.mean(list(drops.values())))}
+    return {
+        "drops": drops,
+        "per_corruption": per_corruption,
+        "per_severity": per_severity,
+        "mean": float(np.mean(list(drops.values()))),
+    }
 
 
 # ----------------------------------------------------------------------------- Table 6 / Fig. 6
+
 
 def topk_accuracy(logits, labels, k: int) -> float:
     """Fraction of rows whose label is among the k largest logits (ties: lower class index first).
@@ -196,18 +240,36 @@ def _normalise(train: jax.Array, test: jax.Array, how: str) -> tuple[jax.Array, 
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "epochs", "batch_size", "normalize"))
-def _linear_probe(train_x, train_y, test_x, test_y, key, learning_rate, weight_decay, momentum, *,
-                  num_classes: int, epochs: int, batch_size: int, normalize: str):
+def _linear_probe(
+    train_x,
+    train_y,
+    test_x,
+    test_y,
+    key,
+    learning_rate,
+    weight_decay,
+    momentum,
+    *,
+    num_classes: int,
+    epochs: int,
+    batch_size: int,
+    normalize: str,
+):
     """Jitted body of ``linear_probe``: every epoch and step on the device in one program."""
     train_x, test_x = _normalise(train_x, test_x, normalize)
     n, dim = train_x.shape
     steps_per_epoch = n // batch_size
     schedule = optax.cosine_decay_schedule(learning_rate, epochs * steps_per_epoch)
     # L2 on the weights only (not the bias), as SGD weight decay: grad += weight_decay * w.
-    tx = optax.chain(optax.add_decayed_weights(weight_decay, mask={"w": True, "b": False}),
-                     optax.sgd(schedule, momentum=momentum))
+    tx = optax.chain(
+        optax.add_decayed_weights(weight_decay, mask={"w": True, "b": False}),
+        optax.sgd(schedule, momentum=momentum),
+    )
     # Zero init: the problem is convex, so no random init is needed; the key only shuffles.
-    params = {"w": jnp.zeros((dim, num_classes), jnp.float32), "b": jnp.zeros((num_classes,), jnp.float32)}
+    params = {
+        "w": jnp.zeros((dim, num_classes), jnp.float32),
+        "b": jnp.zeros((num_classes,), jnp.float32),
+    }
 
     def loss_fn(p, x, y):
         return optax.softmax_cross_entropy_with_integer_labels(x @ p["w"] + p["b"], y).mean()
@@ -220,21 +282,34 @@ def _linear_probe(train_x, train_y, test_x, test_y, key, learning_rate, weight_d
 
     def epoch(carry, epoch_key):
         # A fresh permutation per epoch; the last n % batch_size samples of it are skipped.
-        order = jax.random.permutation(epoch_key, n)[:steps_per_epoch * batch_size]
+        order = jax.random.permutation(epoch_key, n)[: steps_per_epoch * batch_size]
         return jax.lax.scan(step, carry, order.reshape(steps_per_epoch, batch_size))[0], None
 
     (params, _), _ = jax.lax.scan(epoch, (params, tx.init(params)), jax.random.split(key, epochs))
     test_logits = test_x @ params["w"] + params["b"]
     train_logits = train_x @ params["w"] + params["b"]
-    return {"top1": _topk_accuracy(test_logits, test_y, 1),
-            "top5": _topk_accuracy(test_logits, test_y, min(5, num_classes)),
-            "train_top1": _topk_accuracy(train_logits, train_y, 1)}
+    return {
+        "top1": _topk_accuracy(test_logits, test_y, 1),
+        "top5": _topk_accuracy(test_logits, test_y, min(5, num_classes)),
+        "train_top1": _topk_accuracy(train_logits, train_y, 1),
+    }
 
 
-def linear_probe(train_features, train_labels, test_features, test_labels, num_classes: int, *,
-                 key: jax.Array, epochs: int = 100, batch_size: int = 256, learning_rate: float = 0.1,
-                 weight_decay: float = 0.0, momentum: float = 0.9,
-                 normalize: str = "standardize") -> dict[str, float]:
+def linear_probe(
+    train_features,
+    train_labels,
+    test_features,
+    test_labels,
+    num_classes: int,
+    *,
+    key: jax.Array,
+    epochs: int = 100,
+    batch_size: int = 256,
+    learning_rate: float = 0.1,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    normalize: str = "standardize",
+) -> dict[str, float]:
     """Linear classification on frozen features (paper §4.5, App. G): top-1 / top-5 accuracy.
 
     A softmax linear layer (weights and bias initialised to zero) is trained by minibatch SGD with
@@ -276,7 +351,18 @@ def linear_probe(train_features, train_labels, test_features, test_labels, num_c
     _same_dim(train, test_features=test)
     train_y = _labels("train_labels", train_labels, train.shape[0], num_classes)
     test_y = _labels("test_labels", test_labels, test.shape[0], num_classes)
-    out = _linear_probe(train, train_y, test, test_y, key, jnp.float32(learning_rate),
-                        jnp.float32(weight_decay), jnp.float32(momentum), num_classes=num_classes,
-                        epochs=epochs, batch_size=min(batch_size, train.shape[0]), normalize=normalize)
+    out = _linear_probe(
+        train,
+        train_y,
+        test,
+        test_y,
+        key,
+        jnp.float32(learning_rate),
+        jnp.float32(weight_decay),
+        jnp.float32(momentum),
+        num_classes=num_classes,
+        epochs=epochs,
+        batch_size=min(batch_size, train.shape[0]),
+        normalize=normalize,
+    )
     return {name: float(v) for name, v in out.items()}

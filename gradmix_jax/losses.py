@@ -65,14 +65,19 @@ def supcon_loss(
     else:
         all_features = jax.lax.all_gather(features, axis_name, tiled=True)
         offset = jax.lax.axis_index(axis_name) * batch
-        all_labels = None if labels is None else jax.lax.all_gather(jnp.asarray(labels), axis_name,
-                                                                    tiled=True)
+        all_labels = (
+            None
+            if labels is None
+            else jax.lax.all_gather(jnp.asarray(labels), axis_name, tiled=True)
+        )
     total = all_features.shape[0]
 
     # View-major stacking: row v * total + j is view v of sample j (torch.cat(torch.unbind(.., 1))).
     contrast = jnp.transpose(all_features, (1, 0, 2)).reshape(views * total, dim)
     anchor = jnp.transpose(features, (1, 0, 2)).reshape(views * batch, dim)
-    anchor_rows = (jnp.arange(views)[:, None] * total + offset + jnp.arange(batch)[None, :]).reshape(-1)
+    anchor_rows = (
+        jnp.arange(views)[:, None] * total + offset + jnp.arange(batch)[None, :]
+    ).reshape(-1)
     ids = jnp.arange(total) if all_labels is None else all_labels
     ids = jnp.tile(ids, views)  # [views * total]
 
@@ -82,9 +87,7 @@ def supcon_loss(
     logits = anchor @ contrast.T / temperature
     # SupContrast subtracts the detached row max before exp; log_prob is invariant to that
     # shift, and a masked logsumexp gives the same value without underflow at small temperatures.
-    log_denominator = jax.nn.logsumexp(
-        jnp.where(not_self, logits, -jnp.inf), axis=1, keepdims=True
-    )
+    log_denominator = jax.nn.logsumexp(jnp.where(not_self, logits, -jnp.inf), axis=1, keepdims=True)
     log_prob = logits - log_denominator
 
     num_pos = positives.sum(axis=1)
@@ -99,7 +102,9 @@ def supcon_loss(
 
 
 def simclr_loss(
-    features: jax.Array, temperature: float = 0.05, reduction: str = "mean",
+    features: jax.Array,
+    temperature: float = 0.05,
+    reduction: str = "mean",
     axis_name: str | None = None,
 ) -> jax.Array:
     """SimCLR / NT-Xent loss: ``supcon_loss`` with ``labels=None``.
@@ -109,13 +114,18 @@ def simclr_loss(
     Returns:
       scalar ('mean') or [batch, views] ('none').
     """
-    return supcon_loss(features, None, temperature=temperature, reduction=reduction,
-                       axis_name=axis_name)
+    return supcon_loss(
+        features, None, temperature=temperature, reduction=reduction, axis_name=axis_name
+    )
 
 
 def moco_loss(
-    queries: jax.Array, keys: jax.Array, queue: jax.Array, temperature: float = 0.07,
-    reduction: str = "mean", axis_name: str | None = None,
+    queries: jax.Array,
+    keys: jax.Array,
+    queue: jax.Array,
+    temperature: float = 0.07,
+    reduction: str = "mean",
+    axis_name: str | None = None,
 ) -> jax.Array:
     """MoCo (He et al. 2020) InfoNCE: each query's positive is its own key, negatives the queue.
 
@@ -132,10 +142,16 @@ def moco_loss(
         per-sample and the queue is replicated, so no gathering is needed).
     """
     _check_reduction(reduction)
-    if queries.ndim != 2 or keys.shape != queries.shape or queue.ndim != 2 \
-            or queue.shape[1] != queries.shape[1]:
-        raise ValueError(f"queries and keys must be [N, D] and queue [K, D]; got {queries.shape}, "
-                         f"{keys.shape}, {queue.shape}")
+    if (
+        queries.ndim != 2
+        or keys.shape != queries.shape
+        or queue.ndim != 2
+        or queue.shape[1] != queries.shape[1]
+    ):
+        raise ValueError(
+            f"queries and keys must be [N, D] and queue [K, D]; got {queries.shape}, "
+            f"{keys.shape}, {queue.shape}"
+        )
     positive = jnp.sum(queries * keys, axis=-1, keepdims=True)  # [N, 1]
     negative = queries @ queue.T  # [N, K]
     logits = jnp.concatenate([positive, negative], axis=1) / temperature

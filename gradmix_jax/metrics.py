@@ -194,7 +194,9 @@ def oscr(
     correct = jnp.concatenate(
         [jnp.asarray(known_correct, jnp.float32), jnp.zeros(num_unknown, jnp.float32)]
     )
-    unknown = jnp.concatenate([jnp.zeros(num_known, jnp.float32), jnp.ones(num_unknown, jnp.float32)])
+    unknown = jnp.concatenate(
+        [jnp.zeros(num_known, jnp.float32), jnp.ones(num_unknown, jnp.float32)]
+    )
 
     if convention == "exact":
         order = jnp.argsort(scores, descending=True)
@@ -220,7 +222,9 @@ def oscr(
     return jnp.sum((fpr[:-1] - fpr[1:]) * (ccr[:-1] + ccr[1:]) / 2.0)
 
 
-def intrinsic_dimension(features: np.ndarray, fraction: float = 0.9, chunk_size: int = 1024) -> float:
+def intrinsic_dimension(
+    features: np.ndarray, fraction: float = 0.9, chunk_size: int = 1024
+) -> float:
     """TwoNN intrinsic dimension (Facco et al. 2017; Ansuini et al. 2019).
 
     mu_i = r2_i / r1_i (distances to the 1st / 2nd nearest neighbour, self excluded;

@@ -36,6 +36,8 @@ __all__ = [
 ]
 
 #: Allowed values of the static string arguments.
+#: The mixing of view 1 a train step can apply ("none": no mixed term).
+METHODS = ("none", "gradmix", "cutmix", "mixup")
 FILL_MODES = ("sample", "noise")
 PLACEMENTS = ("inside", "clip")
 RATIO_OF = ("side", "area")
@@ -61,7 +63,9 @@ def _pair(name: str, value: object, rule: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in value)  # type: ignore[union-attr]
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a static (lo, hi) pair with {rule}, got {value!r}") from None
+        raise ValueError(
+            f"{name} must be a static (lo, hi) pair with {rule}, got {value!r}"
+        ) from None
     return lo, hi
 
 
@@ -69,7 +73,9 @@ def _check_ratio_range(ratio_range: Sequence[float]) -> tuple[float, float]:
     rule = "0 < lo <= hi < 1"
     lo, hi = _pair("ratio_range", ratio_range, rule)
     if not 0.0 < lo <= hi < 1.0:
-        raise ValueError(f"ratio_range must be a static (lo, hi) pair with {rule}, got {ratio_range!r}")
+        raise ValueError(
+            f"ratio_range must be a static (lo, hi) pair with {rule}, got {ratio_range!r}"
+        )
     return lo, hi
 
 
@@ -77,7 +83,9 @@ def _check_noise_range(noise_range: Sequence[float]) -> tuple[float, float]:
     rule = "lo <= hi"
     lo, hi = _pair("noise_range", noise_range, rule)
     if not lo <= hi:
-        raise ValueError(f"noise_range must be a static (lo, hi) pair with {rule}, got {noise_range!r}")
+        raise ValueError(
+            f"noise_range must be a static (lo, hi) pair with {rule}, got {noise_range!r}"
+        )
     return lo, hi
 
 
@@ -299,7 +307,9 @@ def gradmix_apply(
     _check_choice("placement", placement, PLACEMENTS)
     _check_images(images, maps)
     if (perm is None) == (noise is None):
-        raise ValueError("gradmix_apply needs exactly one of perm (fill='sample') or noise (fill='noise')")
+        raise ValueError(
+            "gradmix_apply needs exactly one of perm (fill='sample') or noise (fill='noise')"
+        )
     _, height, width, _ = images.shape
     top, left, bh, bw = gradmix_boxes(maps, ratios, ratio_of, placement)
     masks = _batch_masks(top, left, bh, bw, height, width)
@@ -363,7 +373,9 @@ def gradmix(
     ratios = sample_ratios(k_ratio, batch, ratio_range, ratio_per)
     if fill == "sample":
         perm = jax.random.permutation(k_fill, batch)
-        return gradmix_apply(images, maps, ratios, perm=perm, ratio_of=ratio_of, placement=placement)
+        return gradmix_apply(
+            images, maps, ratios, perm=perm, ratio_of=ratio_of, placement=placement
+        )
     noise = jax.random.uniform(k_fill, images.shape, images.dtype, minval=noise_lo, maxval=noise_hi)
     return gradmix_apply(images, maps, ratios, noise=noise, ratio_of=ratio_of, placement=placement)
 
@@ -371,7 +383,9 @@ def gradmix(
 # --------------------------------------------------------------------------- baselines
 
 
-def cutmix(key: jax.Array, images: jax.Array, alpha: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+def cutmix(
+    key: jax.Array, images: jax.Array, alpha: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """CutMix (Yun et al. 2019), one box per sample.
 
     ``lam0 ~ Beta(alpha, alpha)``; box side ``bh = floor(H * sqrt(1 - lam0))`` (same for W, as
@@ -404,7 +418,9 @@ def cutmix(key: jax.Array, images: jax.Array, alpha: float) -> tuple[jax.Array, 
     return mixed, 1.0 - _masked_fraction(masks), perm
 
 
-def mixup(key: jax.Array, images: jax.Array, alpha: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+def mixup(
+    key: jax.Array, images: jax.Array, alpha: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """MixUp (Zhang et al. 2018) with a per-sample ``lam ~ Beta(alpha, alpha)``.
 
     Args:

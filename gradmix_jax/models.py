@@ -21,9 +21,12 @@ import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 TAP_NAMES: tuple[str, ...] = ("conv2_2", "conv3_2", "conv4_2", "conv5_2")
+#: The paper's GradMix layers: the last three stages' taps.
+DEFAULT_TAPS: tuple[str, ...] = ("conv3_2", "conv4_2", "conv5_2")
 
 # (block kind, blocks per stage) for each supported depth.
 ARCHITECTURES: dict[str, tuple[str, tuple[int, int, int, int]]] = {
@@ -41,7 +44,6 @@ def resolve_dtype(name: str):
     if name not in DTYPES:
         raise ValueError(f"model.dtype must be one of {list(DTYPES)}, got {name!r}")
     if name == "auto":
-        import jax
         name = "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
     return jnp.dtype(name)
 
@@ -49,15 +51,22 @@ def resolve_dtype(name: str):
 def model_from_config(config, num_classes: int = 0) -> "ContrastiveResNet":
     """``create_model`` from ``config.model`` (name, width, feature_dim, stem, dtype)."""
     m = config.model
-    return create_model(m.name, m.width, m.feature_dim, num_classes=num_classes, stem=m.stem,
-                        dtype=resolve_dtype(m.dtype))
+    return create_model(
+        m.name,
+        m.width,
+        m.feature_dim,
+        num_classes=num_classes,
+        stem=m.stem,
+        dtype=resolve_dtype(m.dtype),
+    )
 
 
 def _conv_and_norm(dtype, train: bool):
     """Bias-free conv and BatchNorm with PyTorch's defaults (momentum 0.1 == Flax 0.9, eps 1e-5)."""
     conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, dtype=dtype)
+    norm = functools.partial(
+        nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype
+    )
     return conv, norm
 
 
@@ -121,11 +130,19 @@ class ResNetEncoder(nn.Module):
         block = BasicBlock if kind == "basic" else BottleneckBlock
         x = x.astype(self.dtype)
         if self.stem == "cifar":
-            x = nn.Conv(self.width, (3, 3), padding=1, use_bias=False, dtype=self.dtype,
-                        name="conv1")(x)
+            x = nn.Conv(
+                self.width, (3, 3), padding=1, use_bias=False, dtype=self.dtype, name="conv1"
+            )(x)
         else:
-            x = nn.Conv(self.width, (7, 7), (2, 2), padding=3, use_bias=False, dtype=self.dtype,
-                        name="conv1")(x)
+            x = nn.Conv(
+                self.width,
+                (7, 7),
+                (2, 2),
+                padding=3,
+                use_bias=False,
+                dtype=self.dtype,
+                name="conv1",
+            )(x)
         x = _conv_and_norm(self.dtype, train)[1](name="bn1")(x)
         x = nn.relu(x)
         if self.stem == "imagenet":
@@ -134,8 +151,9 @@ class ResNetEncoder(nn.Module):
             for b in range(num_blocks):
                 strides = 2 if (stage > 0 and b == 0) else 1
                 # Blocks use torchvision's names (layer1_0, ...); the taps use the paper's.
-                x = block(self.width * 2**stage, strides, dtype=self.dtype,
-                          name=f"layer{stage + 1}_{b}")(x, train)
+                x = block(
+                    self.width * 2**stage, strides, dtype=self.dtype, name=f"layer{stage + 1}_{b}"
+                )(x, train)
             tap = TAP_NAMES[stage]
             x = self.perturb(tap, x)
             self.sow("intermediates", tap, x)
@@ -161,7 +179,9 @@ class ContrastiveResNet(nn.Module):
 
     @nn.compact
     def __call__(self, images: jnp.ndarray, train: bool = True):
-        h = ResNetEncoder(self.arch, self.width, self.stem, self.dtype, name="encoder")(images, train)
+        h = ResNetEncoder(self.arch, self.width, self.stem, self.dtype, name="encoder")(
+            images, train
+        )
         z = nn.Dense(h.shape[-1], name="head_hidden")(h)
         z = nn.Dense(self.feature_dim, name="head_out")(nn.relu(z))
         z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
@@ -176,24 +196,71 @@ def tap_path(tap: str) -> tuple[str, ...]:
     return ("encoder", tap)
 
 
-def create_model(name: str = "resnet18", width: int = 64, feature_dim: int = 128,
-                 num_classes: int = 0, stem: str = "cifar", dtype: Any = jnp.float32
-                 ) -> ContrastiveResNet:
+def zero_taps(model: nn.Module, variables: dict, images: jax.Array, train: bool = False):
+    """Zero perturbations for every tap of ``model`` on ``images`` (abstract evaluation: no compute).
+
+    Passed as the ``'perturbations'`` collection, they leave the forward pass unchanged and make
+    ``jax.vjp`` w.r.t. them return dLoss/dActivation at each tap. ``variables``: {'params',
+    'batch_stats'}; ``train`` selects the BatchNorm mode the gradients will be taken in.
+    """
+    mutable = ["batch_stats", "perturbations"] if train else ["perturbations"]
+    shapes = jax.eval_shape(
+        lambda v, x: model.apply(v, x, train=train, mutable=mutable)[1]["perturbations"],
+        variables,
+        images,
+    )
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def tap_activation(intermediates, tap: str) -> jax.Array:
+    """The activation ``tap`` sowed into an ``'intermediates'`` collection: [B, H, W, C]."""
+    node = intermediates
+    for key in tap_path(tap):
+        node = node[key]
+    return node[0]  # sow keeps a tuple of the values sown
+
+
+def tap_gradient(perturbation_grads, tap: str) -> jax.Array:
+    """dLoss/dActivation at ``tap`` from the gradient w.r.t. ``zero_taps``: [B, H, W, C]."""
+    node = perturbation_grads
+    for key in tap_path(tap):
+        node = node[key]
+    return node
+
+
+def create_model(
+    name: str = "resnet18",
+    width: int = 64,
+    feature_dim: int = 128,
+    num_classes: int = 0,
+    stem: str = "cifar",
+    dtype: Any = jnp.float32,
+) -> ContrastiveResNet:
     """Builds a ContrastiveResNet, validating the names first."""
     if name not in ARCHITECTURES:
         raise ValueError(f"model.name must be one of {sorted(ARCHITECTURES)}, got {name!r}")
     if stem not in STEMS:
         raise ValueError(f"model.stem must be one of {list(STEMS)}, got {stem!r}")
     if width < 1 or feature_dim < 1:
-        raise ValueError(f"model.width and model.feature_dim must be >= 1, got {width}, {feature_dim}")
-    return ContrastiveResNet(arch=name, width=width, feature_dim=feature_dim,
-                             num_classes=num_classes, stem=stem, dtype=dtype)
+        raise ValueError(
+            f"model.width and model.feature_dim must be >= 1, got {width}, {feature_dim}"
+        )
+    return ContrastiveResNet(
+        arch=name,
+        width=width,
+        feature_dim=feature_dim,
+        num_classes=num_classes,
+        stem=stem,
+        dtype=dtype,
+    )
 
 
 def validate_taps(layers: Sequence[str]) -> tuple[str, ...]:
     """Checks attribution layer names; returns them as a tuple."""
     layers = tuple(layers)
-    bad = [l for l in layers if l not in TAP_NAMES]
+    bad = [layer for layer in layers if layer not in TAP_NAMES]
     if bad or not layers:
-        raise ValueError(f"gradmix.layers must be a non-empty subset of {list(TAP_NAMES)}, got {list(layers)}")
+        raise ValueError(
+            f"gradmix.layers must be a non-empty subset of {list(TAP_NAMES)}, got {list(layers)}"
+        )
     return layers

@@ -244,9 +244,13 @@ def mahalanobis_scores(
     if not ridge >= 0:
         raise ValueError(f"ridge must be >= 0, got {ridge}")
     _check_no_empty_class(train_labels, num_classes)
-    return _mahalanobis_scores(jnp.asarray(train_features, jnp.float32), jnp.asarray(train_labels),
-                               jnp.asarray(test_features, jnp.float32), num_classes=num_classes,
-                               ridge=ridge)
+    return _mahalanobis_scores(
+        jnp.asarray(train_features, jnp.float32),
+        jnp.asarray(train_labels),
+        jnp.asarray(test_features, jnp.float32),
+        num_classes=num_classes,
+        ridge=ridge,
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes",))
@@ -262,7 +266,10 @@ def _mahalanobis_scores(train_features, train_labels, test_features, num_classes
     precision = jnp.linalg.inv(cov)
     # (t - m)^T P (t - m) = t P t + m P m - 2 t P m, without a [T, C, D] tensor.
     tp = test_features @ precision
-    sq = (jnp.sum(tp * test_features, axis=1, keepdims=True)
-          + jnp.sum((means @ precision) * means, axis=1)[None, :] - 2.0 * tp @ means.T)
+    sq = (
+        jnp.sum(tp * test_features, axis=1, keepdims=True)
+        + jnp.sum((means @ precision) * means, axis=1)[None, :]
+        - 2.0 * tp @ means.T
+    )
     sq = jnp.where(counts[None, :] > 0, jnp.maximum(sq, 0.0), jnp.inf)  # [T, C]
     return -jnp.sqrt(sq.min(axis=1)), jnp.argmin(sq, axis=1).astype(jnp.int32)

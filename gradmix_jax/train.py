@@ -1,6 +1,6 @@
 """Command line: ``python -m gradmix_jax.train --config configs/digits.py [--workdir DIR]``.
 
-Only parses flags; the work is ``gradmix_jax.trainer.train_and_evaluate``. Override any config
+Only parses flags; the work is ``gradmix_jax.training.trainer.train_and_evaluate``. Override any config
 field with ``--config.a.b=value`` (e.g. ``--config.mixing.method=cutmix``); ``--print_config``
 prints the resolved config and exits; ``--reevaluate`` evaluates a finished run again.
 """
@@ -16,19 +16,27 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: runs/<config>-<time>).")
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "Multi-process runs: host:port of process 0 (not needed on "
-    "Cloud TPU or SLURM, where JAX finds it).")
+    "coordinator_address",
+    None,
+    "Multi-process runs: host:port of process 0 (not needed on "
+    "Cloud TPU or SLURM, where JAX finds it).",
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process runs: process count.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index.")
 _REEVALUATE = flags.DEFINE_bool(
-    "reevaluate", False, "The workdir holds a finished run of this config: evaluate its final "
-    "checkpoint again and rewrite results.json (without it such a run is left untouched).")
+    "reevaluate",
+    False,
+    "The workdir holds a finished run of this config: evaluate its final "
+    "checkpoint again and rewrite results.json (without it such a run is left untouched).",
+)
 _PRINT_CONFIG = flags.DEFINE_bool(
-    "print_config", False, "Print the resolved config (file + --config.* overrides) and exit.")
+    "print_config", False, "Print the resolved config (file + --config.* overrides) and exit."
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -80,17 +88,22 @@ def main(argv):
         # Orbax and JAX log every save and backend probe at INFO; keep the terminal to the progress
         # bar and results unless --verbosity asks for more.
         logging.set_verbosity(logging.WARNING)
-    from gradmix_jax import parallel, trainer  # imported late so --help stays fast
-    from gradmix_jax.checkpoint import CheckpointError
     from gradmix_jax.data import DatasetNotPreparedError
-    from gradmix_jax.validation import ConfigError
+    from gradmix_jax.training import parallel, trainer  # imported late so --help stays fast
+    from gradmix_jax.training.checkpoint import CheckpointError
+    from gradmix_jax.training.validation import ConfigError
 
-    parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    parallel.maybe_initialize_distributed(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+    )
     workdir = _WORKDIR.value
     import jax
+
     if workdir is None and jax.process_count() > 1:
-        print("error: --workdir is required with several processes (they must share it)",
-              file=sys.stderr)
+        print(
+            "error: --workdir is required with several processes (they must share it)",
+            file=sys.stderr,
+        )
         sys.exit(2)
     if workdir is None:
         name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
@@ -106,18 +119,27 @@ def main(argv):
     if jax.process_index() != 0:
         return
     if summary.get("already_finished"):
-        print(f"already finished at step {summary['num_steps']}: "
-              f"{os.path.join(workdir, 'results.json')} (--reevaluate evaluates it again)")
+        print(
+            f"already finished at step {summary['num_steps']}: "
+            f"{os.path.join(workdir, 'results.json')} (--reevaluate evaluates it again)"
+        )
         return
     auroc = "n/a (closed set)" if summary["auroc"] is None else f"{summary['auroc']:.4f}"
-    others = ", ".join(f"{name} {summary[key]:.4f}" for key, name in
-                       (("auroc_nno", "NNO"), ("auroc_msp", "MSP")) if summary.get(key) is not None)
-    print(f"open-set AUROC {auroc} (Algorithm 1 k-NN{', ' + others if others else ''}), "
-          f"closed-set accuracy {summary['closed_set_accuracy']:.4f}; "
-          f"{summary['num_steps']} steps: {summary['train_seconds']:.1f} s of training after "
-          f"compilation, {time.perf_counter() - t_start:.1f} s for the whole command")
-    print(f"results: {os.path.join(workdir, 'results.json')} (history, checkpoints/ and "
-          f"tensorboard/ beside it)")
+    others = ", ".join(
+        f"{name} {summary[key]:.4f}"
+        for key, name in (("auroc_nno", "NNO"), ("auroc_msp", "MSP"))
+        if summary.get(key) is not None
+    )
+    print(
+        f"open-set AUROC {auroc} (Algorithm 1 k-NN{', ' + others if others else ''}), "
+        f"closed-set accuracy {summary['closed_set_accuracy']:.4f}; "
+        f"{summary['num_steps']} steps: {summary['train_seconds']:.1f} s of training after "
+        f"compilation, {time.perf_counter() - t_start:.1f} s for the whole command"
+    )
+    print(
+        f"results: {os.path.join(workdir, 'results.json')} (history, checkpoints/ and "
+        f"tensorboard/ beside it)"
+    )
 
 
 if __name__ == "__main__":

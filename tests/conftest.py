@@ -4,7 +4,9 @@ import os
 
 # Backend optimisation level 0 roughly halves CPU compile time; results are the same computations.
 # Subprocesses started by the tests (the CLI) inherit it.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+).strip()
 
 
 # ----------------------------------------------------------------------------- a stand-in bucket
@@ -25,12 +27,13 @@ class _FolderBucketBackend:
 
     def __init__(self, root):
         from etils.epath import backend
+
         self.root, self.os = str(root), backend.os_backend
 
     def local(self, path) -> str:
         path = os.fspath(path)
         assert path.startswith("gs://"), path
-        return os.path.join(self.root, path[len("gs://"):])
+        return os.path.join(self.root, path[len("gs://") :])
 
     def uri(self, local) -> str:
         return "gs://" + os.path.relpath(os.fspath(local), self.root)
@@ -100,8 +103,12 @@ def fake_gcs(tmp_path):
     fake = _FolderBucketBackend(root)
 
     def kvstore(path):
-        return {"driver": "file", "path": fake.local(path if str(path).startswith("gs://")
-                                                     else "gs://" + str(path).lstrip("/"))}
+        return {
+            "driver": "file",
+            "path": fake.local(
+                path if str(path).startswith("gs://") else "gs://" + str(path).lstrip("/")
+            ),
+        }
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.dict(gpath._PREFIX_TO_BACKEND, {"gs": fake}))
@@ -110,9 +117,13 @@ def fake_gcs(tmp_path):
         stack.enter_context(mock.patch.object(gcs_utils, "get_kvstore_for_gcs", kvstore))
         # Orbax asks the bucket (google-cloud-storage) whether it has a hierarchical namespace:
         # the stand-in is a flat bucket, GCS's default.
-        stack.enter_context(mock.patch.object(
-            gcs_utils, "get_bucket", lambda name: types.SimpleNamespace(
-                name=name, hierarchical_namespace_enabled=False)))
+        stack.enter_context(
+            mock.patch.object(
+                gcs_utils,
+                "get_bucket",
+                lambda name: types.SimpleNamespace(name=name, hierarchical_namespace_enabled=False),
+            )
+        )
         yield root
 
 
@@ -121,10 +132,16 @@ def fake_gcs(tmp_path):
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Train-CLI flags for a tiny model on digits (same code path, seconds on a CPU).
-_TINY_OVERRIDES = ("--config.model.width=4", "--config.model.feature_dim=16",
-                   "--config.data.image_size=8", "--config.batch_size=32",
-                   "--config.progress_bar=False", "--config.log_every_steps=2",
-                   "--config.checkpoint_every_steps=2", "--config.eval.batch_size=256")
+_TINY_OVERRIDES = (
+    "--config.model.width=4",
+    "--config.model.feature_dim=16",
+    "--config.data.image_size=8",
+    "--config.batch_size=32",
+    "--config.progress_bar=False",
+    "--config.log_every_steps=2",
+    "--config.checkpoint_every_steps=2",
+    "--config.eval.batch_size=256",
+)
 
 
 @pytest.fixture(scope="session")
@@ -141,7 +158,8 @@ def make_digits_config():
 
     def make():
         spec = importlib.util.spec_from_file_location(
-            "digits_cfg", os.path.join(_ROOT, "configs", "digits.py"))
+            "digits_cfg", os.path.join(_ROOT, "configs", "digits.py")
+        )
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module.get_config()
@@ -170,9 +188,17 @@ def run_cli(repo_root, tiny_overrides):
     import sys
 
     def run(workdir, *extra):
-        cmd = [sys.executable, "-m", "gradmix_jax.train", "--config",
-               os.path.join(repo_root, "configs", "digits.py"), "--workdir", str(workdir),
-               *tiny_overrides, *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "gradmix_jax.train",
+            "--config",
+            os.path.join(repo_root, "configs", "digits.py"),
+            "--workdir",
+            str(workdir),
+            *tiny_overrides,
+            *extra,
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
         return out
@@ -186,7 +212,9 @@ def run_cli(repo_root, tiny_overrides):
 def idx_bytes(array):
     """The IDX encoding of a uint8 array, written out from the format's definition (magic
     0x0000 08 <ndim>, big-endian int32 sizes, then the bytes), independent of the reader."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape
+    )
     return header + array.astype("uint8").tobytes()
 
 

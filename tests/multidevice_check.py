@@ -13,9 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from gradmix_jax import augment, losses, parallel
+from gradmix_jax import augment, losses
 from gradmix_jax.models import create_model
-from gradmix_jax.train_step import StepConfig, init_state, make_optimizer, make_train_step
+from gradmix_jax.training import parallel
+from gradmix_jax.training.train_step import StepConfig, init_state, make_optimizer, make_train_step
 
 
 def losses_on(devices, method, objective="supcon_ssl"):
@@ -26,10 +27,14 @@ def losses_on(devices, method, objective="supcon_ssl"):
     aug = augment.AugmentParams.digits((8, 8))
     cfg = StepConfig(method=method, objective=objective, moco_queue_size=40)
     state = jax.jit(lambda k: init_state(model, tx, k, (8, 8, 1), cfg), out_shardings=repl)(
-        jax.random.key(0))
-    step = jax.jit(make_train_step(model, tx, aug, cfg, schedule),
-                   in_shardings=(repl, repl, repl, sharded), out_shardings=(repl, repl),
-                   donate_argnums=(0,))
+        jax.random.key(0)
+    )
+    step = jax.jit(
+        make_train_step(model, tx, aug, cfg, schedule),
+        in_shardings=(repl, repl, repl, sharded),
+        out_shardings=(repl, repl),
+        donate_argnums=(0,),
+    )
     rng = np.random.default_rng(0)
     images = jax.device_put(rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8), repl)
     labels = jax.device_put(rng.integers(0, 3, (64,)).astype(np.int32), repl)
@@ -58,13 +63,23 @@ def axis_name_losses():
 
     out = {"supcon_global": float(supcon(f, y)), "simclr_global": float(simclr(f))}
     fp, yp = f.reshape(4, 4, 2, 6), y.reshape(4, 4)
-    out["supcon_pmap"] = np.asarray(jax.pmap(functools.partial(supcon, axis_name="d"), axis_name="d",
-                                             devices=jax.devices()[:4])(fp, yp)).tolist()
-    out["simclr_pmap"] = np.asarray(jax.pmap(functools.partial(simclr, axis_name="d"), axis_name="d",
-                                             devices=jax.devices()[:4])(fp)).tolist()
+    out["supcon_pmap"] = np.asarray(
+        jax.pmap(
+            functools.partial(supcon, axis_name="d"), axis_name="d", devices=jax.devices()[:4]
+        )(fp, yp)
+    ).tolist()
+    out["simclr_pmap"] = np.asarray(
+        jax.pmap(
+            functools.partial(simclr, axis_name="d"), axis_name="d", devices=jax.devices()[:4]
+        )(fp)
+    ).tolist()
     mesh = jax.make_mesh((8,), ("d",))
-    smap = jax.shard_map(functools.partial(supcon, axis_name="d"), mesh=mesh,
-                         in_specs=(P("d"), P("d")), out_specs=P())
+    smap = jax.shard_map(
+        functools.partial(supcon, axis_name="d"),
+        mesh=mesh,
+        in_specs=(P("d"), P("d")),
+        out_specs=P(),
+    )
     fs, ys = (jax.device_put(a, jax.sharding.NamedSharding(mesh, P("d"))) for a in (f, y))
     out["supcon_shard_map"] = float(jax.jit(smap)(fs, ys))
     # Gradients: d(global loss)/d(features) equals the shard_map gradient of the pmean'd loss.

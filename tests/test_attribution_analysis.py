@@ -34,10 +34,13 @@ def tiny():
     # Random running statistics: a forward in train mode (batch statistics) would differ clearly.
     leaves, treedef = jax.tree.flatten(variables["batch_stats"])
     keys = jax.random.split(jax.random.key(2), len(leaves))
-    leaves = [jax.random.uniform(k, l.shape, minval=0.5, maxval=2.0) if i % 2 else
-              0.2 * jax.random.normal(k, l.shape) for i, (k, l) in enumerate(zip(keys, leaves))]
-    variables = {"params": variables["params"],
-                 "batch_stats": jax.tree.unflatten(treedef, leaves)}
+    leaves = [
+        jax.random.uniform(k, leaf.shape, minval=0.5, maxval=2.0)
+        if i % 2
+        else 0.2 * jax.random.normal(k, leaf.shape)
+        for i, (k, leaf) in enumerate(zip(keys, leaves))
+    ]
+    variables = {"params": variables["params"], "batch_stats": jax.tree.unflatten(treedef, leaves)}
     return model, variables, images
 
 
@@ -76,8 +79,12 @@ def reference_maps(model, variables, images, layers, score_fn, flip_view, normal
 
         grad = np.asarray(jax.grad(f)(_get(zeros, tap_path(layer)))[:n], np.float64)
         cam = np.maximum((np.maximum(grad, 0) * act).sum(-1), 0)  # [n, h, w]
-        up = np.asarray(jax.image.resize(jnp.asarray(cam, jnp.float32), images.shape[:3],
-                                         "bilinear", antialias=False), np.float64)
+        up = np.asarray(
+            jax.image.resize(
+                jnp.asarray(cam, jnp.float32), images.shape[:3], "bilinear", antialias=False
+            ),
+            np.float64,
+        )
         if normalize == "image":
             lo = up.min(axis=(1, 2), keepdims=True)
             hi = up.max(axis=(1, 2), keepdims=True)
@@ -94,9 +101,20 @@ def test_simclr_maps_equal_independent_reference_under_jit(tiny):
     model, variables, images = tiny
     f = jax.jit(aa.attribution_maps, static_argnames=STATIC)
     for normalize in ("image", "none"):
-        got = np.asarray(f(model, variables, images, layers=LAYERS, target="simclr",
-                           temperature=0.1, normalize=normalize))
-        want = reference_maps(model, variables, images, LAYERS, simclr_score(4, 0.1), True, normalize)
+        got = np.asarray(
+            f(
+                model,
+                variables,
+                images,
+                layers=LAYERS,
+                target="simclr",
+                temperature=0.1,
+                normalize=normalize,
+            )
+        )
+        want = reference_maps(
+            model, variables, images, LAYERS, simclr_score(4, 0.1), True, normalize
+        )
         assert got.shape == (4, 16, 16) and got.dtype == np.float32
         assert want.max() > 0  # the comparison is not between two all-zero maps
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * want.max())
@@ -105,12 +123,17 @@ def test_simclr_maps_equal_independent_reference_under_jit(tiny):
     assert maps.min() >= 0 and maps.max() <= len(LAYERS) + 1e-5
     per_layer = aa.layer_maps(model, variables, images, layers=LAYERS, temperature=0.1)
     assert {k: v.shape for k, v in per_layer.items()} == {
-        "conv3_2": (4, 8, 8), "conv4_2": (4, 4, 4), "conv5_2": (4, 2, 2)}
+        "conv3_2": (4, 8, 8),
+        "conv4_2": (4, 4, 4),
+        "conv5_2": (4, 2, 2),
+    }
 
 
 def test_prototype_maps_equal_reference_and_are_per_image(tiny):
     model, variables, images = tiny
-    protos = aa.class_prototypes(np.random.default_rng(0).normal(size=(30, 8)), np.arange(30) % 3, 3)
+    protos = aa.class_prototypes(
+        np.random.default_rng(0).normal(size=(30, 8)), np.arange(30) % 3, 3
+    )
     pn = jnp.asarray(protos)
 
     def score(z):  # cosine to the nearest prototype, summed over images
@@ -118,25 +141,45 @@ def test_prototype_maps_equal_reference_and_are_per_image(tiny):
         return jnp.sum(jnp.take_along_axis(sims, jnp.argmax(sims, -1)[:, None], -1))
 
     layers = ("conv4_2",)
-    got = np.asarray(aa.attribution_maps(model, variables, images, layers=layers, target="prototype",
-                                         prototypes=protos, normalize="none"))
+    got = np.asarray(
+        aa.attribution_maps(
+            model,
+            variables,
+            images,
+            layers=layers,
+            target="prototype",
+            prototypes=protos,
+            normalize="none",
+        )
+    )
     want = reference_maps(model, variables, images, layers, score, False, "none")
     assert want.max() > 0
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * want.max())
     # Eval mode + a per-image score: an image's map does not depend on its batch mates.
-    alone = np.asarray(aa.attribution_maps(model, variables, images[1:2], layers=layers,
-                                           target="prototype", prototypes=protos, normalize="none"))
+    alone = np.asarray(
+        aa.attribution_maps(
+            model,
+            variables,
+            images[1:2],
+            layers=layers,
+            target="prototype",
+            prototypes=protos,
+            normalize="none",
+        )
+    )
     np.testing.assert_allclose(alone[0], got[1], rtol=1e-4, atol=1e-6 * want.max())
 
 
 def test_bad_arguments_raise_one_clear_value_error(tiny):
     model, variables, images = tiny
-    cases = [(dict(target="logits"), "target must be one of"),
-             (dict(layers=("conv9_9",)), "layers must be a non-empty subset"),
-             (dict(layers=()), "layers must be a non-empty subset"),
-             (dict(normalize="max"), "normalize must be one of"),
-             (dict(target="prototype"), "prototypes must be"),
-             (dict(temperature=0.0), "temperature must be")]
+    cases = [
+        (dict(target="logits"), "target must be one of"),
+        (dict(layers=("conv9_9",)), "layers must be a non-empty subset"),
+        (dict(layers=()), "layers must be a non-empty subset"),
+        (dict(normalize="max"), "normalize must be one of"),
+        (dict(target="prototype"), "prototypes must be"),
+        (dict(temperature=0.0), "temperature must be"),
+    ]
     for kwargs, msg in cases:
         with pytest.raises(ValueError, match=msg):
             aa.attribution_maps(model, variables, images, **kwargs)
@@ -191,8 +234,9 @@ def test_figures_are_written(tmp_path):
     plots.save_map_grid(str(grid), images, maps, title="t", column_titles=["a", "b", "c"])
     plot = tmp_path / "curve.png"
     taus = aa.default_thresholds()
-    plots.save_activated_fraction_plot(str(plot), taus, {"none": np.linspace(1, 0, 9),
-                                                         "gradmix": np.linspace(1, 0.2, 9)})
+    plots.save_activated_fraction_plot(
+        str(plot), taus, {"none": np.linspace(1, 0, 9), "gradmix": np.linspace(1, 0.2, 9)}
+    )
     for path in (grid, plot):
         data = path.read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 1000
@@ -238,4 +282,6 @@ def test_fig7_and_fig8_smoke_share_their_cells(tmp_path):
     assert data["num_images"] % 128 == 0 and data["num_images"] > 0
     table = (tmp_path / "fig8_digits_split0.md").read_text()
     assert "SMOKE" in table and "| raw |" in table
-    assert (tmp_path / "fig8_digits_split0_curves.csv").read_text().startswith("maps,model,group,tau")
+    assert (
+        (tmp_path / "fig8_digits_split0_curves.csv").read_text().startswith("maps,model,group,tau")
+    )

@@ -23,7 +23,6 @@ from gradmix_jax.augment import (
     two_views,
 )
 
-
 # Jitted entry points shared by the tests: each (params, shape) compiles once.
 # XLA's CPU backend optimisation level 0 halves the compile time, which
 # dominates these tests; the results are the same.
@@ -65,10 +64,13 @@ def _identity_params(out_size, **overrides) -> AugmentParams:
 # upsampling / same size.
 
 
-@pytest.mark.parametrize("channels,dtype,in_size,out_size", [
-    (3, np.uint8, (8, 8), (16, 16)),     # RGB uint8, upsampling
-    (1, np.float32, (12, 12), (12, 12)),  # 1 channel float, same size
-])
+@pytest.mark.parametrize(
+    "channels,dtype,in_size,out_size",
+    [
+        (3, np.uint8, (8, 8), (16, 16)),  # RGB uint8, upsampling
+        (1, np.float32, (12, 12), (12, 12)),  # 1 channel float, same size
+    ],
+)
 def test_two_views_shape_dtype_range(channels, dtype, in_size, out_size):
     images = _images((3, *in_size, channels), dtype)
     params = AugmentParams.rgb(out_size, rotation_degrees=15.0, noise_std=0.1)
@@ -167,12 +169,15 @@ def test_params_hashable_static_arg():
 # --------------------------------------------------------------------------- #
 
 
-@pytest.mark.parametrize("channels,dtype,in_size,out_size", [
-    (1, np.uint8, (8, 8), (16, 16)),
-    (3, np.float32, (8, 8), (16, 16)),
-    (3, np.uint8, (12, 12), (12, 12)),
-    (1, np.float32, (12, 12), (12, 12)),
-])
+@pytest.mark.parametrize(
+    "channels,dtype,in_size,out_size",
+    [
+        (1, np.uint8, (8, 8), (16, 16)),
+        (3, np.float32, (8, 8), (16, 16)),
+        (3, np.uint8, (12, 12), (12, 12)),
+        (1, np.float32, (12, 12), (12, 12)),
+    ],
+)
 def test_identity_params_equal_eval_transform(channels, dtype, in_size, out_size):
     images = _images((3, *in_size, channels), dtype, seed=3)
     got = _augment_batch(jax.random.key(7), images, _identity_params(out_size))
@@ -220,8 +225,9 @@ def test_grayscale_prob_one_gives_equal_channels():
 
 def test_brightness_is_multiplicative_like_torchvision():
     images = _images((16, 8, 8, 3), np.float32, seed=6) * 0.5  # no clipping at 1.4x
-    params = _identity_params((8, 8), jitter_prob=1.0, brightness=0.4, contrast=0.0,
-                              saturation=0.0, hue=0.0)
+    params = _identity_params(
+        (8, 8), jitter_prob=1.0, brightness=0.4, contrast=0.0, saturation=0.0, hue=0.0
+    )
     got = np.asarray(_augment_batch(jax.random.key(2), images, params))
     ratio = got / images
     factors = ratio.reshape(16, -1)
@@ -233,19 +239,29 @@ def test_brightness_is_multiplicative_like_torchvision():
 def test_jitter_prob_zero_and_one_channel_ignores_colour_ops():
     images = _images((2, 8, 8, 1), np.float32)
     # saturation/hue/grayscale are statically skipped for C == 1 ...
-    params = _identity_params((8, 8), jitter_prob=1.0, brightness=0.0, contrast=0.0,
-                              saturation=0.9, hue=0.5, grayscale_prob=1.0)
+    params = _identity_params(
+        (8, 8),
+        jitter_prob=1.0,
+        brightness=0.0,
+        contrast=0.0,
+        saturation=0.9,
+        hue=0.5,
+        grayscale_prob=1.0,
+    )
     np.testing.assert_allclose(_augment_batch(jax.random.key(0), images, params), images, atol=1e-6)
     # ... brightness/contrast still apply.
     params = dataclasses.replace(params, brightness=0.4, contrast=0.4)
     assert not np.allclose(_augment_batch(jax.random.key(0), images, params), images, atol=1e-3)
 
 
-@pytest.mark.parametrize("ops", [
-    ("brightness", "contrast", "saturation", "hue"),
-    ("brightness", "contrast", "saturation"),
-    ("saturation", "hue"),
-])
+@pytest.mark.parametrize(
+    "ops",
+    [
+        ("brightness", "contrast", "saturation", "hue"),
+        ("brightness", "contrast", "saturation"),
+        ("saturation", "hue"),
+    ],
+)
 def test_random_order_jitter_matches_sequential_application(ops):
     image = _images((8, 8, 3), np.float32, seed=8)
     values = {"brightness": 1.3, "contrast": 0.7, "saturation": 1.35, "hue": 0.08}
@@ -321,8 +337,10 @@ def test_rotate_matches_dm_pix_away_from_the_border():
 
 def _boxes(height, width, scale, ratio, n=4000, **kw):
     keys = jax.random.split(jax.random.key(42), n)
-    fn = jax.jit(jax.vmap(lambda k: sample_crop_box(k, height, width, scale, ratio, **kw)),
-                 compiler_options=_FAST)
+    fn = jax.jit(
+        jax.vmap(lambda k: sample_crop_box(k, height, width, scale, ratio, **kw)),
+        compiler_options=_FAST,
+    )
     return [np.asarray(x, np.float64) for x in fn(keys)]
 
 
@@ -391,23 +409,26 @@ def test_crop_box_identity_and_log_uniform_ratio():
 # --------------------------------------------------------------------------- #
 
 
-@pytest.mark.parametrize("field,value", [
-    ("flip_prob", 1.5),
-    ("jitter_prob", -0.1),
-    ("grayscale_prob", 2.0),
-    ("crop_scale", (0.0, 1.0)),
-    ("crop_scale", (0.8, 0.5)),
-    ("crop_scale", (0.5, 1.2)),
-    ("crop_ratio", (0.0, 1.0)),
-    ("crop_ratio", (2.0, 1.0)),
-    ("crop_ratio", (-1.0, 1.0)),
-    ("out_size", (0, 8)),
-    ("out_size", (8,)),
-    ("brightness", -0.1),
-    ("hue", 0.6),
-    ("rotation_degrees", -5.0),
-    ("noise_std", -1.0),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("flip_prob", 1.5),
+        ("jitter_prob", -0.1),
+        ("grayscale_prob", 2.0),
+        ("crop_scale", (0.0, 1.0)),
+        ("crop_scale", (0.8, 0.5)),
+        ("crop_scale", (0.5, 1.2)),
+        ("crop_ratio", (0.0, 1.0)),
+        ("crop_ratio", (2.0, 1.0)),
+        ("crop_ratio", (-1.0, 1.0)),
+        ("out_size", (0, 8)),
+        ("out_size", (8,)),
+        ("brightness", -0.1),
+        ("hue", 0.6),
+        ("rotation_degrees", -5.0),
+        ("noise_std", -1.0),
+    ],
+)
 def test_validation_errors_name_the_field(field, value):
     fields = {"out_size": (8, 8), field: value}
     with pytest.raises(ValueError, match=field) as info:

@@ -9,19 +9,34 @@ import time
 
 import pytest
 
-LONG = ["--config.num_steps=160", "--config.checkpoint_every_steps=40", "--config.log_every_steps=20",
-        "--config.batch_size=16"]
+LONG = [
+    "--config.num_steps=160",
+    "--config.checkpoint_every_steps=40",
+    "--config.log_every_steps=20",
+    "--config.batch_size=16",
+]
 
 
 @pytest.fixture
 def start_cli(repo_root, tiny_overrides):
     """``start_cli(workdir, *extra)``: the tiny digits train CLI started in the background."""
+
     def start(workdir, *extra):
-        cmd = [sys.executable, "-m", "gradmix_jax.train", "--config",
-               os.path.join(repo_root, "configs", "digits.py"), "--workdir", str(workdir),
-               *tiny_overrides, *extra]
-        return subprocess.Popen(cmd, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "gradmix_jax.train",
+            "--config",
+            os.path.join(repo_root, "configs", "digits.py"),
+            "--workdir",
+            str(workdir),
+            *tiny_overrides,
+            *extra,
+        ]
+        return subprocess.Popen(
+            cmd, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
     return start
 
 
@@ -62,23 +77,37 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, start_cli):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
-    line = [l for l in err.splitlines() if l.startswith("preempted at step")]
+    line = [line for line in err.splitlines() if line.startswith("preempted at step")]
     assert line, err[-2000:]
     step = int(line[0].split()[3].rstrip(":"))
     assert step >= 40 and (workdir / "checkpoints" / str(step)).is_dir()
     assert not (workdir / "results.json").exists()
 
 
-def test_incompatible_and_corrupt_checkpoints_are_refused(tmp_path, run_cli, repo_root, tiny_overrides):
+def test_incompatible_and_corrupt_checkpoints_are_refused(
+    tmp_path, run_cli, repo_root, tiny_overrides
+):
     workdir = tmp_path / "run"
     run_cli(workdir, "--config.num_steps=2", "--config.checkpoint_every_steps=2")
     # another model size in the same workdir: a clear error, not a silent fresh start
-    cmd = [sys.executable, "-m", "gradmix_jax.train", "--config", os.path.join(repo_root, "configs", "digits.py"),
-           "--workdir", str(workdir), *tiny_overrides, "--config.num_steps=4", "--config.model.width=8"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gradmix_jax.train",
+        "--config",
+        os.path.join(repo_root, "configs", "digits.py"),
+        "--workdir",
+        str(workdir),
+        *tiny_overrides,
+        "--config.num_steps=4",
+        "--config.model.width=8",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=300)
     assert out.returncode == 2
-    errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
-    assert len(errors) == 1 and "checkpoint at step 2" in errors[0] and "does not match" in errors[0]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert (
+        len(errors) == 1 and "checkpoint at step 2" in errors[0] and "does not match" in errors[0]
+    )
     # corrupt the array data of the checkpoint
     for root, _, files in os.walk(workdir / "checkpoints" / "2"):
         for name in files:
@@ -87,7 +116,7 @@ def test_incompatible_and_corrupt_checkpoints_are_refused(tmp_path, run_cli, rep
                     f.write(b"\x00garbage")
     out = subprocess.run(cmd[:-1], capture_output=True, text=True, cwd=repo_root, timeout=300)
     assert out.returncode == 2, out.stderr[-2000:]
-    errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "checkpoint at step 2" in errors[0]
 
 
@@ -100,7 +129,7 @@ def test_background_saver_snapshot_survives_donation(tmp_path, monkeypatch, pinn
     import jax.numpy as jnp
     import numpy as np
 
-    from gradmix_jax import checkpoint
+    from gradmix_jax.training import checkpoint
 
     state = {"w": jnp.arange(100_000, dtype=jnp.float32), "step": jnp.asarray(3, jnp.int32)}
     bump = jax.jit(lambda s: {"w": s["w"] + 1.0, "step": s["step"] + 1}, donate_argnums=0)
@@ -119,9 +148,11 @@ def test_background_saver_snapshot_survives_donation(tmp_path, monkeypatch, pinn
     np.testing.assert_array_equal(restored["w"], np.arange(100_000, dtype=np.float32))
     assert int(restored["step"]) == 3
     assert float(checkpoint.restore_latest(saver.manager, template)["w"][0]) == 5.0
-    # A save that fails on the helper thread is re-raised in the training thread.
+
+    # A save that fails on the background thread is re-raised in the training thread.
     def failing_save(step, args=None, force=False):
         raise OSError(f"disk full at step {step}")
+
     monkeypatch.setattr(saver.manager, "save", failing_save)
     saver.save(9, state)
     with pytest.raises(OSError, match="disk full at step 9"):

@@ -11,24 +11,26 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gradmix_jax import checkpoint
+from gradmix_jax.training import checkpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _tree():
     # jax.tree.leaves orders dict keys: a, b, c, d, e.
-    return {"a": jnp.arange(6, dtype=jnp.float32).reshape(2, 3),
-            "b": jnp.asarray(7, jnp.int32),
-            "c": jnp.asarray([1, 2], jnp.uint32),
-            "d": jnp.asarray([0.5, 1.5, 2.5, 3.5], jnp.bfloat16),
-            "e": jnp.asarray([10.0, 11.0, 12.0, 13.0, 14.0], jnp.float32)}
+    return {
+        "a": jnp.arange(6, dtype=jnp.float32).reshape(2, 3),
+        "b": jnp.asarray(7, jnp.int32),
+        "c": jnp.asarray([1, 2], jnp.uint32),
+        "d": jnp.asarray([0.5, 1.5, 2.5, 3.5], jnp.bfloat16),
+        "e": jnp.asarray([10.0, 11.0, 12.0, 13.0, 14.0], jnp.float32),
+    }
 
 
 def test_layout_pack_unpack_under_jit():
     tree = _tree()
     # groups sorted by name: bfloat16=0, float32=1, int32=2, uint32=3; per leaf [group, ndim, *shape]
-    want_layout = [1, 2, 2, 3,  2, 0,  3, 1, 2,  0, 1, 4,  1, 1, 5]
+    want_layout = [1, 2, 2, 3, 2, 0, 3, 1, 2, 0, 1, 4, 1, 1, 5]
     np.testing.assert_array_equal(checkpoint.layout_of(tree), want_layout)
     packed = jax.jit(checkpoint.pack)(tree)
     assert sorted(packed) == ["data_bfloat16", "data_float32", "data_int32", "data_uint32"]
@@ -39,7 +41,9 @@ def test_layout_pack_unpack_under_jit():
     back = jax.jit(lambda p: checkpoint.unpack(p, tree))(packed)
     for k in tree:
         assert back[k].shape == tree[k].shape and back[k].dtype == tree[k].dtype
-        np.testing.assert_array_equal(np.asarray(back[k], np.float64), np.asarray(tree[k], np.float64))
+        np.testing.assert_array_equal(
+            np.asarray(back[k], np.float64), np.asarray(tree[k], np.float64)
+        )
 
 
 def test_save_restore_and_refusals(tmp_path):
@@ -54,7 +58,9 @@ def test_save_restore_and_refusals(tmp_path):
     template = jax.tree.map(jnp.zeros_like, tree)
     got = checkpoint.restore_latest(manager, template)
     for k in tree:
-        np.testing.assert_array_equal(np.asarray(got[k], np.float64), np.asarray(tree[k], np.float64))
+        np.testing.assert_array_equal(
+            np.asarray(got[k], np.float64), np.asarray(tree[k], np.float64)
+        )
     # Same element counts per dtype, other shapes: refused by the layout check, not scrambled.
     swapped = dict(template, a=jnp.zeros((3, 2), jnp.float32))
     with pytest.raises(checkpoint.CheckpointError, match="step 4 .* does not match"):
@@ -71,22 +77,28 @@ def _earlier_versions_manager(workdir):
     return ocp.CheckpointManager(
         str(workdir / "checkpoints"),
         options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=True),
-        item_handlers=ocp.StandardCheckpointHandler())
+        item_handlers=ocp.StandardCheckpointHandler(),
+    )
 
 
 @pytest.mark.parametrize("packed", [False, True])
 def test_checkpoints_of_earlier_versions_restore(tmp_path, packed):
     tree = _tree()
     manager = _earlier_versions_manager(tmp_path)
-    saved = ({checkpoint.LAYOUT_KEY: checkpoint.layout_of(tree), **checkpoint.pack(tree)}
-             if packed else tree)  # packed, or the unpacked pytree of the first versions
+    saved = (
+        {checkpoint.LAYOUT_KEY: checkpoint.layout_of(tree), **checkpoint.pack(tree)}
+        if packed
+        else tree
+    )  # packed, or the unpacked pytree of the first versions
     manager.save(2, args=checkpoint.ocp.args.StandardSave(saved))
     manager.wait_until_finished()
     manager.close()
     manager = checkpoint.make_manager(str(tmp_path))
     got = checkpoint.restore_latest(manager, jax.tree.map(jnp.zeros_like, tree))
     for k in tree:
-        np.testing.assert_array_equal(np.asarray(got[k], np.float64), np.asarray(tree[k], np.float64))
+        np.testing.assert_array_equal(
+            np.asarray(got[k], np.float64), np.asarray(tree[k], np.float64)
+        )
     assert int(got["b"]) == 7
 
 
@@ -100,9 +112,12 @@ def test_saves_are_uncompressed(tmp_path):
     zstd.save(1, args=checkpoint.ocp.args.StandardSave(checkpoint.pack(big)))
     now.wait_until_finished()
     zstd.wait_until_finished()
-    sizes = {name: sum(os.path.getsize(os.path.join(d, f))
-                       for d, _, fs in os.walk(tmp_path / name) for f in fs)
-             for name in ("now", "zstd")}
+    sizes = {
+        name: sum(
+            os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tmp_path / name) for f in fs
+        )
+        for name in ("now", "zstd")
+    }
     assert sizes["now"] >= 4 * (1 << 20)  # every float32 byte written
     assert sizes["zstd"] < 0.97 * sizes["now"]
 
@@ -110,7 +125,7 @@ def test_saves_are_uncompressed(tmp_path):
 _MESH_CHECK = r"""
 import sys, jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from gradmix_jax import checkpoint
+from gradmix_jax.training import checkpoint
 mesh = Mesh(np.array(jax.devices()), ("data",))
 repl = NamedSharding(mesh, P())
 state = {"w": jax.device_put(jnp.arange(12.0).reshape(3, 4), repl),
@@ -130,9 +145,17 @@ print("ok")
 
 def test_background_save_and_restore_on_a_4_device_mesh(tmp_path):
     env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
-    out = subprocess.run([sys.executable, "-c", _MESH_CHECK, str(tmp_path)], env=env,
-                         capture_output=True, text=True, timeout=300, cwd=os.path.dirname(HERE))
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    ).strip()
+    out = subprocess.run(
+        [sys.executable, "-c", _MESH_CHECK, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=os.path.dirname(HERE),
+    )
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
 
 
@@ -151,7 +174,7 @@ def test_train_loop_never_writes_a_non_finite_state(tmp_path):
 
     import ml_collections
 
-    from gradmix_jax import parallel, trainer
+    from gradmix_jax.training import parallel, trainer
 
     @jax.jit
     def step_fn(state, images, labels, indices):
@@ -162,14 +185,29 @@ def test_train_loop_never_writes_a_non_finite_state(tmp_path):
     mesh = parallel.make_mesh()
     state = {"step": jnp.zeros((), jnp.int32), "w": jnp.zeros((3,), jnp.float32)}
     saver = checkpoint.BackgroundSaver(checkpoint.make_manager(str(tmp_path)), state)
-    config = ml_collections.ConfigDict(dict(seed=0, batch_size=2, log_every_steps=2,
-                                            checkpoint_every_steps=2))
+    config = ml_collections.ConfigDict(
+        dict(seed=0, batch_size=2, log_every_steps=2, checkpoint_every_steps=2)
+    )
     scalars = _NoScalars()
     with pytest.raises(trainer.NonFiniteLossError, match=r"loss is nan at step 6.*step 4"):
-        trainer._train_loop(config, str(tmp_path), step_fn, state, None, None, saver, scalars,
-                            trainer._Progress(False, 10, 0), types.SimpleNamespace(requested=False),
-                            0, 10, 5, 10, parallel.batch_sharded(mesh, axis=1),
-                            trainer._Record(str(tmp_path), 0))
+        trainer._train_loop(
+            config,
+            str(tmp_path),
+            step_fn,
+            state,
+            None,
+            None,
+            saver,
+            scalars,
+            trainer._Progress(False, 10, 0),
+            types.SimpleNamespace(requested=False),
+            0,
+            10,
+            5,
+            10,
+            parallel.batch_sharded(mesh, axis=1),
+            trainer._Record(str(tmp_path), 0),
+        )
     saver.wait_until_finished()
     manager = checkpoint.make_manager(str(tmp_path))
     assert manager.all_steps() == [2, 4]

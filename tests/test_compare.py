@@ -26,12 +26,18 @@ def _fake_auroc(method, split, seed):
 def _stand_in(config, workdir):
     method = "ce" if config.objective == "ce" else config.mixing.method
     value = _fake_auroc(method, config.data.split, config.seed)
-    result = {"auroc": value - 0.05, "auroc_knn_encoder": value - 0.05,
-              "auroc_knn_projection": value - 0.1, "auroc_nno": value,
-              "auroc_msp": value if method == "ce" else None,
-              "auroc_max_logit": value - 0.01 if method == "ce" else None,
-              "closed_set_accuracy": 0.9, "closed_set_accuracy_logits": 0.95 if method == "ce" else None,
-              "train_seconds": 1.0, "config": config.to_dict()}
+    result = {
+        "auroc": value - 0.05,
+        "auroc_knn_encoder": value - 0.05,
+        "auroc_knn_projection": value - 0.1,
+        "auroc_nno": value,
+        "auroc_msp": value if method == "ce" else None,
+        "auroc_max_logit": value - 0.01 if method == "ce" else None,
+        "closed_set_accuracy": 0.9,
+        "closed_set_accuracy_logits": 0.95 if method == "ce" else None,
+        "train_seconds": 1.0,
+        "config": config.to_dict(),
+    }
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(result, f)
@@ -44,13 +50,25 @@ def _no_training(config, workdir):
 
 def test_statistics_layout_and_resume(tmp_path):
     splits, seeds = [0, 1, 2], [0, 1, 2]
-    argv = ["--out", str(tmp_path), "--protocols", "digits", "--splits", "0-2", "--seeds", "0,1,2",
-            "--methods", "raw,ce,none,gradmix,cutmix"]
+    argv = [
+        "--out",
+        str(tmp_path),
+        "--protocols",
+        "digits",
+        "--splits",
+        "0-2",
+        "--seeds",
+        "0,1,2",
+        "--methods",
+        "raw,ce,none,gradmix,cutmix",
+    ]
     assert compare.main(argv, train_fn=_stand_in) == 0
     for method in ("ce", "none", "gradmix", "cutmix"):
         for sp in splits:
             for se in seeds:
-                assert (tmp_path / "digits" / method / f"split{sp}" / f"seed{se}" / "results.json").exists()
+                assert (
+                    tmp_path / "digits" / method / f"split{sp}" / f"seed{se}" / "results.json"
+                ).exists()
     assert (tmp_path / "digits" / "none" / "split0" / "seed0" / "cell_seconds.json").exists()
     for sp in splits:  # raw pixels: computed for real, once per split
         assert (tmp_path / "digits" / "raw" / f"split{sp}" / "results.json").exists()
@@ -61,21 +79,32 @@ def test_statistics_layout_and_resume(tmp_path):
     for method in ("none", "gradmix", "cutmix", "ce"):
         values = [_fake_auroc(method, sp, se) for sp in splits for se in seeds]
         mean, sd = stats["methods"][method]["auroc"]
-        assert mean == pytest.approx(np.mean(values)) and sd == pytest.approx(np.std(values, ddof=1))
+        assert mean == pytest.approx(np.mean(values)) and sd == pytest.approx(
+            np.std(values, ddof=1)
+        )
     assert stats["methods"]["ce"]["headline_score"] == "MSP"
     assert stats["methods"]["gradmix"]["headline_score"] == "NNO on encoder"
     # paired differences to 'none' over the same (split, seed) cells
     for method in ("gradmix", "cutmix", "ce"):
-        diffs = np.array([_fake_auroc(method, sp, se) - _fake_auroc("none", sp, se)
-                          for sp in splits for se in seeds])
+        diffs = np.array(
+            [
+                _fake_auroc(method, sp, se) - _fake_auroc("none", sp, se)
+                for sp in splits
+                for se in seeds
+            ]
+        )
         p = stats["paired"][method]
-        assert p["mean"] == pytest.approx(diffs.mean()) and p["sd"] == pytest.approx(diffs.std(ddof=1))
+        assert p["mean"] == pytest.approx(diffs.mean()) and p["sd"] == pytest.approx(
+            diffs.std(ddof=1)
+        )
         assert p["positive"] == int((diffs > 0).sum()) and p["cells"] == 9
     assert stats["paired"]["gradmix"]["verdict"] == "higher"  # mean 0.018 > its spread
     assert stats["paired"]["cutmix"]["verdict"].startswith("no difference")
     # difference to the raw-pixel floor, per split
-    raw = {sp: json.loads((tmp_path / "digits" / "raw" / f"split{sp}" / "results.json").read_text())
-           for sp in splits}
+    raw = {
+        sp: json.loads((tmp_path / "digits" / "raw" / f"split{sp}" / "results.json").read_text())
+        for sp in splits
+    }
     for sp in splits:
         want = np.mean([_fake_auroc("gradmix", sp, se) for se in seeds]) - raw[sp]["auroc"]
         assert stats["vs_raw"]["gradmix"]["per_split"][str(sp)] == pytest.approx(want)
@@ -101,6 +130,7 @@ def test_raw_pixels_match_an_independent_knn(tmp_path):
     from sklearn.metrics import roc_auc_score
 
     from gradmix_jax.data import load_openset
+
     config = compare.cell_config("digits", "raw", 1, 0, {})
     r = compare.raw_pixel_results(config)
     d = load_openset("digits", 1)
@@ -109,8 +139,10 @@ def test_raw_pixels_match_an_independent_knn(tmp_path):
     tr /= np.linalg.norm(tr, axis=1, keepdims=True)
     te /= np.linalg.norm(te, axis=1, keepdims=True)
     sims = te @ tr.T
-    d_c = np.stack([np.sort(sims[:, d.train_labels == c], axis=1)[:, -3:].sum(1)
-                    for c in range(d.num_known)], axis=1)
+    d_c = np.stack(
+        [np.sort(sims[:, d.train_labels == c], axis=1)[:, -3:].sum(1) for c in range(d.num_known)],
+        axis=1,
+    )
     score = d_c.max(1) / d_c.sum(1)
     want = roc_auc_score(d.test_is_known, score)
     assert r["auroc"] == pytest.approx(want, abs=1e-5)
@@ -118,20 +150,25 @@ def test_raw_pixels_match_an_independent_knn(tmp_path):
     assert r["closed_set_accuracy"] == pytest.approx(acc)
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--methods", "raw,bogus"], r"--methods entries must be in \['raw', 'ce'"),
-    (["--seeds", "0,x"], "--seeds takes comma-separated integers"),
-    (["--splits", "abc"], "--splits takes"),
-    (["--protocols", "nothere"], "no configs/<name>.py"),
-    (["--set", "seed=3"], r"--set \['seed'\] is not allowed"),
-    (["--set", "batchsize=3"], "--set batchsize=3: no field 'batchsize'"),
-    (["--set", "eval.k=abc"], "--set eval.k='abc'"),
-    (["--protocols", "bogus"], r"the configs are \[.*'digits'.*'fashion_mnist_cpu'"),
-    (["--splits", "9"], "data.split must be an integer in 0..4"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--methods", "raw,bogus"], r"--methods entries must be in \['raw', 'ce'"),
+        (["--seeds", "0,x"], "--seeds takes comma-separated integers"),
+        (["--splits", "abc"], "--splits takes"),
+        (["--protocols", "nothere"], "no configs/<name>.py"),
+        (["--set", "seed=3"], r"--set \['seed'\] is not allowed"),
+        (["--set", "batchsize=3"], "--set batchsize=3: no field 'batchsize'"),
+        (["--set", "eval.k=abc"], "--set eval.k='abc'"),
+        (["--protocols", "bogus"], r"the configs are \[.*'digits'.*'fashion_mnist_cpu'"),
+        (["--splits", "9"], "data.split must be an integer in 0..4"),
+    ],
+)
 def test_bad_flags_are_one_line(tmp_path, flags, message):
     with pytest.raises(SystemExit, match=message):
-        compare.main(["--out", str(tmp_path), "--protocols", "digits"] + flags, train_fn=_no_training)
+        compare.main(
+            ["--out", str(tmp_path), "--protocols", "digits"] + flags, train_fn=_no_training
+        )
 
 
 @pytest.mark.slow
@@ -143,7 +180,9 @@ def test_smoke_run_trains_every_method(tmp_path):
     ce = json.loads((tmp_path / "digits" / "ce" / "split0" / "seed0" / "results.json").read_text())
     assert ce["config"]["objective"] == "ce" and ce["auroc_msp"] is not None
     assert ce["auroc_max_logit"] is not None
-    gm = json.loads((tmp_path / "digits" / "gradmix" / "split0" / "seed0" / "results.json").read_text())
+    gm = json.loads(
+        (tmp_path / "digits" / "gradmix" / "split0" / "seed0" / "results.json").read_text()
+    )
     assert gm["config"]["mixing"]["method"] == "gradmix" and gm["auroc_msp"] is None
     assert stats["methods"]["gradmix"]["auroc"][0] == pytest.approx(gm["auroc_nno"])
     assert stats["methods"]["ce"]["auroc"][0] == pytest.approx(ce["auroc_msp"])
@@ -151,14 +190,16 @@ def test_smoke_run_trains_every_method(tmp_path):
 
 def test_main_guard_turns_preemption_into_the_resume_line(capsys):
     from experiments.common import main_guard
-    from gradmix_jax.trainer import TrainingPreempted
+    from gradmix_jax.training.trainer import TrainingPreempted
 
     def preempted():
         raise TrainingPreempted(40, "/tmp/cell")
 
     assert main_guard(preempted) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["preempted at step 40: checkpoint saved in /tmp/cell/checkpoints; run the same "
-                   "command again to resume"]
+    assert err == [
+        "preempted at step 40: checkpoint saved in /tmp/cell/checkpoints; run the same "
+        "command again to resume"
+    ]
     with open(os.path.join(ROOT, "experiments", "compare.py")) as f:
         assert "sys.exit(main_guard(main))" in f.read()  # how every runner's __main__ ends

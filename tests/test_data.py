@@ -17,9 +17,18 @@ def test_bundled_splits_are_complete():
     assert len(splits["cifar_plus50_unknown_cifar100"][0]) == 50
 
 
-@pytest.mark.parametrize("protocol,k,u", [("digits", 6, 4), ("mnist", 6, 4), ("svhn", 6, 4),
-                                          ("cifar10", 6, 4), ("cifar_plus10", 4, 10),
-                                          ("cifar_plus50", 4, 50), ("tinyimagenet", 20, 180)])
+@pytest.mark.parametrize(
+    "protocol,k,u",
+    [
+        ("digits", 6, 4),
+        ("mnist", 6, 4),
+        ("svhn", 6, 4),
+        ("cifar10", 6, 4),
+        ("cifar_plus10", 4, 10),
+        ("cifar_plus50", 4, 50),
+        ("tinyimagenet", 20, 180),
+    ],
+)
 def test_protocol_sizes(protocol, k, u):
     for split in range(5):
         known, unknown = protocol_classes(protocol, split)
@@ -33,7 +42,10 @@ def test_first_splits_match_the_published_lists():
     assert protocol_classes("mnist", 0)[0] == [2, 4, 5, 9, 8, 3]
     assert protocol_classes("digits", 0) == ([2, 4, 5, 9, 8, 3], [0, 1, 6, 7])
     assert protocol_classes("cifar10", 0)[0] == [0, 6, 4, 9, 1, 7]
-    assert protocol_classes("cifar_plus10", 0) == ([4, 7, 9, 1], [30, 25, 1, 9, 8, 0, 46, 52, 49, 71])
+    assert protocol_classes("cifar_plus10", 0) == (
+        [4, 7, 9, 1],
+        [30, 25, 1, 9, 8, 0, 46, 52, 49, 71],
+    )
 
 
 def test_openness_matches_paper_table7():
@@ -53,13 +65,17 @@ def test_digits_split():
     # label j of the remapped set is source class known_classes[j]
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
+
     raw = load_digits()
-    _, x_test, _, y_test = train_test_split(raw.images, raw.target, test_size=1 / 3,
-                                            stratify=raw.target, random_state=0)
+    _, x_test, _, y_test = train_test_split(
+        raw.images, raw.target, test_size=1 / 3, stratify=raw.target, random_state=0
+    )
     expected = np.array([d.known_classes.index(c) if c in d.known_classes else -1 for c in y_test])
     np.testing.assert_array_equal(d.test_labels, expected)
     assert (~d.test_is_known).sum() == np.isin(y_test, [0, 1, 6, 7]).sum()
-    np.testing.assert_array_equal(d.test_images[..., 0], np.round(x_test * 255 / 16).astype(np.uint8))
+    np.testing.assert_array_equal(
+        d.test_images[..., 0], np.round(x_test * 255 / 16).astype(np.uint8)
+    )
 
 
 def test_known_classes_override():
@@ -71,20 +87,24 @@ def test_known_classes_override():
 
 
 def test_batch_order_is_a_pure_function_of_seed_and_step():
-    from gradmix_jax.trainer import batch_indices
+    from gradmix_jax.training.trainer import batch_indices
+
     n, b = 100, 32  # 3 steps per epoch, 4 images dropped each epoch
     epoch0 = np.concatenate([batch_indices(7, s, n, b) for s in range(3)])
     assert len(np.unique(epoch0)) == 96 and epoch0.max() < n
     np.testing.assert_array_equal(batch_indices(7, 4, n, b), batch_indices(7, 4, n, b))
-    assert not np.array_equal(batch_indices(7, 3, n, b), batch_indices(7, 0, n, b))  # new epoch order
+    assert not np.array_equal(
+        batch_indices(7, 3, n, b), batch_indices(7, 0, n, b)
+    )  # new epoch order
     assert not np.array_equal(batch_indices(8, 0, n, b), batch_indices(7, 0, n, b))
 
 
 def test_on_device_batches_pick_the_host_order():
     import jax
     import jax.numpy as jnp
-    from gradmix_jax.train_step import TrainState
-    from gradmix_jax.trainer import batch_indices, epoch_index_matrix, on_device_batches
+
+    from gradmix_jax.training.train_step import TrainState
+    from gradmix_jax.training.trainer import batch_indices, epoch_index_matrix, on_device_batches
 
     n, b = 50, 8
     spe = n // b
@@ -93,8 +113,13 @@ def test_on_device_batches_pick_the_host_order():
         return state.replace(step=state.step + 1), {"idx": idx, "first": images[idx][:, 0]}
 
     step = jax.jit(on_device_batches(fake_step, spe))
-    state = TrainState(step=jnp.asarray(0, jnp.int32), params={}, batch_stats={}, opt_state=(),
-                       key=jnp.zeros(2, jnp.uint32))
+    state = TrainState(
+        step=jnp.asarray(0, jnp.int32),
+        params={},
+        batch_stats={},
+        opt_state=(),
+        key=jnp.zeros(2, jnp.uint32),
+    )
     images = jnp.arange(n)[:, None]
     for s in range(2 * spe + 2):
         state, m = step(state, images, images, epoch_index_matrix(3, s // spe, n, b))

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from gradmix_jax import trainer
+from gradmix_jax.training import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # also used in parametrize
 
@@ -18,8 +18,17 @@ def test_cli_end_to_end_and_resume(tmp_path, run_cli):
     out = run_cli(workdir, "--config.num_steps=4")
     assert "open-set AUROC" in out.stdout and "results.json" in out.stdout
     results = json.loads((workdir / "results.json").read_text())
-    for key in ("auroc", "closed_set_accuracy", "num_steps", "final_train_loss", "train_seconds",
-                "protocol", "split", "known_classes", "config"):
+    for key in (
+        "auroc",
+        "closed_set_accuracy",
+        "num_steps",
+        "final_train_loss",
+        "train_seconds",
+        "protocol",
+        "split",
+        "known_classes",
+        "config",
+    ):
         assert key in results, key
     assert results["num_steps"] == 4 and results["resumed_from_step"] == 0
     assert results["train_step_compilations"] == 1
@@ -59,25 +68,49 @@ def test_nan_loss_stops_with_clear_message(tmp_path, digits_config):
 
 def test_print_config_prints_the_resolved_config_and_exits(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "gradmix_jax.train", "--config", os.path.join(ROOT, "configs", "digits.py"),
-         "--workdir", str(tmp_path / "w"), "--config.temperature=0.3", "--print_config"],
-        capture_output=True, text=True, cwd=ROOT, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "gradmix_jax.train",
+            "--config",
+            os.path.join(ROOT, "configs", "digits.py"),
+            "--workdir",
+            str(tmp_path / "w"),
+            "--config.temperature=0.3",
+            "--print_config",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "temperature: 0.3" in out.stdout and "protocol: digits" in out.stdout
     assert not (tmp_path / "w").exists()  # nothing created, loaded or trained
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--config", os.path.join(ROOT, "configs", "digits.py"), "--config.batchsize=64"],
-     'Did you mean "batch_size"'),
-    (["--config", os.path.join(ROOT, "configs", "nothere.py")], "No such file or directory"),
-    (["--config", os.path.join(ROOT, "configs", "digits.py"), "stray"], "unexpected arguments"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--config", os.path.join(ROOT, "configs", "digits.py"), "--config.batchsize=64"],
+            'Did you mean "batch_size"',
+        ),
+        (["--config", os.path.join(ROOT, "configs", "nothere.py")], "No such file or directory"),
+        (["--config", os.path.join(ROOT, "configs", "digits.py"), "stray"], "unexpected arguments"),
+    ],
+)
 def test_cli_input_errors_are_one_line_exit_2(tmp_path, args, message):
     import time
+
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "gradmix_jax.train", "--workdir", str(tmp_path / "w"),
-                          *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "gradmix_jax.train", "--workdir", str(tmp_path / "w"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert time.perf_counter() - t0 < 30
     assert out.returncode == 2, out.stderr[-2000:]
     lines = out.stderr.strip().splitlines()

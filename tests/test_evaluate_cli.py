@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from gradmix_jax import evaluate, trainer
+from gradmix_jax import evaluate
+from gradmix_jax.training import trainer
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +27,15 @@ def test_evaluate_reproduces_the_run_and_leaves_results_json(finished_run, capsy
     before = (workdir / "results.json").read_bytes()
     assert evaluate.main(["--workdir", str(workdir)]) == 0
     got = json.loads((workdir / "eval_results.json").read_text())
-    for key in ("auroc", "auroc_knn_encoder", "auroc_knn_projection", "auroc_nno", "auroc_msp",
-                "auroc_max_logit", "closed_set_accuracy"):
+    for key in (
+        "auroc",
+        "auroc_knn_encoder",
+        "auroc_knn_projection",
+        "auroc_nno",
+        "auroc_msp",
+        "auroc_max_logit",
+        "closed_set_accuracy",
+    ):
         assert got[key] == pytest.approx(summary[key], abs=1e-6), key
     assert got["step"] == 2 and (workdir / "results.json").read_bytes() == before
     assert "open-set AUROC" in capsys.readouterr().out
@@ -35,19 +43,26 @@ def test_evaluate_reproduces_the_run_and_leaves_results_json(finished_run, capsy
 
 def test_evaluation_fields_may_change(finished_run):
     workdir, _ = finished_run
-    got = evaluate.evaluate_run(str(workdir), evaluate.parse_overrides(
-        ["--config.eval.k=5", "--config.eval.features='projection'"]))
-    assert got["config"]["eval"]["k"] == 5 and got["overrides"] == {"eval.k": 5,
-                                                                   "eval.features": "projection"}
+    got = evaluate.evaluate_run(
+        str(workdir),
+        evaluate.parse_overrides(["--config.eval.k=5", "--config.eval.features='projection'"]),
+    )
+    assert got["config"]["eval"]["k"] == 5 and got["overrides"] == {
+        "eval.k": 5,
+        "eval.features": "projection",
+    }
     assert got["auroc"] == pytest.approx(got["auroc_knn_projection"])
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--config.model.width=8"], "cannot change at evaluation: only eval.*"),
-    (["--config.eval.nope=1"], "--config.eval.nope: no such field"),
-    (["--bogus"], "unknown argument '--bogus'"),
-    (["--config.eval.k=0"], "eval.k must be > 0"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--config.model.width=8"], "cannot change at evaluation: only eval.*"),
+        (["--config.eval.nope=1"], "--config.eval.nope: no such field"),
+        (["--bogus"], "unknown argument '--bogus'"),
+        (["--config.eval.k=0"], "eval.k must be > 0"),
+    ],
+)
 def test_bad_overrides_are_one_line(finished_run, capsys, args, message):
     workdir, _ = finished_run
     assert evaluate.main(["--workdir", str(workdir), *args]) == 2
@@ -56,8 +71,13 @@ def test_bad_overrides_are_one_line(finished_run, capsys, args, message):
 
 
 def test_workdir_without_a_run_is_one_line_exit_2(tmp_path, repo_root):
-    out = subprocess.run([sys.executable, "-m", "gradmix_jax.evaluate", "--workdir", str(tmp_path)],
-                         capture_output=True, text=True, cwd=repo_root, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "gradmix_jax.evaluate", "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=repo_root,
+        timeout=120,
+    )
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "holds no finished run" in lines[0]

@@ -49,8 +49,10 @@ def _blobs(seed, n_train=60, n_in=30, n_out=25, dim=8, num_classes=3):
 
 # ----------------------------------------------------------------------------- Table 4
 
+
 def test_ood_evaluation_matches_loop_scores_and_sklearn_auroc():
     from sklearn.metrics import roc_auc_score
+
     train, y, inside, out = _blobs(0)
     far = np.abs(np.random.default_rng(1).normal(size=(20, 8))).astype(np.float32) + 5.0
     res = ev.ood_evaluation(jnp.asarray(train), y, inside, {"near": out, "far": far}, 3, k=3)
@@ -62,7 +64,9 @@ def test_ood_evaluation_matches_loop_scores_and_sklearn_auroc():
         for key in ev.OOD_METRICS:
             assert res[name][key] == pytest.approx(want[key], abs=1e-5)
         labels = np.r_[np.ones(len(s_in)), np.zeros(len(s_out))]
-        assert res[name]["auroc"] == pytest.approx(roc_auc_score(labels, np.r_[s_in, s_out]), abs=1e-5)
+        assert res[name]["auroc"] == pytest.approx(
+            roc_auc_score(labels, np.r_[s_in, s_out]), abs=1e-5
+        )
 
 
 def test_ood_evaluation_perfect_separation_by_hand():
@@ -90,12 +94,15 @@ def test_ood_evaluation_bad_inputs():
 
 # ----------------------------------------------------------------------------- Table 5
 
+
 def test_knn_accuracy_matches_loop():
     train, y, inside, _ = _blobs(2)
     test_y = np.arange(len(inside)) % 3
     test_y[:4] = (test_y[:4] + 1) % 3  # some certainly-wrong labels
     _, preds = _knn_loop(train, y, inside, 3, 3)
-    assert ev.knn_accuracy(train, y, inside, test_y, 3, k=3) == pytest.approx(np.mean(preds == test_y))
+    assert ev.knn_accuracy(train, y, inside, test_y, 3, k=3) == pytest.approx(
+        np.mean(preds == test_y)
+    )
     with pytest.raises(ValueError, match="test_labels"):
         ev.knn_accuracy(train, y, inside, test_y[:-1], 3)
 
@@ -115,7 +122,11 @@ def test_corruption_accuracy_drops_by_hand():
 def test_corruption_accuracy_drops_paper_table5_avg_is_mean_of_severities():
     # Table 5's Avg. is the mean of its D̄_s column: rebuild a grid whose D̄_s are the paper's.
     per_sev = [0.0701, 0.1118, 0.1593, 0.2301, 0.3329]
-    acc = {(c, s + 1): 0.95 - d + dc for s, d in enumerate(per_sev) for c, dc in (("x", 0.01), ("y", -0.01))}
+    acc = {
+        (c, s + 1): 0.95 - d + dc
+        for s, d in enumerate(per_sev)
+        for c, dc in (("x", 0.01), ("y", -0.01))
+    }
     out = ev.corruption_accuracy_drops(0.95, acc)
     assert [out["per_severity"][s] for s in range(1, 6)] == pytest.approx(per_sev)
     assert 100 * out["mean"] == pytest.approx(18.08, abs=0.01)
@@ -132,10 +143,15 @@ def test_corruption_accuracy_drops_bad_inputs():
 
 # ----------------------------------------------------------------------------- Table 6
 
+
 def test_topk_accuracy_by_hand():
-    logits = np.array([[0.1, 0.9, 0.5, 0.3],   # ranking 1, 2, 3, 0
-                       [0.8, 0.1, 0.2, 0.7],   # ranking 0, 3, 2, 1
-                       [0.2, 0.3, 0.4, 0.1]])  # ranking 2, 1, 0, 3
+    logits = np.array(
+        [
+            [0.1, 0.9, 0.5, 0.3],  # ranking 1, 2, 3, 0
+            [0.8, 0.1, 0.2, 0.7],  # ranking 0, 3, 2, 1
+            [0.2, 0.3, 0.4, 0.1],
+        ]
+    )  # ranking 2, 1, 0, 3
     labels = np.array([2, 1, 3])  # ranks 2, 4, 4
     assert ev.topk_accuracy(logits, labels, 1) == 0.0
     assert ev.topk_accuracy(logits, labels, 2) == pytest.approx(1 / 3)
@@ -175,9 +191,18 @@ def test_linear_probe_top5_by_hand():
         x[order[5:]] = [0.04, 0.02, 0.0]  # distinct tail so ranks 6..8 are defined
         test.append(x)
         test_y.append(order[rank - 1])
-    out = ev.linear_probe(train, train_y, np.stack(test), np.array(test_y), num_classes,
-                          key=jax.random.key(0), epochs=30, batch_size=32, learning_rate=0.5,
-                          normalize="none")
+    out = ev.linear_probe(
+        train,
+        train_y,
+        np.stack(test),
+        np.array(test_y),
+        num_classes,
+        key=jax.random.key(0),
+        epochs=30,
+        batch_size=32,
+        learning_rate=0.5,
+        normalize="none",
+    )
     assert out["top1"] == pytest.approx(3 / 10)  # ranks 1, 1, 1
     assert out["top5"] == pytest.approx(8 / 10)  # all but ranks 6 and 7
     assert out["train_top1"] == 1.0
@@ -185,6 +210,7 @@ def test_linear_probe_top5_by_hand():
 
 def test_linear_probe_close_to_sklearn_logistic_regression():
     from sklearn.linear_model import LogisticRegression
+
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(4, 10)) * 1.2
     y = rng.integers(0, 4, 400)
@@ -192,8 +218,18 @@ def test_linear_probe_close_to_sklearn_logistic_regression():
     yt = rng.integers(0, 4, 600)
     xt = centres[yt] + rng.normal(size=(600, 10))
     wd = 1e-3
-    ours = ev.linear_probe(x, y, xt, yt, 4, key=jax.random.key(1), epochs=60, batch_size=32,
-                           learning_rate=0.1, weight_decay=wd)
+    ours = ev.linear_probe(
+        x,
+        y,
+        xt,
+        yt,
+        4,
+        key=jax.random.key(1),
+        epochs=60,
+        batch_size=32,
+        learning_rate=0.1,
+        weight_decay=wd,
+    )
     mean, std = x.mean(0), x.std(0)
     # sklearn minimises sum(loss) + ||w||^2 / (2C); ours mean(loss) + wd/2 ||w||^2 -> C = 1/(wd*n).
     clf = LogisticRegression(C=1.0 / (wd * len(x)), max_iter=5000).fit((x - mean) / std, y)
@@ -215,15 +251,22 @@ def test_linear_probe_bad_inputs():
 
 # ----------------------------------------------------------------------------- corruption data
 
+
 def test_corruption_names_match_tfds_configs():
     from tensorflow_datasets.image_classification import cifar10_corrupted
+
     configs = {c.name for c in cifar10_corrupted.Cifar10Corrupted.BUILDER_CONFIGS}
     assert len(set(corruptions.CORRUPTIONS)) == 15
     for c in corruptions.CORRUPTIONS:
         for s in corruptions.SEVERITIES:
             assert corruptions.cifar10_corrupted_name(c, s).split("/")[1] in configs
-    assert corruptions.cifar10_corrupted_name("glass_blur", 2) == "cifar10_corrupted/frosted_glass_blur_2"
-    assert corruptions.cifar10_corrupted_name("elastic_transform", 5) == "cifar10_corrupted/elastic_5"
+    assert (
+        corruptions.cifar10_corrupted_name("glass_blur", 2)
+        == "cifar10_corrupted/frosted_glass_blur_2"
+    )
+    assert (
+        corruptions.cifar10_corrupted_name("elastic_transform", 5) == "cifar10_corrupted/elastic_5"
+    )
     with pytest.raises(ValueError, match="severity must be one of"):
         corruptions.cifar10_corrupted_name("fog", 6)
 
@@ -234,13 +277,17 @@ def test_load_cifar10_corrupted_mock_and_offline_error(tmp_path):
         x, y = corruptions.load_cifar10_corrupted("glass_blur", 3, str(tmp_path))
     assert x.shape == (20, 32, 32, 3) and x.dtype == np.uint8
     assert y.shape == (20,) and 0 <= y.min() and y.max() < 10
-    assert (tmp_path / "gradmix_jax_cache" / "cifar10_corrupted" / "frosted_glass_blur_3-test.npz").exists()
+    assert (
+        tmp_path / "gradmix_jax_cache" / "cifar10_corrupted" / "frosted_glass_blur_3-test.npz"
+    ).exists()
     sources.load_tfds_split.cache_clear()
     t0 = time.perf_counter()
     with pytest.raises(DatasetNotPreparedError) as err:
         corruptions.load_cifar10_corrupted("fog", 1, str(tmp_path / "empty"))
     assert time.perf_counter() - t0 < 20
-    assert "cifar10_corrupted/fog_1" in str(err.value) and "tfds build cifar10_corrupted" in str(err.value)
+    assert "cifar10_corrupted/fog_1" in str(err.value) and "tfds build cifar10_corrupted" in str(
+        err.value
+    )
     sources.load_tfds_split.cache_clear()
 
 
@@ -265,7 +312,9 @@ def test_tinyimagenet_c_reader(tmp_path):
             img = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
             (folder / f"{w}_{i}.JPEG").write_bytes(_png_bytes(img))
             written[(w, i)] = img
-    x, y = corruptions.load_tinyimagenet_corrupted(str(root), "contrast", 2, data_dir=str(tmp_path / "data"))
+    x, y = corruptions.load_tinyimagenet_corrupted(
+        str(root), "contrast", 2, data_dir=str(tmp_path / "data")
+    )
     assert x.shape == (4, 64, 64, 3) and x.dtype == np.uint8
     np.testing.assert_array_equal(y, [1, 1, 3, 3])  # sorted(n01..n04): n02 -> 1, n04 -> 3
     np.testing.assert_array_equal(x[0], written[("n02", 0)])
@@ -290,9 +339,13 @@ def test_contrast_by_hand():
     # One channel, pixels 0 and 255: mean 0.5; severity 1 (c = 0.75): 0.5 -/+ 0.375 -> 0.125, 0.875
     # -> 31.875, 223.125 -> uint8 truncation 31, 223.
     x = np.array([0, 255], np.uint8).reshape(1, 1, 2, 1)
-    np.testing.assert_array_equal(corruptions.synthetic_corruption(KEY, x, "contrast", 1).ravel(), [31, 223])
+    np.testing.assert_array_equal(
+        corruptions.synthetic_corruption(KEY, x, "contrast", 1).ravel(), [31, 223]
+    )
     # severity 5 (c = 0.15): 0.5 -/+ 0.075 -> 108.375, 146.625 -> 108, 146
-    np.testing.assert_array_equal(corruptions.synthetic_corruption(KEY, x, "contrast", 5).ravel(), [108, 146])
+    np.testing.assert_array_equal(
+        corruptions.synthetic_corruption(KEY, x, "contrast", 5).ravel(), [108, 146]
+    )
 
 
 def test_brightness_matches_colorsys():
@@ -307,8 +360,10 @@ def test_brightness_matches_colorsys():
         assert np.abs(out.astype(int) - ref).max() <= 1  # float32 vs float64 at truncation edges
         assert (out == ref).mean() > 0.9
     grey = x[..., :1]
-    np.testing.assert_array_equal(corruptions.synthetic_corruption(KEY, grey, "brightness", 5),
-                                  (np.minimum(grey / 255.0 + 0.3, 1.0) * 255).astype(np.uint8))
+    np.testing.assert_array_equal(
+        corruptions.synthetic_corruption(KEY, grey, "brightness", 5),
+        (np.minimum(grey / 255.0 + 0.3, 1.0) * 255).astype(np.uint8),
+    )
 
 
 @pytest.mark.parametrize("shape", [(32, 32, 3), (8, 8, 1), (13, 9, 3)])
@@ -319,7 +374,9 @@ def test_pixelate_equals_pillow_box(shape):
         h, w = shape[:2]
         for im, o in zip(x, out):
             pil = Image.fromarray(im[..., 0] if shape[2] == 1 else im)
-            ref = np.asarray(pil.resize((int(w * c), int(h * c)), Image.BOX).resize((w, h), Image.BOX))
+            ref = np.asarray(
+                pil.resize((int(w * c), int(h * c)), Image.BOX).resize((w, h), Image.BOX)
+            )
             np.testing.assert_array_equal(o, ref.reshape(o.shape))
 
 
@@ -338,18 +395,24 @@ def test_defocus_kernel_by_hand():
 @pytest.mark.parametrize("name", ["defocus_blur", "gaussian_blur"])
 def test_blurs_match_scipy(name):
     from scipy import ndimage
+
     x = np.random.default_rng(2).integers(0, 256, (2, 12, 10, 3), dtype=np.uint8)
     for severity in (1, 4, 5):
         out = corruptions.synthetic_corruption(KEY, x, name, severity)
         f = x / 255.0
         if name == "defocus_blur":  # cv2.filter2D = correlation with BORDER_REFLECT_101 ('mirror')
             k = corruptions.defocus_kernel(severity)
-            ref = np.stack([[ndimage.correlate(im[..., ch], k, mode="mirror") for ch in range(3)]
-                            for im in f]).transpose(0, 2, 3, 1)
+            ref = np.stack(
+                [[ndimage.correlate(im[..., ch], k, mode="mirror") for ch in range(3)] for im in f]
+            ).transpose(0, 2, 3, 1)
         else:  # skimage.filters.gaussian(multichannel=True) = scipy gaussian_filter, mode 'nearest'
             sigma = (0.4, 0.6, 0.7, 0.8, 1.0)[severity - 1]
-            ref = np.stack([ndimage.gaussian_filter(im, (sigma, sigma, 0), mode="nearest", truncate=4.0)
-                            for im in f])
+            ref = np.stack(
+                [
+                    ndimage.gaussian_filter(im, (sigma, sigma, 0), mode="nearest", truncate=4.0)
+                    for im in f
+                ]
+            )
         ref = (np.clip(ref, 0, 1) * 255).astype(np.uint8)
         assert np.abs(out.astype(int) - ref).max() <= 1
         assert (out == ref).mean() > 0.95
@@ -361,7 +424,9 @@ def test_noise_corruptions_statistics():
     for severity, c in ((1, 0.04), (5, 0.10)):
         out = corruptions.synthetic_corruption(KEY, x, "gaussian_noise", severity) / 255.0
         assert out.std() == pytest.approx(c, rel=0.05)
-        assert out.mean() == pytest.approx(v - 0.5 / 255, abs=0.003)  # truncation lowers by 1/2 level
+        assert out.mean() == pytest.approx(
+            v - 0.5 / 255, abs=0.003
+        )  # truncation lowers by 1/2 level
     for severity, c in ((1, 500), (5, 50)):  # Poisson(v c) / c: std sqrt(v / c)
         out = corruptions.synthetic_corruption(KEY, x, "shot_noise", severity) / 255.0
         assert out.std() == pytest.approx(np.sqrt(v / c), rel=0.05)
@@ -389,6 +454,7 @@ def test_jpeg_is_pillow_and_inputs_are_checked():
 
 
 # ----------------------------------------------------------------------------- runners (fakes)
+
 
 class _PixelModel:
     """Stand-in for a TrainedModel: features = flattened pixels (a fixed, model-free encoder)."""
@@ -420,20 +486,32 @@ class _Fakes:
 
 def _digits():
     from gradmix_jax.data import load_openset
+
     return load_openset("digits", 0)
 
 
 def test_table4_runner_with_pixel_features(tmp_path):
     from experiments import table4_ood
+
     fakes = _Fakes()
-    assert table4_ood.main(["--out", str(tmp_path), "--smoke"], train_fn=fakes.train, load_fn=fakes.load) == 0
+    assert (
+        table4_ood.main(
+            ["--out", str(tmp_path), "--smoke"], train_fn=fakes.train, load_fn=fakes.load
+        )
+        == 0
+    )
     d = _digits()
     known = d.test_is_known
     pix = _PixelModel().features
     noise = np.random.default_rng(0).integers(0, 256, (int(known.sum()), 8, 8, 1), dtype=np.uint8)
-    want = ev.ood_evaluation(pix(d.train_images), d.train_labels, pix(d.test_images[known]),
-                             {"digits-unknown-classes": pix(d.test_images[~known]),
-                              "uniform-noise": pix(noise)}, 6, k=3)
+    want = ev.ood_evaluation(
+        pix(d.train_images),
+        d.train_labels,
+        pix(d.test_images[known]),
+        {"digits-unknown-classes": pix(d.test_images[~known]), "uniform-noise": pix(noise)},
+        6,
+        k=3,
+    )
     stored = json.loads((tmp_path / "digits" / "ood.json").read_text())
     for name in want:
         assert stored["out_of_distribution"][name]["auroc"] == pytest.approx(want[name]["auroc"])
@@ -448,8 +526,17 @@ def test_table4_runner_with_pixel_features(tmp_path):
 
 def test_table5_runner_with_pixel_features(tmp_path):
     from experiments import table5_corruptions
+
     fakes = _Fakes()
-    args = ["--out", str(tmp_path), "--smoke", "--corruptions", "contrast,pixelate", "--severities", "1-5"]
+    args = [
+        "--out",
+        str(tmp_path),
+        "--smoke",
+        "--corruptions",
+        "contrast,pixelate",
+        "--severities",
+        "1-5",
+    ]
     assert table5_corruptions.main(args, train_fn=fakes.train, load_fn=fakes.load) == 0
     assert sorted(os.path.basename(w) for w in fakes.trained) == ["gradmix", "none"]
     stored = json.loads((tmp_path / "digits" / "none" / "corruptions.json").read_text())
@@ -465,14 +552,17 @@ def test_table5_runner_with_pixel_features(tmp_path):
     assert drops["synthetic"] is True
     assert drops["drops"]["contrast/5"] == pytest.approx(stored["clean_accuracy"] - acc)
     assert drops["per_severity"]["5"] == pytest.approx(
-        stored["clean_accuracy"] - (stored["accuracy"]["contrast/5"] + stored["accuracy"]["pixelate/5"]) / 2)
+        stored["clean_accuracy"]
+        - (stored["accuracy"]["contrast/5"] + stored["accuracy"]["pixelate/5"]) / 2
+    )
     table = (tmp_path / "table5.md").read_text()
     assert "SYNTHETIC" in table and "| Avg. |" in table
     assert "SYNTHETIC" in (tmp_path / "table5_per_corruption.md").read_text()
     assert (tmp_path / "fig5.png").stat().st_size > 1000
     # Adding a corruption evaluates only the new cells; the model is loaded again, not retrained.
-    table5_corruptions.main(args[:4] + ["contrast,pixelate,gaussian_noise"], train_fn=fakes.train,
-                            load_fn=fakes.load)
+    table5_corruptions.main(
+        args[:4] + ["contrast,pixelate,gaussian_noise"], train_fn=fakes.train, load_fn=fakes.load
+    )
     assert len(fakes.trained) == 2
     stored = json.loads((tmp_path / "digits" / "none" / "corruptions.json").read_text())
     assert len(stored["accuracy"]) == 15 and stored["accuracy"]["contrast/5"] == pytest.approx(acc)
@@ -482,17 +572,35 @@ def test_table5_runner_with_pixel_features(tmp_path):
 
 def test_table6_runner_with_pixel_features(tmp_path):
     from experiments import table6_ssl_linear_probe as t6
+
     fakes = _Fakes()
-    args = ["--out", str(tmp_path), "--smoke", "--objectives", "simclr", "--mixings", "none,cutmix",
-            "--probe-epochs", "5"]
+    args = [
+        "--out",
+        str(tmp_path),
+        "--smoke",
+        "--objectives",
+        "simclr",
+        "--mixings",
+        "none,cutmix",
+        "--probe-epochs",
+        "5",
+    ]
     assert t6.main(args, train_fn=fakes.train, load_fn=fakes.load) == 0
     assert len(fakes.trained) == 2
     d = _digits()
     known = d.test_is_known
     pix = _PixelModel().features
-    want = ev.linear_probe(pix(d.train_images), d.train_labels, pix(d.test_images[known]),
-                           d.test_labels[known], 6, key=jax.random.key(0), epochs=5, batch_size=256,
-                           learning_rate=0.1)
+    want = ev.linear_probe(
+        pix(d.train_images),
+        d.train_labels,
+        pix(d.test_images[known]),
+        d.test_labels[known],
+        6,
+        key=jax.random.key(0),
+        epochs=5,
+        batch_size=256,
+        learning_rate=0.1,
+    )
     cell = tmp_path / "digits" / "simclr" / "resnet18" / "cutmix"
     got = json.loads((cell / "linear_probe.json").read_text())
     assert got["top1"] == pytest.approx(want["top1"]) and got["top5"] == pytest.approx(want["top5"])
@@ -508,6 +616,7 @@ def test_table6_runner_with_pixel_features(tmp_path):
 
 
 # ----------------------------------------------------------------------------- runners (real smoke)
+
 
 def _run(module, out, *extra):
     cmd = [sys.executable, "-m", f"experiments.{module}", "--out", str(out), "--smoke", *extra]

@@ -52,12 +52,15 @@ def _assert_resumes(module, argv, out):
 
 # --- real smoke runs (the trainer, tiny overrides) ---------------------------------------------------
 
+
 def test_table1_smoke_head_and_headless_objectives(tmp_path):
     argv = ["--out", str(tmp_path), "--smoke", "--objectives", "ce,supcon_ssl"]
     assert table1_objectives.main(argv) == 0
     rows = _rows(tmp_path / "table1.csv")
     assert [(r["objective"], r["protocol"], r["splits"]) for r in rows] == [
-        ("CE", "digits", "1"), ("SupCon + SSL", "digits", "1")]
+        ("CE", "digits", "1"),
+        ("SupCon + SSL", "digits", "1"),
+    ]
     for row, objective in zip(rows, ("ce", "supcon_ssl")):
         with open(tmp_path / "digits" / objective / "split0" / "results.json") as f:
             result = json.load(f)
@@ -73,7 +76,10 @@ def test_table1_smoke_head_and_headless_objectives(tmp_path):
             assert m == pytest.approx(100 * result[key], abs=0.006)
         assert row["ID (paper)"] == "-"  # digits is not in the paper's table
         if objective == "ce":
-            for column, key in (("A_enp % (ours)", "auroc_entropy"), ("A_msp % (ours)", "auroc_msp")):
+            for column, key in (
+                ("A_enp % (ours)", "auroc_entropy"),
+                ("A_msp % (ours)", "auroc_msp"),
+            ):
                 assert _mean_std(row[column])[0] == pytest.approx(100 * result[key], abs=0.006)
         else:
             assert row["A_enp % (ours)"] == row["A_msp % (ours)"] == "-"
@@ -86,8 +92,10 @@ def test_fig4_mixing_smoke_none_and_mixup(tmp_path):
     argv = ["--out", str(tmp_path), "--smoke", "--methods", "none,mixup", "--mixup_alphas", "0.5"]
     assert fig4_mixing_ablation.main(argv) == 0
     rows = _rows(tmp_path / "fig4_mixing.csv")
-    assert [(r["variant"], r["protocol"]) for r in rows] == [("w/o extra aug.", "digits"),
-                                                            ("Mixup α=0.5", "digits")]
+    assert [(r["variant"], r["protocol"]) for r in rows] == [
+        ("w/o extra aug.", "digits"),
+        ("Mixup α=0.5", "digits"),
+    ]
     with open(tmp_path / "digits" / "mixup_a0.5" / "split0" / "results.json") as f:
         result = json.load(f)
     assert result["config"]["mixing"] == {"method": "mixup", "alpha": 0.5}
@@ -106,17 +114,22 @@ def test_fig4_layers_smoke_aggregated_layers(tmp_path):
     argv = ["--out", str(tmp_path), "--smoke", "--layer_sets", "conv4_2+conv5_2"]
     assert fig4_layer_ablation.main(argv) == 0
     rows = _rows(tmp_path / "fig4_layers.csv")
-    assert [(r["variant"], r["protocol"], r["splits"]) for r in rows] == [("conv4_2+conv5_2", "digits", "1")]
+    assert [(r["variant"], r["protocol"], r["splits"]) for r in rows] == [
+        ("conv4_2+conv5_2", "digits", "1")
+    ]
     with open(tmp_path / "digits" / "conv4_2+conv5_2" / "split0" / "results.json") as f:
         result = json.load(f)
     assert result["config"]["gradmix"]["layers"] == ["conv4_2", "conv5_2"]
     assert result["config"]["mixing"]["method"] == "gradmix"
-    assert _mean_std(rows[0]["AUROC % (ours, mean ± std)"])[0] == pytest.approx(100 * result["auroc"], abs=0.006)
+    assert _mean_std(rows[0]["AUROC % (ours, mean ± std)"])[0] == pytest.approx(
+        100 * result["auroc"], abs=0.006
+    )
     assert (tmp_path / "fig4_layers.png").stat().st_size > 1000
     _assert_resumes(fig4_layer_ablation, argv, tmp_path)
 
 
 # --- full-scale grids with a stand-in trainer ---------------------------------------------------------
+
 
 class StandIn:
     """Records each cell's config and returns (and writes, like the trainer) results whose values
@@ -129,10 +142,15 @@ class StandIn:
         self.configs[os.path.relpath(workdir)] = config
         split = config.data.split
         head = config.objective in ("ce", "ce_ssl")
-        result = {"auroc": 0.70 + 0.01 * split, "auroc_nno": 0.60 + 0.02 * split,
-                  "auroc_msp": 0.80 + 0.01 * split if head else None,
-                  "auroc_entropy": 0.75 if head else None, "intrinsic_dimension": 10.0 + split,
-                  "closed_set_accuracy": 0.9, "config": config.to_dict()}
+        result = {
+            "auroc": 0.70 + 0.01 * split,
+            "auroc_nno": 0.60 + 0.02 * split,
+            "auroc_msp": 0.80 + 0.01 * split if head else None,
+            "auroc_entropy": 0.75 if head else None,
+            "intrinsic_dimension": 10.0 + split,
+            "closed_set_accuracy": 0.9,
+            "config": config.to_dict(),
+        }
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(result, f)
@@ -151,26 +169,44 @@ def test_table1_full_grid_configs_and_table(tmp_path, monkeypatch):
     assert len(train.configs) == 4 * 2 * 5
     for workdir, config in train.configs.items():
         _, protocol, objective, split = workdir.split(os.sep)
-        assert (config.data.protocol, config.objective, f"split{config.data.split}") == (protocol, objective, split)
-        assert config.mixing.method == "none" and config.simclr_weight == 1.0 and config.supcon_weight == 1.0
+        assert (config.data.protocol, config.objective, f"split{config.data.split}") == (
+            protocol,
+            objective,
+            split,
+        )
+        assert (
+            config.mixing.method == "none"
+            and config.simclr_weight == 1.0
+            and config.supcon_weight == 1.0
+        )
         assert config.num_epochs == 600 and config.num_steps == 0  # protocol config, not smoke
     rows = _rows(tmp_path / "t1" / "table1.csv")
     assert [(r["objective"], r["protocol"]) for r in rows] == [
-        (label, p) for p in ("cifar10", "tinyimagenet")
-        for label in ("CE", "CE + SSL", "SupCon", "SupCon + SSL")]
+        (label, p)
+        for p in ("cifar10", "tinyimagenet")
+        for label in ("CE", "CE + SSL", "SupCon", "SupCon + SSL")
+    ]
     splits = range(5)
     for row in rows:
         assert _mean_std(row["ID (ours)"]) == (12.0, round(_std([10.0 + s for s in splits]), 2))
-        assert _mean_std(row["A_nno % (ours)"]) == (64.0, round(_std([60.0 + 2 * s for s in splits]), 2))
-        assert _mean_std(row["A_kNN % (ours, Alg. 1)"]) == (72.0, round(_std([70.0 + s for s in splits]), 2))
+        assert _mean_std(row["A_nno % (ours)"]) == (
+            64.0,
+            round(_std([60.0 + 2 * s for s in splits]), 2),
+        )
+        assert _mean_std(row["A_kNN % (ours, Alg. 1)"]) == (
+            72.0,
+            round(_std([70.0 + s for s in splits]), 2),
+        )
         head = row["objective"].startswith("CE")
         assert (row["A_enp % (ours)"] == "75.00 ± 0.00") == head
         assert (row["A_msp % (ours)"] == "82.00 ± 1.41") == head
         if not head:
             assert row["A_enp % (ours)"] == row["A_msp % (ours)"] == row["A_enp % (paper)"] == "-"
     by_key = {(r["objective"], r["protocol"]): r for r in rows}
-    assert [by_key[("CE", "cifar10")][c] for c in ("ID (paper)", "A_nno % (paper)", "A_enp % (paper)",
-                                                     "A_msp % (paper)")] == ["16.68", "74.11", "80.76", "82.83"]
+    assert [
+        by_key[("CE", "cifar10")][c]
+        for c in ("ID (paper)", "A_nno % (paper)", "A_enp % (paper)", "A_msp % (paper)")
+    ] == ["16.68", "74.11", "80.76", "82.83"]
     assert by_key[("SupCon + SSL", "tinyimagenet")]["A_nno % (paper)"] == "77.48"
     assert table1_objectives.main(["--out", "t1"], train_fn=_no_training) == 0
 
@@ -180,8 +216,12 @@ def test_fig4_mixing_full_grid_configs_table_and_plot(tmp_path, monkeypatch):
     train = StandIn()
     assert fig4_mixing_ablation.main(["--out", "f4m"], train_fn=train) == 0
     keys = ["none", "mixup_a0.2", "mixup_a1", "cutmix_a0.2", "cutmix_a1", "gradmix"]
-    assert sorted(train.configs) == sorted(os.path.join("f4m", p, k, f"split{s}") for p in
-                                           ("cifar10", "tinyimagenet") for k in keys for s in range(5))
+    assert sorted(train.configs) == sorted(
+        os.path.join("f4m", p, k, f"split{s}")
+        for p in ("cifar10", "tinyimagenet")
+        for k in keys
+        for s in range(5)
+    )
     for workdir, config in train.configs.items():
         key = workdir.split(os.sep)[2]
         assert config.mixing.method == key.split("_")[0] and config.eval.k == 10
@@ -191,16 +231,29 @@ def test_fig4_mixing_full_grid_configs_table_and_plot(tmp_path, monkeypatch):
         if key == "gradmix":
             assert tuple(config.gradmix.layers) == ("conv3_2", "conv4_2", "conv5_2")
     rows = _rows(tmp_path / "f4m" / "fig4_mixing.csv")
-    assert [r["variant"] for r in rows[::2]] == ["w/o extra aug.", "Mixup α=0.2", "Mixup α=1",
-                                                 "CutMix α=0.2", "CutMix α=1", "GradMix"]
+    assert [r["variant"] for r in rows[::2]] == [
+        "w/o extra aug.",
+        "Mixup α=0.2",
+        "Mixup α=1",
+        "CutMix α=0.2",
+        "CutMix α=1",
+        "GradMix",
+    ]
     assert all(r["AUROC % (ours, mean ± std)"] == "72.00 ± 1.41" for r in rows)
     assert all(r["Δ AUROC vs w/o extra aug. (points)"] == "+0.00" for r in rows)
     assert rows[0]["AUROC % per split"] == "70.00 / 71.00 / 72.00 / 73.00 / 74.00"
     assert (tmp_path / "f4m" / "fig4_mixing.png").stat().st_size > 1000
     # Without the baseline the Δ column is left out.
-    assert fig4_mixing_ablation.main(["--out", "f4m", "--methods", "gradmix,cutmix", "--cutmix_alphas", "1"],
-                                     train_fn=_no_training) == 0
-    assert "Δ AUROC vs w/o extra aug. (points)" not in _rows(tmp_path / "f4m" / "fig4_mixing.csv")[0]
+    assert (
+        fig4_mixing_ablation.main(
+            ["--out", "f4m", "--methods", "gradmix,cutmix", "--cutmix_alphas", "1"],
+            train_fn=_no_training,
+        )
+        == 0
+    )
+    assert (
+        "Δ AUROC vs w/o extra aug. (points)" not in _rows(tmp_path / "f4m" / "fig4_mixing.csv")[0]
+    )
 
 
 def test_fig4_layers_full_grid_configs(tmp_path, monkeypatch):
@@ -221,22 +274,38 @@ def test_fig4_layers_full_grid_configs(tmp_path, monkeypatch):
 
 # --- bad flags: one-line errors before anything trains --------------------------------------------------
 
-@pytest.mark.parametrize("module, argv, message", [
-    (table1_objectives, ["--objectives", "ce,simclr"], r"--objectives entries must be in"),
-    (table1_objectives, ["--protocols", "cifar11"], r"no configs/<name>.py for \['cifar11'\]"),
-    (table1_objectives, ["--splits", "a-b"], r"--splits takes"),
-    (table1_objectives, ["--splits", "7"], r"data.split must be an integer in 0..4"),
-    (table1_objectives, ["--set", "objective=ce"], r"--set \['objective'\] is not allowed"),
-    (table1_objectives, ["--set", "mixing.method=bogus"], r"mixing.method must be one of"),
-    (fig4_mixing_ablation, ["--mixup_alphas", "0.2,0"], r"--mixup_alphas values must be > 0"),
-    (fig4_mixing_ablation, ["--cutmix_alphas", "x"], r"--cutmix_alphas takes comma-separated numbers"),
-    (fig4_mixing_ablation, ["--methods", "none,none"], r"--methods repeats an entry"),
-    (fig4_mixing_ablation, ["--mixup_alphas", "1,1.0"], r"--mixup_alphas repeats a value"),
-    (fig4_mixing_ablation, ["--set", "mixing.alpha=2"], r"--set \['mixing.alpha'\] is not allowed"),
-    (fig4_layer_ablation, ["--layer_sets", "conv3_2+conv9_2"], r"--layer_sets entry 'conv3_2\+conv9_2'"),
-    (fig4_layer_ablation, ["--layer_sets", "conv3_2,"], r"--layer_sets has an empty entry"),
-    (fig4_layer_ablation, ["--set", "gradmix.layers=('conv3_2',)"], r"is not allowed"),
-])
+
+@pytest.mark.parametrize(
+    "module, argv, message",
+    [
+        (table1_objectives, ["--objectives", "ce,simclr"], r"--objectives entries must be in"),
+        (table1_objectives, ["--protocols", "cifar11"], r"no configs/<name>.py for \['cifar11'\]"),
+        (table1_objectives, ["--splits", "a-b"], r"--splits takes"),
+        (table1_objectives, ["--splits", "7"], r"data.split must be an integer in 0..4"),
+        (table1_objectives, ["--set", "objective=ce"], r"--set \['objective'\] is not allowed"),
+        (table1_objectives, ["--set", "mixing.method=bogus"], r"mixing.method must be one of"),
+        (fig4_mixing_ablation, ["--mixup_alphas", "0.2,0"], r"--mixup_alphas values must be > 0"),
+        (
+            fig4_mixing_ablation,
+            ["--cutmix_alphas", "x"],
+            r"--cutmix_alphas takes comma-separated numbers",
+        ),
+        (fig4_mixing_ablation, ["--methods", "none,none"], r"--methods repeats an entry"),
+        (fig4_mixing_ablation, ["--mixup_alphas", "1,1.0"], r"--mixup_alphas repeats a value"),
+        (
+            fig4_mixing_ablation,
+            ["--set", "mixing.alpha=2"],
+            r"--set \['mixing.alpha'\] is not allowed",
+        ),
+        (
+            fig4_layer_ablation,
+            ["--layer_sets", "conv3_2+conv9_2"],
+            r"--layer_sets entry 'conv3_2\+conv9_2'",
+        ),
+        (fig4_layer_ablation, ["--layer_sets", "conv3_2,"], r"--layer_sets has an empty entry"),
+        (fig4_layer_ablation, ["--set", "gradmix.layers=('conv3_2',)"], r"is not allowed"),
+    ],
+)
 def test_bad_flags_fail_before_training(tmp_path, module, argv, message):
     with pytest.raises(SystemExit, match=message):
         module.main(["--out", str(tmp_path)] + argv, train_fn=_no_training)

@@ -9,14 +9,24 @@ import time
 import numpy as np
 import pytest
 
-from gradmix_jax.data import (DatasetNotPreparedError, IdxError, load_openset, protocol_classes,
-                              validation_holdout)
-from gradmix_jax.data import idx
+from gradmix_jax.data import (
+    DatasetNotPreparedError,
+    IdxError,
+    idx,
+    load_openset,
+    protocol_classes,
+    validation_holdout,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_DIR = idx.DEBIAN_FASHION_MNIST_DIR
-FASHION_SPLITS = [[1, 4, 5, 7, 8, 9], [3, 4, 6, 7, 8, 9], [0, 1, 2, 3, 6, 8], [0, 1, 2, 5, 7, 9],
-                  [2, 3, 4, 5, 6, 8]]
+FASHION_SPLITS = [
+    [1, 4, 5, 7, 8, 9],
+    [3, 4, 6, 7, 8, 9],
+    [0, 1, 2, 3, 6, 8],
+    [0, 1, 2, 5, 7, 9],
+    [2, 3, 4, 5, 6, 8],
+]
 
 
 @pytest.fixture(autouse=True)
@@ -101,7 +111,9 @@ def test_fashion_mnist_protocol_from_a_folder(write_idx_set, tmp_path):
     for split in range(5):
         d = load_openset("fashion_mnist", split, data_dir=str(tmp_path))
         known, unknown = protocol_classes("fashion_mnist", split)
-        assert known == FASHION_SPLITS[split] and unknown == [c for c in range(10) if c not in known]
+        assert known == FASHION_SPLITS[split] and unknown == [
+            c for c in range(10) if c not in known
+        ]
         keep = np.isin(raw["train"][1], known)
         np.testing.assert_array_equal(d.train_images[..., 0], raw["train"][0][keep])
         np.testing.assert_array_equal(np.asarray(known)[d.train_labels], raw["train"][1][keep])
@@ -112,7 +124,10 @@ def test_fashion_mnist_protocol_from_a_folder(write_idx_set, tmp_path):
 
 def test_mnist_reads_idx_folder_and_torchvision_layout(write_idx_set, tmp_path):
     raw = write_idx_set(tmp_path / "MNIST" / "raw", gz=True)
-    for folder in (tmp_path / "MNIST" / "raw", tmp_path):  # the folder itself, or torchvision's root
+    for folder in (
+        tmp_path / "MNIST" / "raw",
+        tmp_path,
+    ):  # the folder itself, or torchvision's root
         idx.load_idx_split.cache_clear()
         d = load_openset("mnist", 0, data_dir=str(folder))
         known, _ = protocol_classes("mnist", 0)
@@ -132,9 +147,21 @@ def test_fashion_mnist_not_found_is_one_line(tmp_path):
 def test_cli_without_data_fails_in_seconds_with_one_line(tmp_path):
     t0 = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "gradmix_jax.train", "--config",
-         os.path.join(ROOT, "configs", "fashion_mnist_cpu.py"), "--workdir", str(tmp_path / "w"),
-         f"--config.data.data_dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "gradmix_jax.train",
+            "--config",
+            os.path.join(ROOT, "configs", "fashion_mnist_cpu.py"),
+            "--workdir",
+            str(tmp_path / "w"),
+            f"--config.data.data_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert time.perf_counter() - t0 < 60
     assert out.returncode == 2
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
@@ -164,7 +191,9 @@ def test_validation_holdout_is_disjoint_fixed_and_leaves_the_test_set(write_idx_
 def _require_real_package():
     if not idx.has_idx_files(REAL_DIR):
         if os.environ.get("CI"):
-            pytest.fail(f"{REAL_DIR} is missing: .ci/run must `apt-get install dataset-fashion-mnist`")
+            pytest.fail(
+                f"{REAL_DIR} is missing: .ci/run must `apt-get install dataset-fashion-mnist`"
+            )
         pytest.skip(f"Debian package dataset-fashion-mnist not installed ({REAL_DIR})")
 
 
@@ -188,8 +217,11 @@ def test_real_data_trains_end_to_end(tmp_path):
     _require_real_package()
     import importlib.util
 
-    from gradmix_jax import trainer
-    spec = importlib.util.spec_from_file_location("c", os.path.join(ROOT, "configs", "fashion_mnist_cpu.py"))
+    from gradmix_jax.training import trainer
+
+    spec = importlib.util.spec_from_file_location(
+        "c", os.path.join(ROOT, "configs", "fashion_mnist_cpu.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     c = module.get_config()
@@ -208,6 +240,7 @@ def test_fashion_mnist_reads_prepared_tfds_when_no_idx_files(tmp_path):
     import tensorflow_datasets as tfds
 
     from gradmix_jax.data import sources
+
     sources.load_tfds_split.cache_clear()
     with tfds.testing.mock_data(num_examples=120):
         d = load_openset("fashion_mnist", 4, data_dir=str(tmp_path))
@@ -221,7 +254,8 @@ def test_fashion_mnist_reads_prepared_tfds_when_no_idx_files(tmp_path):
 def test_fashion_mnist_configs_validate(name):
     import importlib.util
 
-    from gradmix_jax.validation import validate_config
+    from gradmix_jax.training.validation import validate_config
+
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -19,7 +19,7 @@ def _supcon_loop(features, labels, temperature, base_temperature=None):
     batch, views, _ = features.shape
     if base_temperature is None:
         base_temperature = temperature
-    ids = list(range(batch)) if labels is None else [int(l) for l in labels]
+    ids = list(range(batch)) if labels is None else [int(label) for label in labels]
     out = np.zeros((batch, views))
     for i in range(batch):
         for v in range(views):
@@ -78,7 +78,9 @@ def test_simclr_three_views_matches_loop():
     expected = _supcon_loop(feats, None, 0.3)
     got = supcon_loss(jnp.asarray(feats), None, 0.3, reduction="none")
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5)
-    np.testing.assert_allclose(float(simclr_loss(jnp.asarray(feats), 0.3)), expected.mean(), rtol=1e-5)
+    np.testing.assert_allclose(
+        float(simclr_loss(jnp.asarray(feats), 0.3)), expected.mean(), rtol=1e-5
+    )
 
 
 def test_base_temperature_scales_loss():

@@ -80,7 +80,9 @@ def _oscr_threshold_loop(known_scores, known_correct, unknown_scores):
     """Area under (FPR(t), CCR(t)) over every distinct threshold t, accepting score >= t."""
     points = [(0.0, 0.0)]
     for t in sorted(set(known_scores) | set(unknown_scores), reverse=True):
-        ccr = sum(1 for s, c in zip(known_scores, known_correct) if c and s >= t) / len(known_scores)
+        ccr = sum(1 for s, c in zip(known_scores, known_correct) if c and s >= t) / len(
+            known_scores
+        )
         fpr = sum(1 for s in unknown_scores if s >= t) / len(unknown_scores)
         points.append((fpr, ccr))
     return _trapz([p[1] for p in points], [p[0] for p in points])
@@ -103,7 +105,9 @@ def test_auroc_hand_made_and_large():
     assert float(auroc(jnp.array([1.0, 2.0]), jnp.array([3.0, 4.0]))) == 0.0
     assert float(auroc(jnp.array([1.0]), jnp.array([1.0]))) == 0.5
     # 1 beats 0 unknowns, 2 ties with one (1/2) and beats one, 3 beats both -> 3.5 / 6
-    np.testing.assert_allclose(float(auroc(jnp.array([0.5, 2.0, 3.0]), jnp.array([1.0, 2.0]))), 3.5 / 6)
+    np.testing.assert_allclose(
+        float(auroc(jnp.array([0.5, 2.0, 3.0]), jnp.array([1.0, 2.0]))), 3.5 / 6
+    )
     rng = np.random.default_rng(1)
     known, unknown = rng.integers(0, 50, 30000), rng.integers(5, 60, 20000)  # float32 sums
     expected = roc_auc_score(np.r_[np.ones(30000), np.zeros(20000)], np.r_[known, unknown])
@@ -191,11 +195,15 @@ def test_oscr_exact_matches_threshold_loop(decimals):
         known, unknown = np.round(known, decimals), np.round(unknown, decimals)
     correct = rng.random(80) < 0.7
     expected = _oscr_threshold_loop(list(known), list(correct), list(unknown))
-    got = oscr(jnp.asarray(known, jnp.float32), jnp.asarray(correct), jnp.asarray(unknown, jnp.float32))
+    got = oscr(
+        jnp.asarray(known, jnp.float32), jnp.asarray(correct), jnp.asarray(unknown, jnp.float32)
+    )
     assert float(got) == pytest.approx(expected, abs=1e-6)
     # With every known sample correct, OSCR is the AUROC (ties count 1/2 in both).
     all_correct = oscr(jnp.asarray(known), jnp.ones(80, bool), jnp.asarray(unknown))
-    assert float(all_correct) == pytest.approx(float(auroc(jnp.asarray(known), jnp.asarray(unknown))), abs=1e-6)
+    assert float(all_correct) == pytest.approx(
+        float(auroc(jnp.asarray(known), jnp.asarray(unknown))), abs=1e-6
+    )
 
 
 def test_oscr_arpl_matches_loop():
@@ -203,7 +211,12 @@ def test_oscr_arpl_matches_loop():
     known, unknown = rng.normal(1.0, 1.0, 70), rng.normal(0.0, 1.0, 50)
     correct = rng.random(70) < 0.8
     expected = _arpl_oscr_loop(known, correct, unknown)
-    got = oscr(jnp.asarray(known, jnp.float32), jnp.asarray(correct), jnp.asarray(unknown, jnp.float32), "arpl")
+    got = oscr(
+        jnp.asarray(known, jnp.float32),
+        jnp.asarray(correct),
+        jnp.asarray(unknown, jnp.float32),
+        "arpl",
+    )
     assert float(got) == pytest.approx(expected, abs=1e-6)
     with pytest.raises(ValueError, match="convention"):
         oscr(known, correct, unknown, convention="sklearn")

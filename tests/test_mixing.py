@@ -19,10 +19,16 @@ jit_gradmix = jax.jit(M.gradmix, static_argnames=STATIC)
 
 
 @functools.partial(jax.jit, static_argnames=("ratio_of", "placement", "fill"))
-def jit_apply(images, maps, ratios, perm_or_noise, ratio_of="side", placement="inside", fill="sample"):
+def jit_apply(
+    images, maps, ratios, perm_or_noise, ratio_of="side", placement="inside", fill="sample"
+):
     if fill == "sample":
-        return M.gradmix_apply(images, maps, ratios, perm=perm_or_noise, ratio_of=ratio_of, placement=placement)
-    return M.gradmix_apply(images, maps, ratios, noise=perm_or_noise, ratio_of=ratio_of, placement=placement)
+        return M.gradmix_apply(
+            images, maps, ratios, perm=perm_or_noise, ratio_of=ratio_of, placement=placement
+        )
+    return M.gradmix_apply(
+        images, maps, ratios, noise=perm_or_noise, ratio_of=ratio_of, placement=placement
+    )
 
 
 # ----------------------------------------------------------------------------- NumPy references
@@ -235,7 +241,9 @@ def test_gradmix_noise_fill_within_range():
 def test_gradmix_matches_documented_randomness():
     B, H, W = 8, 32, 32  # same shapes as the ratio_per test, so compilations are shared
     imgs = rand_images(B, H, W, seed=3)
-    maps = peak_maps([(4, 4), (30, 2), (16, 16), (0, 31), (20, 9), (31, 31), (0, 0), (9, 27)], H, W, seed=4)
+    maps = peak_maps(
+        [(4, 4), (30, 2), (16, 16), (0, 31), (20, 9), (31, 31), (0, 0), (9, 27)], H, W, seed=4
+    )
     key = jax.random.key(11)
     k_ratio, k_fill = jax.random.split(key)
     ratios = jax.jit(M.sample_ratios, static_argnums=(1, 2, 3))(k_ratio, B, (0.1, 0.5), "sample")
@@ -248,7 +256,9 @@ def test_gradmix_matches_documented_randomness():
     # Independent check of the sampled fraction for 'inside': (round(r*32)/32)^2.
     _, frac = jit_gradmix(key, imgs, maps, placement="inside")
     r = np.asarray(ratios, np.float64)
-    np.testing.assert_allclose(np.asarray(frac), (np.maximum(np.round(r * 32), 1) / 32) ** 2, rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(frac), (np.maximum(np.round(r * 32), 1) / 32) ** 2, rtol=1e-6
+    )
 
 
 def test_masked_fraction_area_vs_side():
@@ -304,7 +314,9 @@ CB, CH, CW = 64, 16, 20
 
 def _const_images(B, H, W):
     """Each image a distinct constant (1..B) so the pasted region is identifiable."""
-    return np.broadcast_to(np.arange(1, B + 1, dtype=np.float32)[:, None, None, None], (B, H, W, 1)).copy()
+    return np.broadcast_to(
+        np.arange(1, B + 1, dtype=np.float32)[:, None, None, None], (B, H, W, 1)
+    ).copy()
 
 
 def _box_of(changed):
@@ -388,7 +400,12 @@ def test_gradmix_bad_arguments(kwargs, name):
     bad = next(iter(kwargs.values()))
     assert repr(bad) in msg
     if name in ("fill", "placement", "ratio_of", "ratio_per"):
-        allowed = {"fill": M.FILL_MODES, "placement": M.PLACEMENTS, "ratio_of": M.RATIO_OF, "ratio_per": M.RATIO_PER}
+        allowed = {
+            "fill": M.FILL_MODES,
+            "placement": M.PLACEMENTS,
+            "ratio_of": M.RATIO_OF,
+            "ratio_per": M.RATIO_PER,
+        }
         assert all(repr(a) in msg for a in allowed[name])
     else:
         assert "<=" in msg
@@ -418,12 +435,15 @@ def test_other_bad_arguments():
 
 
 def test_nchw_images_are_named_as_such():
-    with pytest.raises(ValueError, match=r"images must be NHWC .* looks like NCHW .*transpose\(0, 2, 3, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"images must be NHWC .* looks like NCHW .*transpose\(0, 2, 3, 1\)"
+    ):
         M.gradmix(jax.random.key(0), jnp.zeros((2, 3, 8, 8)), jnp.zeros((2, 8, 8)))
 
 
 def test_library_modules_resolve_from_the_package():
     import gradmix_jax
+
     assert gradmix_jax.losses.supcon_loss is not None and gradmix_jax.mixing.gradmix is M.gradmix
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         gradmix_jax.nope

@@ -13,9 +13,9 @@ def test_shapes_and_taps(name, dim):
     model = create_model(name, width=4, feature_dim=16, num_classes=5)
     x = jnp.ones((2, 16, 16, 3))
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
-    (z, aux), state = jax.eval_shape(lambda v: model.apply(v, x, train=True,
-                                                           mutable=["batch_stats", "intermediates"]),
-                                     variables)
+    (z, aux), state = jax.eval_shape(
+        lambda v: model.apply(v, x, train=True, mutable=["batch_stats", "intermediates"]), variables
+    )
     assert z.shape == (2, 16)
     assert aux["features"].shape == (2, dim)
     assert aux["logits"].shape == (2, 5)
@@ -50,15 +50,22 @@ def test_perturbation_gradient_is_the_activation_gradient():
     zeros = jax.tree.map(jnp.zeros_like, v["perturbations"])
 
     def loss(pert):
-        z, aux = model.apply({"params": v["params"], "batch_stats": v["batch_stats"],
-                              "perturbations": pert}, x, train=False)
+        z, aux = model.apply(
+            {"params": v["params"], "batch_stats": v["batch_stats"], "perturbations": pert},
+            x,
+            train=False,
+        )
         return jnp.sum(z[:, 0] * 3.0) + jnp.sum(aux["features"] ** 2)
 
     g = jax.grad(loss)(zeros)["encoder"]["conv4_2"]
     direction = jax.random.normal(jax.random.key(2), g.shape)
     eps = 1e-2
-    bump = lambda s: jax.tree.map(jnp.zeros_like, zeros) | {
-        "encoder": {**zeros["encoder"], "conv4_2": s * direction}}
+
+    def bump(s):
+        return jax.tree.map(jnp.zeros_like, zeros) | {
+            "encoder": {**zeros["encoder"], "conv4_2": s * direction}
+        }
+
     fd = (loss(bump(eps)) - loss(bump(-eps))) / (2 * eps)
     np.testing.assert_allclose(float(jnp.sum(g * direction)), float(fd), rtol=1e-2)
     assert float(jnp.abs(g).sum()) > 0

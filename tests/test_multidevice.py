@@ -1,4 +1,4 @@
-"""The same run on 1, 4 and 8 (fake CPU) devices gives the same losses (DESIGN §7)."""
+"""The same run on 1, 4 and 8 (fake CPU) devices gives the same losses (data parallelism over a Mesh)."""
 
 import json
 import os
@@ -13,9 +13,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def test_losses_equal_across_device_counts():
     env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-    out = subprocess.run([sys.executable, os.path.join(HERE, "multidevice_check.py")], env=env,
-                         capture_output=True, text=True, timeout=600, cwd=os.path.dirname(HERE))
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()
+    out = subprocess.run(
+        [sys.executable, os.path.join(HERE, "multidevice_check.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=os.path.dirname(HERE),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     axis = result.pop("axis_name")
@@ -28,11 +36,14 @@ def test_losses_equal_across_device_counts():
         one = np.array(by_devices["1"])
         assert np.all(np.isfinite(one))
         for n in ("4", "8"):
-            np.testing.assert_allclose(by_devices[n], one, rtol=2e-5, err_msg=f"{method} on {n} devices")
+            np.testing.assert_allclose(
+                by_devices[n], one, rtol=2e-5, err_msg=f"{method} on {n} devices"
+            )
 
 
 def _free_port():
     import socket
+
     with socket.socket() as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
@@ -42,27 +53,60 @@ def _free_port():
 def test_two_processes_match_one_process(tmp_path):
     """2 processes x 2 CPU devices (jax.distributed over localhost) = 1 process x 4 devices."""
     root = os.path.dirname(HERE)
-    args = ["-m", "gradmix_jax.train", "--config", os.path.join(root, "configs", "digits.py"),
-            "--config.num_steps=4", "--config.model.width=4", "--config.data.image_size=8",
-            "--config.batch_size=32", "--config.progress_bar=False", "--config.checkpoint_every_steps=2"]
+    args = [
+        "-m",
+        "gradmix_jax.train",
+        "--config",
+        os.path.join(root, "configs", "digits.py"),
+        "--config.num_steps=4",
+        "--config.model.width=4",
+        "--config.data.image_size=8",
+        "--config.batch_size=32",
+        "--config.progress_bar=False",
+        "--config.checkpoint_every_steps=2",
+    ]
 
     def env_with(devices):
         env = dict(os.environ)
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}").strip()
+        env["XLA_FLAGS"] = (
+            env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+        ).strip()
         return env
 
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, *args, "--workdir", str(tmp_path / "multi"),
-                               f"--coordinator_address=localhost:{port}", "--num_processes=2",
-                               f"--process_id={i}"], env=env_with(2), cwd=root,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                *args,
+                "--workdir",
+                str(tmp_path / "multi"),
+                f"--coordinator_address=localhost:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ],
+            env=env_with(2),
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-    assert "open-set AUROC" in outs[0][0] and "open-set AUROC" not in outs[1][0]  # process 0 reports
-    single = subprocess.run([sys.executable, *args, "--workdir", str(tmp_path / "single")],
-                            env=env_with(4), cwd=root, capture_output=True, text=True, timeout=600)
+    assert (
+        "open-set AUROC" in outs[0][0] and "open-set AUROC" not in outs[1][0]
+    )  # process 0 reports
+    single = subprocess.run(
+        [sys.executable, *args, "--workdir", str(tmp_path / "single")],
+        env=env_with(4),
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     a = json.loads((tmp_path / "multi" / "results.json").read_text())
     b = json.loads((tmp_path / "single" / "results.json").read_text())

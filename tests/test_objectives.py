@@ -8,7 +8,14 @@ import pytest
 
 from gradmix_jax import attribution, augment, losses, mixing
 from gradmix_jax.models import create_model
-from gradmix_jax.train_step import StepConfig, clean_terms, init_state, make_optimizer, make_train_step
+from gradmix_jax.training.train_step import (
+    StepConfig,
+    clean_terms,
+    init_state,
+    make_grad_fn,
+    make_optimizer,
+    make_train_step,
+)
 
 N, SIZE = 8, 8
 AUG = augment.AugmentParams.digits((SIZE, SIZE))
@@ -28,7 +35,11 @@ def _flat(tree):
 def test_moco_loss_matches_numpy():
     rng = np.random.default_rng(1)
     unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
-    q, k, queue = unit(rng.normal(size=(5, 4))), unit(rng.normal(size=(5, 4))), unit(rng.normal(size=(7, 4)))
+    q, k, queue = (
+        unit(rng.normal(size=(5, 4))),
+        unit(rng.normal(size=(5, 4))),
+        unit(rng.normal(size=(7, 4))),
+    )
     t = 0.07
     want = []
     for i in range(5):
@@ -45,14 +56,20 @@ def _apply(model, params, batch_stats, images, perturbations=None):
     variables = {"params": params, "batch_stats": batch_stats}
     if perturbations is not None:
         variables["perturbations"] = perturbations
-    (z, aux), new = model.apply(variables, images, train=True, mutable=["batch_stats", "intermediates"])
+    (z, aux), new = model.apply(
+        variables, images, train=True, mutable=["batch_stats", "intermediates"]
+    )
     return z, aux, new
 
 
 def _gradmix_view(model, params, bs, images, loss_of_z, key, cfg, n):
     """Reference attribution: a separate pass, jax.grad w.r.t. the tap perturbations."""
-    perts = model.apply({"params": params, "batch_stats": bs}, images, train=True,
-                        mutable=["batch_stats", "perturbations"])[1]["perturbations"]
+    perts = model.apply(
+        {"params": params, "batch_stats": bs},
+        images,
+        train=True,
+        mutable=["batch_stats", "perturbations"],
+    )[1]["perturbations"]
     perts = jax.tree.map(jnp.zeros_like, perts)
 
     def attr(pt):
@@ -60,10 +77,14 @@ def _gradmix_view(model, params, bs, images, loss_of_z, key, cfg, n):
         return loss_of_z(z, aux), new["intermediates"]
 
     g, inter = jax.grad(attr, has_aux=True)(perts)
-    maps = [attribution.layercam(inter["encoder"][l][0][:n], g["encoder"][l][:n]) for l in cfg.layers]
+    maps = [
+        attribution.layercam(inter["encoder"][layer][0][:n], g["encoder"][layer][:n])
+        for layer in cfg.layers
+    ]
     heat = attribution.aggregate_maps(maps, (SIZE, SIZE), cfg.normalize)
-    return mixing.gradmix(key, images[:n], heat, cfg.ratio_range, cfg.ratio_of, cfg.fill,
-                          cfg.placement, cfg.ratio_per)
+    return mixing.gradmix(
+        key, images[:n], heat, cfg.ratio_range, cfg.ratio_of, cfg.fill, cfg.placement, cfg.ratio_per
+    )
 
 
 @pytest.mark.parametrize("objective", ["ce", "ce_ssl"])
@@ -75,7 +96,7 @@ def test_ce_objectives_gradmix_grads_match_reference(objective):
     state = init_state(model, tx, jax.random.key(0), (SIZE, SIZE, 1))
     x, y = _batch()
     key = jax.random.key(5)
-    grads, _, metrics = jax.jit(make_train_step(model, tx, AUG, cfg).compute_grads)(state, x, y, key)
+    grads, _, metrics = jax.jit(make_grad_fn(model, AUG, cfg))(state, x, y, key)
 
     aug_key, mix_key = jax.random.split(key)
     v1, v2 = augment.two_views(aug_key, x, AUG)
@@ -90,10 +111,13 @@ def test_ce_objectives_gradmix_grads_match_reference(objective):
 
     def total(p):
         z, aux, new = _apply(model, p, bs, views)
-        ce = jnp.mean(-jax.nn.log_softmax(aux["logits"])[jnp.arange(2 * N), jnp.concatenate([y, y])])
+        ce = jnp.mean(
+            -jax.nn.log_softmax(aux["logits"])[jnp.arange(2 * N), jnp.concatenate([y, y])]
+        )
         zm, _, _ = _apply(model, p, new["batch_stats"], mixed)
-        per = losses.simclr_loss(jnp.stack([zm, z[N:]], 1), temperature=cfg.temperature,
-                                 reduction="none").mean(1)
+        per = losses.simclr_loss(
+            jnp.stack([zm, z[N:]], 1), temperature=cfg.temperature, reduction="none"
+        ).mean(1)
         return 0.7 * ce + lam * simclr(z) + 1.3 * jnp.mean(frac * per), ce
 
     (want_loss, want_ce), want = jax.value_and_grad(total, has_aux=True)(params)
@@ -124,25 +148,31 @@ def moco_setup():
 def test_moco_gradmix_grads_match_reference(moco_setup):
     """L = InfoNCE(q, k, queue) + mean(area · InfoNCE(q_mixed, k, queue)), App. G."""
     model, tx = moco_setup
-    cfg = StepConfig(objective="moco", method="gradmix", moco_queue_size=12, moco_momentum=0.9,
-                     temperature=0.2)
+    cfg = StepConfig(
+        objective="moco", method="gradmix", moco_queue_size=12, moco_momentum=0.9, temperature=0.2
+    )
     state = init_state(model, tx, jax.random.key(0), (SIZE, SIZE, 1), cfg)
     x, y = _batch()
     key = jax.random.key(7)
-    grads, updates, metrics = jax.jit(make_train_step(model, tx, AUG, cfg).compute_grads)(
-        state, x, y, key)
+    grads, updates, metrics = jax.jit(make_grad_fn(model, AUG, cfg))(state, x, y, key)
 
     aug_key, mix_key = jax.random.split(key)
     v1, v2 = augment.two_views(aug_key, x, AUG)
     params, bs, moco = state.params, state.batch_stats, state.moco
     key_params = jax.tree.map(lambda k, q: 0.9 * k + 0.1 * q, moco.key_params, params)
-    (k, _), _ = model.apply({"params": key_params, "batch_stats": moco.key_batch_stats}, v2,
-                            train=True, mutable=["batch_stats"])
+    (k, _), _ = model.apply(
+        {"params": key_params, "batch_stats": moco.key_batch_stats},
+        v2,
+        train=True,
+        mutable=["batch_stats"],
+    )
 
     def infonce(q):
         return losses.moco_loss(q, k, moco.queue, 0.2, reduction="none")
 
-    mixed, frac = _gradmix_view(model, params, bs, v1, lambda z, aux: infonce(z).mean(), mix_key, cfg, N)
+    mixed, frac = _gradmix_view(
+        model, params, bs, v1, lambda z, aux: infonce(z).mean(), mix_key, cfg, N
+    )
 
     def total(p):
         q, _, new = _apply(model, p, bs, v1)
@@ -180,10 +210,15 @@ def test_moco_momentum_encoder_and_queue_wraparound(moco_setup):
     def keys(state_before, step_index):
         key = jax.random.fold_in(jax.random.wrap_key_data(state_before.key), step_index)
         v2 = augment.two_views(jax.random.split(key)[0], x, AUG)[1]
-        kp = jax.tree.map(lambda k, q: m * k + (1 - m) * q, state_before.moco.key_params,
-                          state_before.params)
-        (k, _), _ = model.apply({"params": kp, "batch_stats": state_before.moco.key_batch_stats},
-                                v2, train=True, mutable=["batch_stats"])
+        kp = jax.tree.map(
+            lambda k, q: m * k + (1 - m) * q, state_before.moco.key_params, state_before.params
+        )
+        (k, _), _ = model.apply(
+            {"params": kp, "batch_stats": state_before.moco.key_batch_stats},
+            v2,
+            train=True,
+            mutable=["batch_stats"],
+        )
         return np.asarray(k)
 
     k1, k2 = keys(state0, 0), keys(state1, 1)

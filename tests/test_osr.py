@@ -31,7 +31,9 @@ def _data(seed, num_train=40, num_test=37, dim=6, num_classes=4):
     # Non-negative features keep cosine similarities positive, so max/sum is well conditioned.
     train = np.abs(rng.normal(size=(num_train, dim))).astype(np.float32)
     test = np.abs(rng.normal(size=(num_test, dim))).astype(np.float32)
-    labels = np.concatenate([np.arange(num_classes), rng.integers(0, num_classes, num_train - num_classes)])
+    labels = np.concatenate(
+        [np.arange(num_classes), rng.integers(0, num_classes, num_train - num_classes)]
+    )
     rng.shuffle(labels)
     return train, labels, test
 
@@ -82,9 +84,7 @@ def test_knn_bad_arguments_raise():
 
 
 def test_msp_and_entropy_hand_made():
-    logits = jnp.array(
-        [[0.0, 0.0], [math.log(3.0), 0.0], [1000.0, 0.0], [2.0, 2.0]], jnp.float32
-    )
+    logits = jnp.array([[0.0, 0.0], [math.log(3.0), 0.0], [1000.0, 0.0], [2.0, 2.0]], jnp.float32)
     np.testing.assert_allclose(np.asarray(msp_score(logits)), [0.5, 0.75, 1.0, 0.5], rtol=1e-6)
     expected_neg_entropy = [
         -math.log(2.0),
@@ -139,13 +139,16 @@ def test_mahalanobis_scores_match_scipy():
     test = rng.normal(size=(7, dim)) * 2.0
     means = np.stack([train[labels == c].mean(0) for c in range(num_classes)])
     # Tied covariance (MLE), computed independently: sum of per-class scatter matrices / N.
-    scatter = sum(np.cov(train[labels == c].T, bias=True) * (labels == c).sum()
-                  for c in range(num_classes)) / len(train)
+    scatter = sum(
+        np.cov(train[labels == c].T, bias=True) * (labels == c).sum() for c in range(num_classes)
+    ) / len(train)
     vi = np.linalg.inv(scatter)
     dists = np.array([[mahalanobis(t, m, vi) for m in means] for t in test])
     from gradmix_jax.osr import mahalanobis_scores
+
     scores, preds = jax.jit(mahalanobis_scores, static_argnames=("num_classes", "ridge"))(
-        train, labels, test, num_classes=num_classes, ridge=0.0)
+        train, labels, test, num_classes=num_classes, ridge=0.0
+    )
     np.testing.assert_allclose(scores, -dists.min(1), rtol=1e-4)
     np.testing.assert_array_equal(preds, dists.argmin(1))
     with pytest.raises(ValueError, match="class 2 is empty"):
@@ -156,5 +159,7 @@ def test_jit_without_static_num_classes_names_the_fix():
     x, y = jnp.ones((6, 4)), jnp.array([0, 0, 0, 1, 1, 1])
     with pytest.raises(ValueError, match=r"static_argnames=\('num_classes', 'k', 'chunk_size'\)"):
         jax.jit(knn_scores)(x, y, x[:2], 2)
-    scores, _ = jax.jit(knn_scores, static_argnames=("num_classes", "k"))(x, y, x[:2], num_classes=2, k=3)
+    scores, _ = jax.jit(knn_scores, static_argnames=("num_classes", "k"))(
+        x, y, x[:2], num_classes=2, k=3
+    )
     np.testing.assert_allclose(np.asarray(scores), [0.5, 0.5])  # equal similarity to both classes

@@ -7,13 +7,14 @@ import os
 
 import pytest
 
-from gradmix_jax import trainer
-from gradmix_jax import workdir as records
+from gradmix_jax.training import trainer
+from gradmix_jax.training import workdir as records
 
 
 @pytest.fixture
 def tiny_config(make_digits_config):
     """``tiny_config(num_steps=4)``: a fresh tiny digits config on every call."""
+
     def make(num_steps=4):
         c = make_digits_config()
         c.num_steps, c.batch_size, c.model.width, c.model.feature_dim = num_steps, 16, 4, 8
@@ -21,12 +22,14 @@ def tiny_config(make_digits_config):
         c.log_every_steps, c.checkpoint_every_steps = 1, 2
         c.mixing.method = "none"
         return c
+
     return make
 
 
 def _strict_load(path):
     def refuse(name):
         raise ValueError(f"non-strict JSON constant {name} in {path}")
+
     with open(path) as f:
         return json.load(f, parse_constant=refuse)
 
@@ -53,7 +56,10 @@ def test_finished_run_is_left_untouched_and_reevaluates_on_request(tmp_path, tin
     assert redo["auroc"] == pytest.approx(summary["auroc"], abs=1e-6)
     assert redo["train_seconds"] == pytest.approx(summary["train_seconds"])
     assert redo["final_train_loss"] == pytest.approx(summary["final_train_loss"])
-    assert json.loads(before[records.HISTORY])["history"] == _strict_load(tmp_path / records.HISTORY)["history"]
+    assert (
+        json.loads(before[records.HISTORY])["history"]
+        == _strict_load(tmp_path / records.HISTORY)["history"]
+    )
 
 
 class _PreemptAfter:
@@ -120,7 +126,8 @@ def test_a_kill_during_a_write_leaves_the_old_file(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("case", ["file", "under_file", "read_only"])
 def test_unusable_workdir_is_one_line_before_any_data(tmp_path, case, monkeypatch, tiny_config):
-    from gradmix_jax.validation import ConfigError
+    from gradmix_jax.training.validation import ConfigError
+
     blocker = tmp_path / "blocker"
     blocker.write_text("not a folder")
     workdir = {"file": blocker, "under_file": blocker / "run", "read_only": tmp_path / "ro"}[case]
@@ -128,22 +135,27 @@ def test_unusable_workdir_is_one_line_before_any_data(tmp_path, case, monkeypatc
         workdir.mkdir()
         workdir.chmod(0o500)
         if os.access(workdir, os.W_OK):  # root ignores permission bits: simulate the refusal
+
             def refuse(*args, **kwargs):
                 raise PermissionError(13, "Permission denied")
+
             monkeypatch.setattr(type(records.as_path(workdir)), "write_bytes", refuse)
 
     def no_data(*args, **kwargs):
         raise AssertionError("data was loaded before the workdir check")
 
     monkeypatch.setattr(trainer, "load_data", no_data)
-    with pytest.raises(ConfigError, match=r"--workdir .* (cannot be created|is not a directory|is not writable)") as err:
+    with pytest.raises(
+        ConfigError, match=r"--workdir .* (cannot be created|is not a directory|is not writable)"
+    ) as err:
         trainer.train_and_evaluate(tiny_config(), str(workdir))
     assert "\n" not in str(err.value)
     assert not list(tmp_path.rglob(".write_check*")) and blocker.read_text() == "not a folder"
 
 
 def test_new_workdir_under_a_read_only_folder(tmp_path, monkeypatch, tiny_config):
-    from gradmix_jax.validation import ConfigError
+    from gradmix_jax.training.validation import ConfigError
+
     monkeypatch.setattr(records.os, "access", lambda path, mode: False)  # as on a read-only mount
     with pytest.raises(ConfigError, match=f"cannot be created: {tmp_path} is not writable"):
         trainer.train_and_evaluate(tiny_config(), str(tmp_path / "new" / "run"))

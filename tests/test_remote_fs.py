@@ -11,16 +11,20 @@ import os
 import numpy as np
 import pytest
 
-from gradmix_jax import evaluate, trainer, workdir
+from gradmix_jax import evaluate
 from gradmix_jax.data import idx, sources
+from gradmix_jax.training import trainer, workdir
 
 RUN = "gs://bucket/runs/fmnist"
 DATA = "gs://bucket/data/fashion"
 
 
 def _files(folder) -> dict[str, bytes]:
-    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
-            for d, _, files in os.walk(folder) for f in files}
+    return {
+        os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+        for d, _, files in os.walk(folder)
+        for f in files
+    }
 
 
 @pytest.fixture
@@ -46,9 +50,11 @@ def _tiny_fashion_config(config):
     return config
 
 
-def test_run_rerun_and_evaluate_with_workdir_and_data_in_a_bucket(fake_gcs, cwd, digits_config,
-                                                                  write_idx_set):
+def test_run_rerun_and_evaluate_with_workdir_and_data_in_a_bucket(
+    fake_gcs, cwd, digits_config, write_idx_set
+):
     from etils import epath
+
     write_idx_set(epath.Path(DATA), n_train=120, n_test=40, gz=True)
     config = _tiny_fashion_config(digits_config)
 
@@ -91,11 +97,14 @@ def test_tfds_cache_of_a_bucket_data_dir_is_local(fake_gcs, cwd, tmp_path):
 def test_cache_folder_mapping(tmp_path, monkeypatch):
     monkeypatch.setenv("GRADMIX_JAX_CACHE", str(tmp_path / "c"))
     assert str(sources.cache_folder("gs://b/x/")) == str(tmp_path / "c" / "gs" / "b" / "x")
-    assert str(sources.cache_folder(str(tmp_path / "d"))) == str(tmp_path / "d" / "gradmix_jax_cache")
+    assert str(sources.cache_folder(str(tmp_path / "d"))) == str(
+        tmp_path / "d" / "gradmix_jax_cache"
+    )
 
 
 def test_check_writable_in_a_bucket(fake_gcs, cwd):
     from etils import epath
+
     workdir.check_writable("gs://bucket/new/run")  # an object store needs no folder first
     assert _files(fake_gcs) == {}  # the probe is gone
     epath.Path("gs://bucket/afile").write_text("x")
@@ -108,8 +117,15 @@ def test_experiment_tables_and_figures_in_a_bucket(fake_gcs, cwd):
     from experiments.grid_common import plot_grouped_bars
 
     write_table("gs://bucket/out/table", ["a", "b"], [[1, 2]], "t")
-    plot_grouped_bars("gs://bucket/out/fig.png", ["g"], ["s"], {("g", "s"): 50.0},
-                      {("g", "s"): 1.0}, "AUROC %", "title")
+    plot_grouped_bars(
+        "gs://bucket/out/fig.png",
+        ["g"],
+        ["s"],
+        {("g", "s"): 50.0},
+        {("g", "s"): 1.0},
+        "AUROC %",
+        "title",
+    )
     out = _files(fake_gcs / "bucket" / "out")
     assert out["table.csv"].decode().splitlines() == ["a,b", "1,2"]
     assert out["table.md"].startswith(b"# t")

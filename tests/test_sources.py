@@ -11,8 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from gradmix_jax.data import DatasetNotPreparedError, load_openset, protocol_classes
-from gradmix_jax.data import sources
+from gradmix_jax.data import DatasetNotPreparedError, load_openset, protocol_classes, sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -33,7 +32,9 @@ def test_complement_protocols(protocol, tmp_path):
         for split in (0, 3):
             d = load_openset(protocol, split, data_dir=str(tmp_path))
             known, unknown = protocol_classes(protocol, split)
-            raw_train = sources.load_tfds_split(sources.TFDS_NAMES[protocol], "train", str(tmp_path))
+            raw_train = sources.load_tfds_split(
+                sources.TFDS_NAMES[protocol], "train", str(tmp_path)
+            )
             raw_test = sources.load_tfds_split(sources.TFDS_NAMES[protocol], "test", str(tmp_path))
             # train: exactly the known classes' images, label j <-> source class known[j]
             keep = np.isin(raw_train[1], known)
@@ -45,7 +46,10 @@ def test_complement_protocols(protocol, tmp_path):
             want = np.array([known.index(c) if c in known else -1 for c in src])
             np.testing.assert_array_equal(d.test_labels, want)
             assert set(src[d.test_labels == -1]) <= set(unknown)
-            assert d.image_shape == {"mnist": (28, 28, 1), "svhn": (32, 32, 3), "cifar10": (32, 32, 3)}[protocol]
+            assert (
+                d.image_shape
+                == {"mnist": (28, 28, 1), "svhn": (32, 32, 3), "cifar10": (32, 32, 3)}[protocol]
+            )
 
 
 @pytest.mark.parametrize("protocol,num_unknown", [("cifar_plus10", 10), ("cifar_plus50", 50)])
@@ -71,7 +75,9 @@ def _write_tiny_imagenet(root, wnids, per_class=3, val_per_class=2, as_zip=False
     lines = []
     for w in wnids:
         for i in range(per_class):
-            files[f"train/{w}/images/{w}_{i}.JPEG"] = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+            files[f"train/{w}/images/{w}_{i}.JPEG"] = rng.integers(
+                0, 256, (64, 64, 3), dtype=np.uint8
+            )
         for i in range(val_per_class):
             name = f"val_{w}_{i}.JPEG"
             files[f"val/images/{name}"] = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
@@ -82,6 +88,7 @@ def _write_tiny_imagenet(root, wnids, per_class=3, val_per_class=2, as_zip=False
         if isinstance(v, bytes):
             return v
         import io
+
         buf = io.BytesIO()
         Image.fromarray(v).save(buf, format="PNG")  # lossless, so the test can compare pixels
         return buf.getvalue()
@@ -130,20 +137,36 @@ def test_missing_tinyimagenet_names_the_zip(tmp_path):
 
 def test_cli_offline_message(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "gradmix_jax.train", "--config", os.path.join(ROOT, "configs", "digits.py"),
-         "--workdir", str(tmp_path / "w"), "--config.data.protocol=svhn",
-         f"--config.data.data_dir={tmp_path}"],
-        capture_output=True, text=True, cwd=ROOT, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "gradmix_jax.train",
+            "--config",
+            os.path.join(ROOT, "configs", "digits.py"),
+            "--workdir",
+            str(tmp_path / "w"),
+            "--config.data.protocol=svhn",
+            f"--config.data.data_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert out.returncode == 2
-    errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "svhn_cropped" in errors[0] and "tfds build" in errors[0]
 
 
-@pytest.mark.parametrize("name", ["mnist", "svhn", "cifar10", "cifar_plus10", "cifar_plus50", "tinyimagenet"])
+@pytest.mark.parametrize(
+    "name", ["mnist", "svhn", "cifar10", "cifar_plus10", "cifar_plus50", "tinyimagenet"]
+)
 def test_protocol_configs_validate(name):
     import importlib.util
+
     from experiments.osr_table import PAPER_AUROC
-    from gradmix_jax.validation import validate_config
+    from gradmix_jax.training.validation import validate_config
+
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -154,12 +177,22 @@ def test_protocol_configs_validate(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,closed_set", [("cifar10", False), ("cifar10", True), ("mnist", False),
-                                              ("cifar_plus10", False), ("tinyimagenet", False)])
+@pytest.mark.parametrize(
+    "name,closed_set",
+    [
+        ("cifar10", False),
+        ("cifar10", True),
+        ("mnist", False),
+        ("cifar_plus10", False),
+        ("tinyimagenet", False),
+    ],
+)
 def test_protocol_config_two_steps_with_mock_data(tmp_path, name, closed_set):
     """configs/<protocol>.py end to end (tiny overrides) on mock data: writes results.json."""
     import importlib.util
-    from gradmix_jax import trainer
+
+    from gradmix_jax.training import trainer
+
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -168,7 +201,9 @@ def test_protocol_config_two_steps_with_mock_data(tmp_path, name, closed_set):
     c.data.image_size, c.progress_bar, c.data.data_dir = 16, False, str(tmp_path)
     c.data.closed_set = closed_set
     if name == "tinyimagenet":  # the standard folder layout, 200 classes x 3 train / 1 val image
-        _write_tiny_imagenet(tmp_path, [f"n{i:08d}" for i in range(200)], per_class=3, val_per_class=1)
+        _write_tiny_imagenet(
+            tmp_path, [f"n{i:08d}" for i in range(200)], per_class=3, val_per_class=1
+        )
         c.eval.k = 3
     with tfds.testing.mock_data(num_examples=200):
         summary = trainer.train_and_evaluate(c, str(tmp_path / "run"))
@@ -178,13 +213,19 @@ def test_protocol_config_two_steps_with_mock_data(tmp_path, name, closed_set):
     if closed_set:
         assert summary["auroc"] is None and summary["known_classes"] == list(range(10))
     else:
-        expected = {"cifar10": 0.2254, "mnist": 0.2254, "cifar_plus10": 0.4655, "tinyimagenet": 0.6838}
+        expected = {
+            "cifar10": 0.2254,
+            "mnist": 0.2254,
+            "cifar_plus10": 0.4655,
+            "tinyimagenet": 0.6838,
+        }
         assert summary["openness"] == pytest.approx(expected[name], abs=1e-4)
         assert 0.0 <= summary["auroc"] <= 1.0
 
 
 def test_closed_set_cifar100_with_mock_data(tmp_path):
     from gradmix_jax.data import load_closed_set
+
     with tfds.testing.mock_data(num_examples=300):
         d = load_closed_set("cifar100", str(tmp_path))
         raw = sources.load_tfds_split("cifar100", "train", str(tmp_path))
@@ -194,8 +235,9 @@ def test_closed_set_cifar100_with_mock_data(tmp_path):
 
 
 def test_closed_set_config_checks():
-    from gradmix_jax.config_base import get_base_config
-    from gradmix_jax.validation import ConfigError, validate_config
+    from gradmix_jax.training.config_base import get_base_config
+    from gradmix_jax.training.validation import ConfigError, validate_config
+
     c = get_base_config()
     c.data.protocol = "cifar100"
     with pytest.raises(ConfigError, match="closed-set dataset only"):
@@ -203,18 +245,24 @@ def test_closed_set_config_checks():
     c.data.closed_set = True
     validate_config(c)
     c.data.protocol = "svhn"
-    with pytest.raises(ConfigError, match=r"data.protocol must be one of \['cifar10', 'cifar100', 'tinyimagenet'\] when data.closed_set=True"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data.protocol must be one of \['cifar10', 'cifar100', 'tinyimagenet'\] when data.closed_set=True",
+    ):
         validate_config(c)
     c.data.protocol = "tinyimagenet"
     c.data.closed_set_classes = 200
     validate_config(c)
     c.data.closed_set_classes = 201
-    with pytest.raises(ConfigError, match=r"data.closed_set_classes must be 0 \(default\) or in \[2, 200\]"):
+    with pytest.raises(
+        ConfigError, match=r"data.closed_set_classes must be 0 \(default\) or in \[2, 200\]"
+    ):
         validate_config(c)
 
 
 def test_closed_set_first_n_classes_with_mock_data(tmp_path):
     from gradmix_jax.data import load_closed_set
+
     with tfds.testing.mock_data(num_examples=300):
         d = load_closed_set("cifar100", str(tmp_path), num_classes=7)
         raw_x, raw_y = sources.load_tfds_split("cifar100", "train", str(tmp_path))

@@ -10,8 +10,15 @@ import pytest
 
 from gradmix_jax import attribution, augment, mixing
 from gradmix_jax.models import create_model
-from gradmix_jax.train_step import (StepConfig, contrastive_terms, init_state, make_optimizer,
-                                    make_train_step, mixed_loss)
+from gradmix_jax.training.train_step import (
+    StepConfig,
+    contrastive_terms,
+    init_state,
+    make_grad_fn,
+    make_optimizer,
+    make_train_step,
+    mixed_loss,
+)
 
 N, SIZE = 8, 8
 AUG = augment.AugmentParams.digits((SIZE, SIZE))
@@ -32,7 +39,9 @@ def _apply(model, params, batch_stats, images, perturbations=None):
     variables = {"params": params, "batch_stats": batch_stats}
     if perturbations is not None:
         variables["perturbations"] = perturbations
-    (z, _), new = model.apply(variables, images, train=True, mutable=["batch_stats", "intermediates"])
+    (z, _), new = model.apply(
+        variables, images, train=True, mutable=["batch_stats", "intermediates"]
+    )
     return z, new
 
 
@@ -44,24 +53,35 @@ def reference_grads(model, state, x, y, key, cfg: StepConfig):
     views = jnp.concatenate([v1, v2])
     params, bs = state.params, state.batch_stats
     if cfg.method == "none":
-        return jax.grad(lambda p: contrastive_terms(_apply(model, p, bs, views)[0], y, cfg)[0])(params)
+        return jax.grad(lambda p: contrastive_terms(_apply(model, p, bs, views)[0], y, cfg)[0])(
+            params
+        )
 
     if cfg.method == "gradmix":
-        perts = model.apply({"params": params, "batch_stats": bs}, views, train=True,
-                            mutable=["batch_stats", "perturbations"])[1]["perturbations"]
+        perts = model.apply(
+            {"params": params, "batch_stats": bs},
+            views,
+            train=True,
+            mutable=["batch_stats", "perturbations"],
+        )[1]["perturbations"]
         perts = jax.tree.map(jnp.zeros_like, perts)
 
         def attr_loss(pt):
             z, new = _apply(model, params, bs, views, pt)
             loss, parts = contrastive_terms(z, y, cfg)
-            return (parts["simclr"] if cfg.attribution_loss == "simclr" else loss), new["intermediates"]
+            return (parts["simclr"] if cfg.attribution_loss == "simclr" else loss), new[
+                "intermediates"
+            ]
 
         g, inter = jax.grad(attr_loss, has_aux=True)(perts)
-        maps = [attribution.layercam(inter["encoder"][l][0][:n], g["encoder"][l][:n])
-                for l in cfg.layers]
+        maps = [
+            attribution.layercam(inter["encoder"][layer][0][:n], g["encoder"][layer][:n])
+            for layer in cfg.layers
+        ]
         heat = attribution.aggregate_maps(maps, (SIZE, SIZE), cfg.normalize)
-        mixed, frac = mixing.gradmix(mix_key, v1, heat, cfg.ratio_range, cfg.ratio_of, cfg.fill,
-                                     cfg.placement, cfg.ratio_per)
+        mixed, frac = mixing.gradmix(
+            mix_key, v1, heat, cfg.ratio_range, cfg.ratio_of, cfg.fill, cfg.placement, cfg.ratio_per
+        )
     else:
         fn = mixing.cutmix if cfg.method == "cutmix" else mixing.mixup
         mixed, lam, _ = fn(mix_key, v1, cfg.alpha)
@@ -81,35 +101,48 @@ def reference_grads(model, state, x, y, key, cfg: StepConfig):
     return jax.grad(total)(params)
 
 
-@pytest.mark.parametrize("cfg", [
-    StepConfig(method="none"),
-    StepConfig(method="gradmix"),
-    StepConfig(method="gradmix", exact=True),
-    StepConfig(method="gradmix", attribution_loss="total", simclr_weight=1.2),
-    StepConfig(method="gradmix", fill="noise", placement="clip", normalize="batch",
-               ratio_of="area", ratio_per="batch", layers=("conv2_2", "conv5_2")),
-    StepConfig(method="mixup", alpha=0.4),
-], ids=["none", "gradmix", "gradmix-exact", "gradmix-total", "gradmix-authors", "mixup"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        StepConfig(method="none"),
+        StepConfig(method="gradmix"),
+        StepConfig(method="gradmix", exact=True),
+        StepConfig(method="gradmix", attribution_loss="total", simclr_weight=1.2),
+        StepConfig(
+            method="gradmix",
+            fill="noise",
+            placement="clip",
+            normalize="batch",
+            ratio_of="area",
+            ratio_per="batch",
+            layers=("conv2_2", "conv5_2"),
+        ),
+        StepConfig(method="mixup", alpha=0.4),
+    ],
+    ids=["none", "gradmix", "gradmix-exact", "gradmix-total", "gradmix-authors", "mixup"],
+)
 def test_fused_grads_match_reference(setup, cfg):
     model, tx, schedule, state, x, y = setup
-    step = make_train_step(model, tx, AUG, cfg)
     key = jax.random.key(3)
-    grads, _, metrics = jax.jit(step.compute_grads)(state, x, y, key)
+    grads, _, metrics = jax.jit(make_grad_fn(model, AUG, cfg))(state, x, y, key)
     want = reference_grads(model, state, x, y, key, cfg)  # eager: cheaper than compiling it
     flat_got, _ = jax.flatten_util.ravel_pytree(grads)
     flat_want, _ = jax.flatten_util.ravel_pytree(want)
     assert np.isfinite(float(metrics["loss"]))
-    np.testing.assert_allclose(flat_got, flat_want, rtol=2e-4, atol=2e-5 * float(jnp.abs(flat_want).max()))
+    np.testing.assert_allclose(
+        flat_got, flat_want, rtol=2e-4, atol=2e-5 * float(jnp.abs(flat_want).max())
+    )
 
 
 def test_mixed_view_changes_loss(setup):
     """GradMix adds a positive, area-weighted term (eq. 8) on top of the clean loss."""
     model, tx, schedule, state, x, y = setup
     cfg = StepConfig(method="gradmix")
-    _, _, m = jax.jit(make_train_step(model, tx, AUG, cfg).compute_grads)(state, x, y, jax.random.key(1))
+    _, _, m = jax.jit(make_grad_fn(model, AUG, cfg))(state, x, y, jax.random.key(1))
     assert 0.01 - 1e-6 <= float(m["masked_fraction"]) <= 0.25 + 1e-6  # side ratio in [0.1, 0.5]
     np.testing.assert_allclose(
-        float(m["loss"]), float(m["supcon"] + m["simclr"] + m["mix_loss"]), rtol=1e-5)
+        float(m["loss"]), float(m["supcon"] + m["simclr"] + m["mix_loss"]), rtol=1e-5
+    )
 
 
 def test_step_lowers_loss_and_traces_once(setup):
@@ -151,8 +184,8 @@ def test_bfloat16_activations_keep_float32_params_and_loss(setup):
     model32 = create_model("resnet18", width=4, feature_dim=8)
     cfg = StepConfig(method="gradmix")
     key = jax.random.key(3)
-    g16, _, m16 = jax.jit(make_train_step(model16, tx, AUG, cfg).compute_grads)(state, x, y, key)
-    _, _, m32 = jax.jit(make_train_step(model32, tx, AUG, cfg).compute_grads)(state, x, y, key)
+    g16, _, m16 = jax.jit(make_grad_fn(model16, AUG, cfg))(state, x, y, key)
+    _, _, m32 = jax.jit(make_grad_fn(model32, AUG, cfg))(state, x, y, key)
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(g16))
     assert m16["loss"].dtype == jnp.float32
     np.testing.assert_allclose(float(m16["loss"]), float(m32["loss"]), rtol=0.05)
@@ -160,7 +193,12 @@ def test_bfloat16_activations_keep_float32_params_and_loss(setup):
 
 def test_auto_dtype_resolves_per_backend():
     from gradmix_jax.models import resolve_dtype
-    assert resolve_dtype("auto") == (jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
+
+    assert resolve_dtype("auto") == (
+        jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    )
     assert resolve_dtype("bfloat16") == jnp.bfloat16
-    with pytest.raises(ValueError, match=r"model.dtype must be one of \['auto', 'float32', 'bfloat16'\]"):
+    with pytest.raises(
+        ValueError, match=r"model.dtype must be one of \['auto', 'float32', 'bfloat16'\]"
+    ):
         resolve_dtype("float16")

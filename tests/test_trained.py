@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from gradmix_jax import metrics, osr, trainer
+from gradmix_jax import metrics, osr
 from gradmix_jax.data import load_openset
-from gradmix_jax.trained import load_trained
+from gradmix_jax.training import trainer
+from gradmix_jax.training.trained import load_trained
 
 
 def test_load_trained_reproduces_the_runs_evaluation(tmp_path, digits_config):
@@ -29,21 +30,28 @@ def test_load_trained_reproduces_the_runs_evaluation(tmp_path, digits_config):
     scores, _ = osr.knn_scores(train_f, data.train_labels, test_f, data.num_known, k=config.eval.k)
     scores = np.asarray(scores)
     known = data.test_is_known
-    np.testing.assert_allclose(metrics.auroc(scores[known], scores[~known]), summary["auroc"], atol=1e-6)
+    np.testing.assert_allclose(
+        metrics.auroc(scores[known], scores[~known]), summary["auroc"], atol=1e-6
+    )
     logits = trained.logits(data.test_images[:7])
     assert logits.shape == (7, data.num_known)
     msp = np.asarray(osr.msp_score(trained.logits(data.test_images)))
-    np.testing.assert_allclose(metrics.auroc(msp[known], msp[~known]), summary["auroc_msp"], atol=1e-6)
+    np.testing.assert_allclose(
+        metrics.auroc(msp[known], msp[~known]), summary["auroc_msp"], atol=1e-6
+    )
     mls = np.asarray(osr.max_logit_score(trained.logits(data.test_images)))
-    np.testing.assert_allclose(metrics.auroc(mls[known], mls[~known]), summary["auroc_max_logit"],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        metrics.auroc(mls[known], mls[~known]), summary["auroc_max_logit"], atol=1e-6
+    )
     assert summary["auroc_knn_encoder"] == summary["auroc"]  # eval.features = encoder
     train_z = trained.features(data.train_images, which="projection")
     test_z = trained.features(data.test_images, which="projection")
-    zs = np.asarray(osr.knn_scores(train_z, data.train_labels, test_z, data.num_known,
-                                   k=config.eval.k)[0])
-    np.testing.assert_allclose(metrics.auroc(zs[known], zs[~known]), summary["auroc_knn_projection"],
-                               atol=1e-6)
+    zs = np.asarray(
+        osr.knn_scores(train_z, data.train_labels, test_z, data.num_known, k=config.eval.k)[0]
+    )
+    np.testing.assert_allclose(
+        metrics.auroc(zs[known], zs[~known]), summary["auroc_knn_projection"], atol=1e-6
+    )
     z = trained.features(data.test_images[:5], which="projection")
     np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, rtol=1e-5)
     with pytest.raises(ValueError, match="which must be one of"):

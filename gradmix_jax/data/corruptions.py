@@ -25,19 +25,32 @@ import numpy as np
 
 from gradmix_jax.data import sources
 from gradmix_jax.data.sources import DatasetNotPreparedError
-from gradmix_jax.workdir import as_path
+from gradmix_jax.training.workdir import as_path
 
 # The 15 benchmark corruptions, in the order of the paper's §4.4 and Hendrycks' Table/Fig. 1.
 CORRUPTIONS: tuple[str, ...] = (
-    "gaussian_noise", "shot_noise", "impulse_noise",
-    "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
-    "snow", "frost", "fog", "brightness",
-    "contrast", "elastic_transform", "pixelate", "jpeg_compression",
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
 )
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 # TFDS cifar10_corrupted config prefixes (tensorflow_datasets/image_classification/cifar10_corrupted.py).
-TFDS_CIFAR10_C_NAMES = {c: c for c in CORRUPTIONS} | {"glass_blur": "frosted_glass_blur",
-                                                       "elastic_transform": "elastic"}
+TFDS_CIFAR10_C_NAMES = {c: c for c in CORRUPTIONS} | {
+    "glass_blur": "frosted_glass_blur",
+    "elastic_transform": "elastic",
+}
 
 # Severity constants of Hendrycks' make_cifar_c.py (hendrycks/robustness, ImageNet-C/create_c/),
 # i.e. the CIFAR-10-C parameters, indexed by severity - 1.
@@ -46,7 +59,13 @@ _SHOT_NOISE = (500.0, 250.0, 100.0, 75.0, 50.0)  # photons per unit intensity (P
 _IMPULSE_NOISE = (0.01, 0.02, 0.03, 0.05, 0.07)  # fraction of salt-and-pepper pixels
 _SPECKLE_NOISE = (0.06, 0.10, 0.12, 0.16, 0.20)
 _GAUSSIAN_BLUR = (0.4, 0.6, 0.7, 0.8, 1.0)  # sigma in pixels
-_DEFOCUS_BLUR = ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1.0, 0.2), (1.5, 0.1))  # (disk radius, alias sigma)
+_DEFOCUS_BLUR = (
+    (0.3, 0.4),
+    (0.4, 0.5),
+    (0.5, 0.6),
+    (1.0, 0.2),
+    (1.5, 0.1),
+)  # (disk radius, alias sigma)
 _CONTRAST = (0.75, 0.5, 0.4, 0.3, 0.15)  # factor towards the per-image channel mean
 _BRIGHTNESS = (0.05, 0.1, 0.15, 0.2, 0.3)  # added to the HSV value channel
 _PIXELATE = (0.95, 0.9, 0.85, 0.75, 0.65)  # downscale factor (PIL BOX there and back)
@@ -56,8 +75,16 @@ _JPEG_QUALITY = (80, 65, 58, 50, 40)
 # frost, fog, elastic_transform (they need ImageMagick's motion blur, the frost photographs, or
 # scipy/cv2 geometric warps whose exact conventions were not reproduced here).
 SYNTHETIC_CORRUPTIONS: tuple[str, ...] = (
-    "gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise",
-    "defocus_blur", "gaussian_blur", "brightness", "contrast", "pixelate", "jpeg_compression",
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "speckle_noise",
+    "defocus_blur",
+    "gaussian_blur",
+    "brightness",
+    "contrast",
+    "pixelate",
+    "jpeg_compression",
 )
 
 TINYIMAGENET_C_URL = "https://zenodo.org/record/2536630 (Tiny-ImageNet-C.tar)"
@@ -76,14 +103,16 @@ def _check_corruption(corruption: str, allowed: Sequence[str] = CORRUPTIONS) -> 
 
 # ----------------------------------------------------------------------------- CIFAR-10-C (TFDS)
 
+
 def cifar10_corrupted_name(corruption: str, severity: int) -> str:
     """TFDS builder/config name, e.g. ('glass_blur', 3) -> 'cifar10_corrupted/frosted_glass_blur_3'."""
     _check_corruption(corruption)
     return f"cifar10_corrupted/{TFDS_CIFAR10_C_NAMES[corruption]}_{_check_severity(severity)}"
 
 
-def load_cifar10_corrupted(corruption: str, severity: int, data_dir: str | None = None,
-                           use_disk_cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def load_cifar10_corrupted(
+    corruption: str, severity: int, data_dir: str | None = None, use_disk_cache: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """CIFAR-10-C test images of one corruption and severity from TFDS (never downloads).
 
     Args:
@@ -106,10 +135,12 @@ def load_cifar10_corrupted(corruption: str, severity: int, data_dir: str | None 
             f"never download. Prepare it once on a machine with internet (one 2.9 GB download serves "
             f"all 95 configs): tfds build cifar10_corrupted --data_dir={data_dir} "
             f"--file_format=array_record (or only this one: tfds build {name} ...), then copy "
-            f"{data_dir}/cifar10_corrupted here or set --data_dir / TFDS_DATA_DIR.") from e
+            f"{data_dir}/cifar10_corrupted here or set --data_dir / TFDS_DATA_DIR."
+        ) from e
 
 
 # ----------------------------------------------------------------------------- TinyImageNet-C
+
 
 def tinyimagenet_wnids(data_dir: str | None = None) -> list[str]:
     """Sorted wnids of the clean TinyImageNet (class index = position), as ``load_tinyimagenet_split``."""
@@ -117,9 +148,14 @@ def tinyimagenet_wnids(data_dir: str | None = None) -> list[str]:
     return sorted(w for w in files.read("wnids.txt").decode().split() if w)
 
 
-def load_tinyimagenet_corrupted(root: str, corruption: str, severity: int,
-                                wnids: Sequence[str] | None = None, data_dir: str | None = None,
-                                use_disk_cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def load_tinyimagenet_corrupted(
+    root: str,
+    corruption: str,
+    severity: int,
+    wnids: Sequence[str] | None = None,
+    data_dir: str | None = None,
+    use_disk_cache: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """Tiny-ImageNet-C images of one corruption and severity from the released folder layout.
 
     Layout: ``<root>/<corruption>/<severity>/<wnid>/*.JPEG`` (the Tiny-ImageNet-C tar unpacked;
@@ -141,21 +177,26 @@ def load_tinyimagenet_corrupted(root: str, corruption: str, severity: int,
     if not folder.is_dir():
         raise DatasetNotPreparedError(
             f"Tiny-ImageNet-C folder {folder} not found: expected <root>/<corruption>/<severity>/"
-            f"<wnid>/*.JPEG with root={root} (unpack {TINYIMAGENET_C_URL}); runs never download")
+            f"<wnid>/*.JPEG with root={root} (unpack {TINYIMAGENET_C_URL}); runs never download"
+        )
     cache = sources.cache_folder(root) / f"{corruption}-{severity}.npz"
     if use_disk_cache:
         cached = sources._load_cached(cache)
         if cached is not None:
             return cached
-    class_of = {w: i for i, w in enumerate(sorted(wnids if wnids is not None
-                                                  else tinyimagenet_wnids(data_dir)))}
+    class_of = {
+        w: i
+        for i, w in enumerate(sorted(wnids if wnids is not None else tinyimagenet_wnids(data_dir)))
+    }
     images, labels = [], []
     for wnid in sorted(p.name for p in folder.iterdir()):
         if not (folder / wnid).is_dir():
             continue
         if wnid not in class_of:
-            raise ValueError(f"wnid folder {wnid!r} in {folder} is not a class of the clean "
-                             f"TinyImageNet ({len(class_of)} wnids)")
+            raise ValueError(
+                f"wnid folder {wnid!r} in {folder} is not a class of the clean "
+                f"TinyImageNet ({len(class_of)} wnids)"
+            )
         for name in sorted(p.name for p in (folder / wnid).iterdir()):
             images.append(sources._decode_rgb((folder / wnid / name).read_bytes()))
             labels.append(class_of[wnid])
@@ -169,6 +210,7 @@ def load_tinyimagenet_corrupted(root: str, corruption: str, severity: int,
 
 # ----------------------------------------------------------------------------- synthetic
 
+
 def defocus_kernel(severity: int) -> np.ndarray:
     """Hendrycks' ``disk(radius, alias_blur)`` for ``defocus_blur``, cropped to its support.
 
@@ -181,14 +223,14 @@ def defocus_kernel(severity: int) -> np.ndarray:
     r = int(np.floor(radius))
     grid = np.arange(-r, r + 1)
     x, y = np.meshgrid(grid, grid)
-    disk = (x ** 2 + y ** 2 <= radius ** 2).astype(np.float64)
+    disk = (x**2 + y**2 <= radius**2).astype(np.float64)
     disk /= disk.sum()
-    g = np.exp(-np.array([1.0, 0.0, 1.0]) / (2.0 * alias ** 2))
+    g = np.exp(-np.array([1.0, 0.0, 1.0]) / (2.0 * alias**2))
     g /= g.sum()
     out = np.zeros((2 * r + 3, 2 * r + 3))
     for dy in range(3):  # full 2-D convolution of the disk with the separable 3x3 Gaussian
         for dx in range(3):
-            out[dy:dy + 2 * r + 1, dx:dx + 2 * r + 1] += g[dy] * g[dx] * disk
+            out[dy : dy + 2 * r + 1, dx : dx + 2 * r + 1] += g[dy] * g[dx] * disk
     return out
 
 
@@ -231,7 +273,7 @@ def _correlate_reflect101(x: jax.Array, kernel: np.ndarray) -> jax.Array:
     for dy in range(kernel.shape[0]):
         for dx in range(kernel.shape[1]):
             if kernel[dy, dx] != 0:
-                out = out + float(kernel[dy, dx]) * padded[:, dy:dy + h, dx:dx + w, :]
+                out = out + float(kernel[dy, dx]) * padded[:, dy : dy + h, dx : dx + w, :]
     return out
 
 
@@ -240,14 +282,15 @@ def _separable_nearest(x: jax.Array, taps: np.ndarray) -> jax.Array:
     r = len(taps) // 2
     h, w = x.shape[1:3]
     padded = jnp.pad(x, ((0, 0), (r, r), (0, 0), (0, 0)), mode="edge")
-    x = sum(float(t) * padded[:, i:i + h] for i, t in enumerate(taps))
+    x = sum(float(t) * padded[:, i : i + h] for i, t in enumerate(taps))
     padded = jnp.pad(x, ((0, 0), (0, 0), (r, r), (0, 0)), mode="edge")
-    return sum(float(t) * padded[:, :, i:i + w] for i, t in enumerate(taps))
+    return sum(float(t) * padded[:, :, i : i + w] for i, t in enumerate(taps))
 
 
 def _brightness(x: jax.Array, shift: float) -> jax.Array:
     """skimage rgb2hsv -> V + shift (clipped) -> hsv2rgb. Grey images: V is the pixel value."""
     import dm_pix
+
     if x.shape[-1] == 1:
         return jnp.clip(x + shift, 0.0, 1.0)
     if x.shape[-1] != 3:
@@ -260,13 +303,20 @@ def _brightness(x: jax.Array, shift: float) -> jax.Array:
 # Corruptions whose severity changes array shapes or kernels: compiled per severity. The others
 # take their severity constant as a traced scalar, so each compiles once for all five severities.
 _SHAPE_DEPENDENT = ("gaussian_blur", "defocus_blur", "pixelate")
-_CONSTANTS = {"gaussian_noise": _GAUSSIAN_NOISE, "shot_noise": _SHOT_NOISE,
-              "impulse_noise": _IMPULSE_NOISE, "speckle_noise": _SPECKLE_NOISE,
-              "contrast": _CONTRAST, "brightness": _BRIGHTNESS}
+_CONSTANTS = {
+    "gaussian_noise": _GAUSSIAN_NOISE,
+    "shot_noise": _SHOT_NOISE,
+    "impulse_noise": _IMPULSE_NOISE,
+    "speckle_noise": _SPECKLE_NOISE,
+    "contrast": _CONTRAST,
+    "brightness": _BRIGHTNESS,
+}
 
 
 @functools.partial(jax.jit, static_argnames=("name", "severity"))
-def _corrupt(key: jax.Array, images: jax.Array, c: jax.Array, name: str, severity: int) -> jax.Array:
+def _corrupt(
+    key: jax.Array, images: jax.Array, c: jax.Array, name: str, severity: int
+) -> jax.Array:
     """Float [0, 255] result of one corruption on uint8 [N, H, W, C] (before the uint8 cast).
 
     ``c`` is the severity constant of the scalar-parameter corruptions; ``severity`` (static) is
@@ -302,7 +352,10 @@ def _corrupt(key: jax.Array, images: jax.Array, c: jax.Array, name: str, severit
         factor = _PIXELATE[severity - 1]
         small_h, small_w = int(h * factor), int(w * factor)
         y = images.astype(jnp.float32)
-        for (src_w, dst_w), (src_h, dst_h) in (((w, small_w), (h, small_h)), ((small_w, w), (small_h, h))):
+        for (src_w, dst_w), (src_h, dst_h) in (
+            ((w, small_w), (h, small_h)),
+            ((small_w, w), (small_h, h)),
+        ):
             y = _round_half_up(jnp.einsum("nhwc,vw->nhvc", y, _pil_box_matrix(src_w, dst_w)))
             y = _round_half_up(jnp.einsum("nhwc,vh->nvwc", y, _pil_box_matrix(src_h, dst_h)))
         return jnp.clip(y, 0.0, 255.0)
@@ -316,6 +369,7 @@ def _jpeg(images: np.ndarray, quality: int) -> np.ndarray:
     import io
 
     from PIL import Image
+
     out = np.empty_like(images)
     for j, im in enumerate(images):
         gray = im.shape[-1] == 1
@@ -350,12 +404,19 @@ def synthetic_corruption(key: jax.Array, images, name: str, severity: int) -> np
     _check_corruption(name, SYNTHETIC_CORRUPTIONS)
     severity = _check_severity(severity)
     if np.ndim(images) != 4 or np.shape(images)[-1] not in (1, 3):
-        raise ValueError(f"images must be [N, H, W, C] with C in (1, 3), got shape {np.shape(images)}")
+        raise ValueError(
+            f"images must be [N, H, W, C] with C in (1, 3), got shape {np.shape(images)}"
+        )
     if np.asarray(images).dtype != np.uint8:
         raise ValueError(f"images must be uint8, got dtype {np.asarray(images).dtype}")
     if name == "jpeg_compression":
         return _jpeg(np.asarray(images), _JPEG_QUALITY[severity - 1])
     c = _CONSTANTS[name][severity - 1] if name in _CONSTANTS else 0.0
-    out = _corrupt(key, jnp.asarray(images), jnp.float32(c), name=name,
-                   severity=severity if name in _SHAPE_DEPENDENT else 0)
+    out = _corrupt(
+        key,
+        jnp.asarray(images),
+        jnp.float32(c),
+        name=name,
+        severity=severity if name in _SHAPE_DEPENDENT else 0,
+    )
     return np.asarray(out).astype(np.uint8)  # truncation, as np.uint8(float) in make_cifar_c.py

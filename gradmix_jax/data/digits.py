@@ -10,7 +10,7 @@ from gradmix_jax.data.base import OpenSetData, remap_labels
 
 
 def load_digits_openset(known_classes, unknown_classes) -> OpenSetData:
-    """DESIGN §6 protocol: stratified 2/3 train, 1/3 test (random_state=0).
+    """The digits protocol: stratified 2/3 train, 1/3 test (random_state=0).
 
     Train keeps only known classes; the test set keeps every image (unknown ones labelled -1).
     Pixel values 0..16 are scaled to uint8 0..255; images are [8, 8, 1].
@@ -19,7 +19,8 @@ def load_digits_openset(known_classes, unknown_classes) -> OpenSetData:
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     labels = digits.target.astype(np.int64)
     x_train, x_test, y_train, y_test = train_test_split(
-        images, labels, test_size=1 / 3, stratify=labels, random_state=0)
+        images, labels, test_size=1 / 3, stratify=labels, random_state=0
+    )
     keep = np.isin(y_train, known_classes)
     return OpenSetData(
         name="digits",

@@ -22,8 +22,10 @@ from etils import epath
 from gradmix_jax.data.sources import DatasetNotPreparedError
 
 # (images file, labels file) of each split, without the optional '.gz'.
-IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
 NUM_CLASSES = 10
@@ -31,12 +33,16 @@ NUM_CLASSES = 10
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 # How to get each dataset's four files (the end of every error message).
 GET_HINTS = {
-    "fashion_mnist": ("install them with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu, "
-                      f"files in {DEBIAN_FASHION_MNIST_DIR}) or download the four files from "
-                      "https://github.com/zalandoresearch/fashion-mnist (data/fashion) into "
-                      "data.data_dir"),
-    "mnist": ("download the four files from http://yann.lecun.com/exdb/mnist/ (torchvision keeps "
-              "them in MNIST/raw) into data.data_dir, or prepare TFDS's mnist"),
+    "fashion_mnist": (
+        "install them with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu, "
+        f"files in {DEBIAN_FASHION_MNIST_DIR}) or download the four files from "
+        "https://github.com/zalandoresearch/fashion-mnist (data/fashion) into "
+        "data.data_dir"
+    ),
+    "mnist": (
+        "download the four files from http://yann.lecun.com/exdb/mnist/ (torchvision keeps "
+        "them in MNIST/raw) into data.data_dir, or prepare TFDS's mnist"
+    ),
 }
 
 
@@ -86,25 +92,32 @@ def read_idx(path: str | epath.Path, magic: int, hint: str = "") -> np.ndarray:
         raise IdxError(f"IDX file {path} is truncated ({len(data)} bytes, no header){suffix}")
     found = int.from_bytes(data[:4], "big")
     if found != magic:
-        raise IdxError(f"IDX file {path} has magic number 0x{found:08x}, expected 0x{magic:08x} "
-                       f"({'images' if magic == IMAGES_MAGIC else 'labels'}){suffix}")
+        raise IdxError(
+            f"IDX file {path} has magic number 0x{found:08x}, expected 0x{magic:08x} "
+            f"({'images' if magic == IMAGES_MAGIC else 'labels'}){suffix}"
+        )
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise IdxError(f"IDX file {path} is truncated (header needs {header} bytes, file has "
-                       f"{len(data)}){suffix}")
-    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+        raise IdxError(
+            f"IDX file {path} is truncated (header needs {header} bytes, file has "
+            f"{len(data)}){suffix}"
+        )
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = header + int(np.prod(shape))
     if len(data) != expected:
         state = "truncated" if len(data) < expected else "longer than its header says"
-        raise IdxError(f"IDX file {path} is {state}: header {shape} needs {expected} bytes, file "
-                       f"has {len(data)}{suffix}")
+        raise IdxError(
+            f"IDX file {path} is {state}: header {shape} needs {expected} bytes, file "
+            f"has {len(data)}{suffix}"
+        )
     return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
 
 
 @functools.cache
-def load_idx_split(folder: str, split: str, dataset: str = "fashion_mnist"
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def load_idx_split(
+    folder: str, split: str, dataset: str = "fashion_mnist"
+) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 [N, 28, 28, 1], labels int64 [N]) of ``split`` ('train' | 'test') in ``folder``.
 
     ``dataset`` ('fashion_mnist' | 'mnist') only chooses how error messages say to get the files.
@@ -122,11 +135,14 @@ def load_idx_split(folder: str, split: str, dataset: str = "fashion_mnist"
     images = read_idx(paths[0], IMAGES_MAGIC, hint)
     labels = read_idx(paths[1], LABELS_MAGIC, hint)
     if len(images) != len(labels):
-        raise IdxError(f"{paths[0]} holds {len(images)} images but {paths[1]} holds {len(labels)} "
-                       f"labels; {hint}")
+        raise IdxError(
+            f"{paths[0]} holds {len(images)} images but {paths[1]} holds {len(labels)} "
+            f"labels; {hint}"
+        )
     if len(labels) and labels.max() >= NUM_CLASSES:
-        raise IdxError(f"{paths[1]} has label {int(labels.max())}, outside 0..{NUM_CLASSES - 1}; "
-                       f"{hint}")
+        raise IdxError(
+            f"{paths[1]} has label {int(labels.max())}, outside 0..{NUM_CLASSES - 1}; {hint}"
+        )
     return images[..., None], labels.astype(np.int64)
 
 
@@ -146,8 +162,11 @@ def idx_folder(dataset: str, data_dir: str | None) -> str | None:
             if has_idx_files(folder):
                 return folder
         return None
-    if dataset == "fashion_mnist" and has_idx_files(DEBIAN_FASHION_MNIST_DIR) and not (
-            epath.Path(default_data_dir()) / TFDS_NAMES[dataset]).is_dir():
+    if (
+        dataset == "fashion_mnist"
+        and has_idx_files(DEBIAN_FASHION_MNIST_DIR)
+        and not (epath.Path(default_data_dir()) / TFDS_NAMES[dataset]).is_dir()
+    ):
         return DEBIAN_FASHION_MNIST_DIR
     return None
 
@@ -156,8 +175,13 @@ def not_found_error(dataset: str, data_dir: str | None) -> IdxError:
     """The one-line error when neither IDX files nor a prepared TFDS copy were found."""
     from gradmix_jax.data.sources import TFDS_NAMES, default_data_dir
 
-    where = (f"data.data_dir={data_dir}" if data_dir else
-             f"data.data_dir (unset), {default_data_dir()} (TFDS) and {DEBIAN_FASHION_MNIST_DIR}")
+    where = (
+        f"data.data_dir={data_dir}"
+        if data_dir
+        else f"data.data_dir (unset), {default_data_dir()} (TFDS) and {DEBIAN_FASHION_MNIST_DIR}"
+    )
     files = ", ".join(n for pair in IDX_FILES.values() for n in pair)
-    return IdxError(f"{dataset} not found: {where} holds neither the four IDX files ({files}, plain "
-                    f"or .gz) nor TFDS's prepared {TFDS_NAMES[dataset]}; {GET_HINTS[dataset]}")
+    return IdxError(
+        f"{dataset} not found: {where} holds neither the four IDX files ({files}, plain "
+        f"or .gz) nor TFDS's prepared {TFDS_NAMES[dataset]}; {GET_HINTS[dataset]}"
+    )

@@ -8,8 +8,16 @@ import math
 from importlib import resources
 from typing import Sequence
 
-PROTOCOLS: tuple[str, ...] = ("digits", "mnist", "fashion_mnist", "svhn", "cifar10", "cifar_plus10",
-                              "cifar_plus50", "tinyimagenet")
+PROTOCOLS: tuple[str, ...] = (
+    "digits",
+    "mnist",
+    "fashion_mnist",
+    "svhn",
+    "cifar10",
+    "cifar_plus10",
+    "cifar_plus50",
+    "tinyimagenet",
+)
 NUM_SPLITS = 5
 # Closed-set classification (Table 3): all classes of these datasets (TinyImageNet: the first 100).
 CLOSED_SET_CLASSES = {"cifar10": 10, "cifar100": 100, "tinyimagenet": 100}  # Table 3's defaults
@@ -19,8 +27,16 @@ CLOSED_SET_SOURCE_CLASSES = {"cifar10": 10, "cifar100": 100, "tinyimagenet": 200
 # Fashion-MNIST is not among the published OSR benchmarks; this project's 6 known / 4 unknown
 # splits (class ids of the dataset: 0 T-shirt/top, 1 trouser, 2 pullover, 3 dress, 4 coat,
 # 5 sandal, 6 shirt, 7 sneaker, 8 bag, 9 ankle boot), unknown = the complement.
-FASHION_MNIST_SPLITS = {"known": [[1, 4, 5, 7, 8, 9], [3, 4, 6, 7, 8, 9], [0, 1, 2, 3, 6, 8],
-                                  [0, 1, 2, 5, 7, 9], [2, 3, 4, 5, 6, 8]], "num_classes": 10}
+FASHION_MNIST_SPLITS = {
+    "known": [
+        [1, 4, 5, 7, 8, 9],
+        [3, 4, 6, 7, 8, 9],
+        [0, 1, 2, 3, 6, 8],
+        [0, 1, 2, 5, 7, 9],
+        [2, 3, 4, 5, 6, 8],
+    ],
+    "num_classes": 10,
+}
 
 
 @functools.cache
@@ -67,20 +83,25 @@ def num_source_classes(protocol: str) -> int:
     return s["mnist" if protocol == "digits" else protocol]["num_classes"]
 
 
-def resolve_known_classes(protocol: str, split: int, known_classes: Sequence[int] = ()
-                          ) -> tuple[list[int], list[int]]:
+def resolve_known_classes(
+    protocol: str, split: int, known_classes: Sequence[int] = ()
+) -> tuple[list[int], list[int]]:
     """Protocol split, or the user's ``data.known_classes`` override (unknown = the rest)."""
     if not known_classes:
         return protocol_classes(protocol, split)
     check_protocol(protocol)
     if protocol in ("cifar_plus10", "cifar_plus50"):
-        raise ValueError("data.known_classes cannot override the cifar_plus protocols "
-                         "(their unknown classes come from CIFAR-100); leave it empty")
+        raise ValueError(
+            "data.known_classes cannot override the cifar_plus protocols "
+            "(their unknown classes come from CIFAR-100); leave it empty"
+        )
     n = num_source_classes(protocol)
     known = [int(c) for c in known_classes]
     if len(set(known)) != len(known) or any(not 0 <= c < n for c in known) or len(known) < 2:
-        raise ValueError(f"data.known_classes must be at least 2 distinct integers in 0..{n - 1}, "
-                         f"got {list(known_classes)}")
+        raise ValueError(
+            f"data.known_classes must be at least 2 distinct integers in 0..{n - 1}, "
+            f"got {list(known_classes)}"
+        )
     if len(known) == n:
         raise ValueError(f"data.known_classes must leave at least one of the {n} classes unknown")
     return known, [c for c in range(n) if c not in known]

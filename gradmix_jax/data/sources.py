@@ -18,9 +18,15 @@ import zipfile
 import numpy as np
 from etils import epath
 
-from gradmix_jax.workdir import as_path, is_local, write_bytes_atomic
+from gradmix_jax.training.workdir import as_path, is_local, write_bytes_atomic
 
-TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "svhn": "svhn_cropped", "cifar10": "cifar10", "cifar100": "cifar100"}
+TFDS_NAMES = {
+    "mnist": "mnist",
+    "fashion_mnist": "fashion_mnist",
+    "svhn": "svhn_cropped",
+    "cifar10": "cifar10",
+    "cifar100": "cifar100",
+}
 TINYIMAGENET_DIR = "tiny-imagenet-200"
 
 
@@ -30,7 +36,9 @@ class DatasetNotPreparedError(FileNotFoundError):
 
 def default_data_dir() -> str:
     """TFDS's own default (``TFDS_DATA_DIR`` or ``~/tensorflow_datasets``)."""
-    return os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+    return os.environ.get("TFDS_DATA_DIR") or os.path.join(
+        os.path.expanduser("~"), "tensorflow_datasets"
+    )
 
 
 def cache_root() -> epath.Path:
@@ -38,7 +46,8 @@ def cache_root() -> epath.Path:
     else ``$XDG_CACHE_HOME/gradmix_jax``, else ``~/.cache/gradmix_jax``."""
     root = os.environ.get("GRADMIX_JAX_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-        "gradmix_jax")
+        "gradmix_jax",
+    )
     return epath.Path(root)
 
 
@@ -73,15 +82,18 @@ def _store_cached(path: epath.Path, images: np.ndarray, labels: np.ndarray) -> N
 
 
 def _prepare_hint(tfds_name: str, data_dir: str) -> str:
-    return (f"dataset {tfds_name!r} is not prepared in {data_dir} (array_record format) and runs never "
-            f"download. Prepare it once on a machine with internet: "
-            f"tfds build {tfds_name} --data_dir={data_dir} --file_format=array_record "
-            f"(then copy {data_dir}/{tfds_name} here), or set data.data_dir / TFDS_DATA_DIR to where it is.")
+    return (
+        f"dataset {tfds_name!r} is not prepared in {data_dir} (array_record format) and runs never "
+        f"download. Prepare it once on a machine with internet: "
+        f"tfds build {tfds_name} --data_dir={data_dir} --file_format=array_record "
+        f"(then copy {data_dir}/{tfds_name} here), or set data.data_dir / TFDS_DATA_DIR to where it is."
+    )
 
 
 @functools.cache
-def load_tfds_split(name: str, split: str, data_dir: str | None = None,
-                    use_disk_cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def load_tfds_split(
+    name: str, split: str, data_dir: str | None = None, use_disk_cache: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 [N, H, W, C], labels int64 [N]) of TFDS dataset ``name``'s ``split``."""
     import tensorflow_datasets as tfds
 
@@ -92,7 +104,9 @@ def load_tfds_split(name: str, split: str, data_dir: str | None = None,
         return cached
     try:
         source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except Exception as e:  # NotImplementedError/AssertionError/DatasetNotFoundError by TFDS version
+    except (
+        Exception
+    ) as e:  # NotImplementedError/AssertionError/DatasetNotFoundError by TFDS version
         raise DatasetNotPreparedError(_prepare_hint(name, data_dir)) from e
     n = len(source)
     first = source[0]
@@ -108,6 +122,7 @@ def load_tfds_split(name: str, split: str, data_dir: str | None = None,
 
 
 # ----------------------------------------------------------------------------- TinyImageNet
+
 
 class _TinyImageNetFiles:
     """Uniform access to the standard layout, unpacked or as ``tiny-imagenet-200.zip``."""
@@ -127,7 +142,8 @@ class _TinyImageNetFiles:
             raise DatasetNotPreparedError(
                 f"TinyImageNet not found: expected {folder}/wnids.txt or {archive} (the standard "
                 f"tiny-imagenet-200.zip from http://cs231n.stanford.edu/tiny-imagenet-200.zip) under "
-                f"data.data_dir={data_dir}")
+                f"data.data_dir={data_dir}"
+            )
 
     def read(self, relative: str) -> bytes:
         if self.zip is not None:
@@ -137,20 +153,27 @@ class _TinyImageNetFiles:
     def listdir(self, relative: str) -> list[str]:
         if self.zip is not None:
             prefix = f"{self.root}/{relative}/"
-            return sorted({n[len(prefix):].split("/")[0] for n in self.zip.namelist()
-                           if n.startswith(prefix) and len(n) > len(prefix)})
+            return sorted(
+                {
+                    n[len(prefix) :].split("/")[0]
+                    for n in self.zip.namelist()
+                    if n.startswith(prefix) and len(n) > len(prefix)
+                }
+            )
         return sorted(p.name for p in (self.root / relative).iterdir())
 
 
 def _decode_rgb(data: bytes) -> np.ndarray:
     from PIL import Image
+
     with Image.open(io.BytesIO(data)) as im:
         return np.asarray(im.convert("RGB"), np.uint8)
 
 
 @functools.cache
-def load_tinyimagenet_split(split: str, data_dir: str | None = None, use_disk_cache: bool = True
-                            ) -> tuple[np.ndarray, np.ndarray]:
+def load_tinyimagenet_split(
+    split: str, data_dir: str | None = None, use_disk_cache: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 [N, 64, 64, 3], labels [N]) of TinyImageNet 'train' or 'val' (the test split).
 
     Class index = position of the wnid in SORTED ``wnids.txt``, the convention of the split lists.
@@ -177,7 +200,11 @@ def load_tinyimagenet_split(split: str, data_dir: str | None = None, use_disk_ca
             if len(fields) >= 2:
                 paths.append(f"val/images/{fields[0]}")
                 labels.append(index[fields[1]])
-    images = np.stack([_decode_rgb(files.read(p)) for p in paths]) if paths else np.zeros((0, 64, 64, 3), np.uint8)
+    images = (
+        np.stack([_decode_rgb(files.read(p)) for p in paths])
+        if paths
+        else np.zeros((0, 64, 64, 3), np.uint8)
+    )
     labels = np.asarray(labels, np.int64)
     if use_disk_cache:
         _store_cached(cache, images, labels)

@@ -10,7 +10,8 @@ import os
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -35,17 +36,22 @@ def cluster_process_count() -> int:
     return max(len(hosts), 1)
 
 
-def maybe_initialize_distributed(coordinator_address: str | None = None,
-                                 num_processes: int | None = None,
-                                 process_id: int | None = None) -> None:
+def maybe_initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
     """``jax.distributed.initialize`` when more than one process runs; a no-op otherwise.
 
     Explicit arguments (``--coordinator_address`` etc.) win; without them JAX auto-detects the
     cluster (Cloud TPU, SLURM) when the environment shows several processes.
     """
     if coordinator_address is not None or (num_processes or 1) > 1 or cluster_process_count() > 1:
-        jax.distributed.initialize(coordinator_address=coordinator_address,
-                                   num_processes=num_processes, process_id=process_id)
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+        )
 
 
 def global_batch_array(host_array: np.ndarray, sharding: NamedSharding, axis: int = 0) -> jax.Array:
@@ -72,4 +78,5 @@ def to_host(array: jax.Array) -> np.ndarray:
     if jax.process_count() == 1:
         return np.asarray(array)
     from jax.experimental import multihost_utils
+
     return np.asarray(multihost_utils.process_allgather(array, tiled=True))

@@ -1,10 +1,10 @@
 """Times the jitted train step per mixing method on synthetic data; writes a JSON report.
 
-``python -m gradmix_jax.benchmark --config configs/benchmark.py --json OUT``
+``python -m gradmix_jax.tools.benchmark --config configs/benchmark.py --json OUT``
 
 For each method: compile time, then the median wall time of ``timed_steps`` steps (each waited
 for with ``block_until_ready``) after ``warmup_steps``; images/s = batch / median; FLOPs per step
-(XLA's cost analysis of the lowered step, and the analytic model FLOPs, see ``gradmix_jax.flops``)
+(XLA's cost analysis of the lowered step, and the analytic model FLOPs, see ``gradmix_jax.tools.flops``)
 and the MFU of each against the device's peak. ``gradmix_exact`` is GradMix with
 ``gradmix.exact=True``. Ratios are against ``none`` measured in the same run. For ``gradmix``,
 ``bench.checkpoint_saves`` saves of the step's state give the checkpoint cost: the median save
@@ -30,15 +30,22 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from gradmix_jax import checkpoint, flops, parallel
 from gradmix_jax.models import model_from_config
-from gradmix_jax.train_step import StepConfig, make_optimizer
-from gradmix_jax.trainer import augment_params, build_jitted, epoch_index_matrix, steps_per_epoch_of
-from gradmix_jax.validation import validate_config
-from gradmix_jax.workdir import as_path, write_text_atomic
+from gradmix_jax.tools import flops
+from gradmix_jax.training import checkpoint, parallel
+from gradmix_jax.training.train_step import StepConfig, make_optimizer
+from gradmix_jax.training.trainer import (
+    augment_params,
+    build_jitted,
+    epoch_index_matrix,
+    steps_per_epoch_of,
+)
+from gradmix_jax.training.validation import validate_config
+from gradmix_jax.training.workdir import as_path, write_text_atomic
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/benchmark.py", "Benchmark config.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/benchmark.py", "Benchmark config.", lock_config=True
+)
 _JSON = flags.DEFINE_string("json", None, "Where to write the JSON report.")
 
 
@@ -46,7 +53,9 @@ def _method_config(config, method: str):
     c = copy.deepcopy(config)
     with c.unlocked():
         c.mixing.method = "gradmix" if method == "gradmix_exact" else method
-        c.gradmix.exact = method == "gradmix_exact" or (method == "gradmix" and config.gradmix.exact)
+        c.gradmix.exact = method == "gradmix_exact" or (
+            method == "gradmix" and config.gradmix.exact
+        )
     return c
 
 
@@ -60,30 +69,42 @@ def compiled_step(c, images: np.ndarray, labels: np.ndarray, mesh):
     repl = parallel.replicated(mesh)
     steps_per_epoch = steps_per_epoch_of(len(images), c.batch_size)
     state, step, rows_sharded = build_jitted(
-        model, tx, augment_params(c), StepConfig.from_config(c), schedule, mesh, steps_per_epoch,
-        (c.data.image_size, c.data.image_size, images.shape[-1]), c.seed)
+        model,
+        tx,
+        augment_params(c),
+        StepConfig.from_config(c),
+        schedule,
+        mesh,
+        steps_per_epoch,
+        (c.data.image_size, c.data.image_size, images.shape[-1]),
+        c.seed,
+    )
     dev_images = jax.device_put(images, repl)
     dev_labels = jax.device_put(labels, repl)
 
     def indices(i):
         # As the trainer: one index matrix per epoch, uploaded once; the step picks its row.
-        return jax.device_put(epoch_index_matrix(c.seed, i // steps_per_epoch, len(images),
-                                                 c.batch_size), rows_sharded)
+        return jax.device_put(
+            epoch_index_matrix(c.seed, i // steps_per_epoch, len(images), c.batch_size),
+            rows_sharded,
+        )
 
     t0 = time.perf_counter()
     lowered = step.lower(state, dev_images, dev_labels, indices(0))
     compiled = lowered.compile()
-    return (lowered, compiled, state, dev_images, dev_labels, indices,
-            time.perf_counter() - t0)
+    return (lowered, compiled, state, dev_images, dev_labels, indices, time.perf_counter() - t0)
 
 
-def time_method(config, method: str, images: np.ndarray, labels: np.ndarray, mesh) -> dict[str, Any]:
+def time_method(
+    config, method: str, images: np.ndarray, labels: np.ndarray, mesh
+) -> dict[str, Any]:
     c = _method_config(config, method)
     validate_config(c, mesh.size)
     b = c.bench
     steps_per_epoch = steps_per_epoch_of(len(images), c.batch_size)
     lowered, compiled, state, dev_images, dev_labels, indices, compile_seconds = compiled_step(
-        c, images, labels, mesh)
+        c, images, labels, mesh
+    )
 
     times, host_times = [], []
     idx = None
@@ -101,27 +122,49 @@ def time_method(config, method: str, images: np.ndarray, labels: np.ndarray, mes
     median = statistics.median(times)
     xla = flops.xla_flops(lowered)
     analytic = flops.model_step_flops(c, method, images.shape[-1])
-    result = {"step_seconds": median, "images_per_second": c.batch_size / median,
-              "step_seconds_all": times, "compile_seconds": compile_seconds,
-              "xla_flops_per_step": xla, "model_flops_per_step": analytic,
-              "xla_flop_rate": xla / median, "model_flop_rate": analytic / median,
-              "host_data_seconds": statistics.fmean(host_times), "final_loss": float(m["loss"])}
+    result = {
+        "step_seconds": median,
+        "images_per_second": c.batch_size / median,
+        "step_seconds_all": times,
+        "compile_seconds": compile_seconds,
+        "xla_flops_per_step": xla,
+        "model_flops_per_step": analytic,
+        "xla_flop_rate": xla / median,
+        "model_flop_rate": analytic / median,
+        "host_data_seconds": statistics.fmean(host_times),
+        "final_loss": float(m["loss"]),
+    }
     if b.checkpoint_saves and method == "gradmix":
-        result["checkpoint"] = checkpoint_cost(state, b.checkpoint_saves, median,
-                                               c.checkpoint_every_steps)
+        result["checkpoint"] = checkpoint_cost(
+            state, b.checkpoint_saves, median, c.checkpoint_every_steps
+        )
     if b.profile_dir and method == "gradmix":
         setting = f"{c.model.dtype}_b{c.batch_size}_s{c.data.image_size}"
-        result["profile"] = profile_step(compiled, state, dev_images, dev_labels, idx,
-                                         f"{b.profile_dir.rstrip('/')}/{setting}")
+        result["profile"] = profile_step(
+            compiled, state, dev_images, dev_labels, idx, f"{b.profile_dir.rstrip('/')}/{setting}"
+        )
     return result
 
 
 def hlo_op_counts(hlo_text: str) -> dict[str, int]:
     """How often the ops that cost time without doing model math appear in compiled HLO text."""
     import re
+
     ops = re.findall(r"=\s*[^\s]+\s+([a-z][a-z0-9-]*)\(", hlo_text)
-    kinds = ("convolution", "custom-call", "dot", "transpose", "copy", "fusion", "all-reduce",
-             "all-gather", "while", "sort", "scatter", "gather")
+    kinds = (
+        "convolution",
+        "custom-call",
+        "dot",
+        "transpose",
+        "copy",
+        "fusion",
+        "all-reduce",
+        "all-gather",
+        "while",
+        "sort",
+        "scatter",
+        "gather",
+    )
     return {k: sum(op == k for op in ops) for k in kinds}
 
 
@@ -155,8 +198,12 @@ def checkpoint_cost(state, saves: int, step_seconds: float, every_steps: int) ->
             saver.wait_until_finished()
             times.append(time.perf_counter() - t0)
     save = statistics.median(times)
-    return {"save_seconds": save, "save_seconds_all": times, "every_steps": every_steps,
-            "run_fraction": save / (every_steps * step_seconds + save)}
+    return {
+        "save_seconds": save,
+        "save_seconds_all": times,
+        "every_steps": every_steps,
+        "run_fraction": save / (every_steps * step_seconds + save),
+    }
 
 
 def _grid_configs(config):
@@ -200,14 +247,20 @@ def run_setting(config) -> dict[str, Any]:
     report: dict[str, Any] = {}
     for method in b.methods:
         report[method] = time_method(config, method, images, labels, mesh)
-        print(f"{method:14s} {report[method]['step_seconds'] * 1e3:9.1f} ms/step "
-              f"{report[method]['images_per_second']:9.1f} img/s "
-              f"(compile {report[method]['compile_seconds']:.1f} s)", file=sys.stderr)
+        print(
+            f"{method:14s} {report[method]['step_seconds'] * 1e3:9.1f} ms/step "
+            f"{report[method]['images_per_second']:9.1f} img/s "
+            f"(compile {report[method]['compile_seconds']:.1f} s)",
+            file=sys.stderr,
+        )
         if "checkpoint" in report[method]:
             ck = report[method]["checkpoint"]
-            print(f"{'':14s} checkpoint save {ck['save_seconds'] * 1e3:.1f} ms (median of "
-                  f"{len(ck['save_seconds_all'])}): {100 * ck['run_fraction']:.3f}% of a run's time "
-                  f"at checkpoint_every_steps={ck['every_steps']}", file=sys.stderr)
+            print(
+                f"{'':14s} checkpoint save {ck['save_seconds'] * 1e3:.1f} ms (median of "
+                f"{len(ck['save_seconds_all'])}): {100 * ck['run_fraction']:.3f}% of a run's time "
+                f"at checkpoint_every_steps={ck['every_steps']}",
+                file=sys.stderr,
+            )
     if "none" in report:
         base = report["none"]["step_seconds"]
         report["ratio_to_none"] = {m: report[m]["step_seconds"] / base for m in b.methods}
@@ -218,16 +271,26 @@ def run_setting(config) -> dict[str, Any]:
         r = report[method]
         r["mfu_xla"] = r["xla_flop_rate"] / (peak * mesh.size)
         r["mfu_model"] = r["model_flop_rate"] / (peak * mesh.size)
-        xla = (f"{100 * r['mfu_xla']:.1f}%" if r["mfu_xla"] == r["mfu_xla"]
-               else "n/a (no XLA cost analysis of the lowered step on this backend)")
-        print(f"{method:14s} MFU {100 * r['mfu_model']:.1f}% (model FLOPs), {xla} (XLA FLOPs) "
-              f"of {peak / 1e12:.2f} TFLOP/s ({source})", file=sys.stderr)
+        xla = (
+            f"{100 * r['mfu_xla']:.1f}%"
+            if r["mfu_xla"] == r["mfu_xla"]
+            else "n/a (no XLA cost analysis of the lowered step on this backend)"
+        )
+        print(
+            f"{method:14s} MFU {100 * r['mfu_model']:.1f}% (model FLOPs), {xla} (XLA FLOPs) "
+            f"of {peak / 1e12:.2f} TFLOP/s ({source})",
+            file=sys.stderr,
+        )
     report["device"] = jax.devices()[0].device_kind
     report["platform"] = jax.devices()[0].platform
     report["num_devices"] = mesh.size
     report["batch_size"] = config.batch_size
-    report["model"] = {"name": config.model.name, "width": config.model.width,
-                       "image_size": size, "dtype": dtype}
+    report["model"] = {
+        "name": config.model.name,
+        "width": config.model.width,
+        "image_size": size,
+        "dtype": dtype,
+    }
     report["jax_version"] = jax.__version__
     return report
 
@@ -239,9 +302,20 @@ def main(argv):
     if _JSON.value:
         write_text_atomic(_JSON.value, text)
     runs = report.get("runs", [report])
-    print(json.dumps([{"dtype": r["model"]["dtype"], "batch": r["batch_size"],
-                       "image_size": r["model"]["image_size"], **r.get("ratio_to_none", {})}
-                      for r in runs], indent=2))
+    print(
+        json.dumps(
+            [
+                {
+                    "dtype": r["model"]["dtype"],
+                    "batch": r["batch_size"],
+                    "image_size": r["model"]["image_size"],
+                    **r.get("ratio_to_none", {}),
+                }
+                for r in runs
+            ],
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -10,15 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from gradmix_jax.workdir import as_path
+from gradmix_jax.training.workdir import as_path
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that exists but cannot be restored into this run's state."""
 
 
-def make_manager(workdir: str, max_to_keep: int = 2, save_interval_steps: int = 1
-                 ) -> ocp.CheckpointManager:
+def make_manager(
+    workdir: str, max_to_keep: int = 2, save_interval_steps: int = 1
+) -> ocp.CheckpointManager:
     """The ``CheckpointManager`` of ``<workdir>/checkpoints`` (async saves, old steps deleted in
     the background).
 
@@ -27,20 +28,27 @@ def make_manager(workdir: str, max_to_keep: int = 2, save_interval_steps: int = 
     Checkpoints written compressed (earlier versions) read back the same way.
     """
     directory = as_path(workdir) / "checkpoints"
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                           save_interval_steps=save_interval_steps,
-                                           enable_async_checkpointing=True,
-                                           enable_background_delete=True)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        save_interval_steps=save_interval_steps,
+        enable_async_checkpointing=True,
+        enable_background_delete=True,
+    )
     # The handler named up front: a fresh process can read a checkpoint's metadata before any save.
-    return ocp.CheckpointManager(directory, options=options,
-                                 item_handlers=ocp.PyTreeCheckpointHandler(use_compression=False))
+    return ocp.CheckpointManager(
+        directory, options=options, item_handlers=ocp.PyTreeCheckpointHandler(use_compression=False)
+    )
 
 
 def _restore_args(manager: ocp.CheckpointManager, step: int, template):
     """Restores checkpoint ``step`` as ``template`` (arrays, ``jax.ShapeDtypeStruct`` with
     shardings, or NumPy arrays)."""
-    return manager.restore(step, args=ocp.args.PyTreeRestore(
-        template, restore_args=ocp.checkpoint_utils.construct_restore_args(template)))
+    return manager.restore(
+        step,
+        args=ocp.args.PyTreeRestore(
+            template, restore_args=ocp.checkpoint_utils.construct_restore_args(template)
+        ),
+    )
 
 
 # On-disk layout: the state's leaves (``jax.tree.leaves`` order) packed into one flat array per
@@ -85,7 +93,7 @@ def unpack(packed: dict[str, jax.Array], target):
     for leaf in leaves:
         key = DATA_PREFIX + _dtype_name(leaf)
         start, size = offsets.get(key, 0), int(np.prod(leaf.shape, dtype=np.int64))
-        out.append(packed[key][start:start + size].reshape(leaf.shape))
+        out.append(packed[key][start : start + size].reshape(leaf.shape))
         offsets[key] = start + size
     return jax.tree.unflatten(treedef, out)
 
@@ -119,9 +127,13 @@ def restore(manager: ocp.CheckpointManager, step: int, target):
             raise ValueError(f"saved arrays {got} are not this state's {sizes}")
         # The packed arrays go where the (replicated) state lives.
         sharding = getattr(jax.tree.leaves(abstract)[0], "sharding", None)
-        template = {LAYOUT_KEY: np.zeros(want.shape, np.int32),
-                    **{k: jax.ShapeDtypeStruct((n,), jnp.dtype(k[len(DATA_PREFIX):]),
-                                               sharding=sharding) for k, n in sizes.items()}}
+        template = {
+            LAYOUT_KEY: np.zeros(want.shape, np.int32),
+            **{
+                k: jax.ShapeDtypeStruct((n,), jnp.dtype(k[len(DATA_PREFIX) :]), sharding=sharding)
+                for k, n in sizes.items()
+            },
+        }
         packed = _restore_args(manager, step, template)
         if not np.array_equal(np.asarray(packed.pop(LAYOUT_KEY)), want):
             raise ValueError("the saved leaf shapes differ from this state's")
@@ -129,13 +141,15 @@ def restore(manager: ocp.CheckpointManager, step: int, target):
         if any(s is None for s in shardings):
             return unpack(packed, abstract)
         treedef = jax.tree.structure(abstract)
-        return jax.jit(lambda p: unpack(p, abstract),
-                       out_shardings=jax.tree.unflatten(treedef, shardings))(packed)
+        return jax.jit(
+            lambda p: unpack(p, abstract), out_shardings=jax.tree.unflatten(treedef, shardings)
+        )(packed)
     except Exception as e:  # orbax raises several types for shape/structure mismatches
         raise CheckpointError(
             f"checkpoint at step {step} in {manager.directory} does not match this config "
             f"(model size or optimizer changed?) or is corrupt: {_reason(e)}. Use a new --workdir "
-            f"or delete it.") from None
+            f"or delete it."
+        ) from None
 
 
 def _reason(error: BaseException) -> str:
@@ -156,10 +170,10 @@ def _reason(error: BaseException) -> str:
 _pack_jit = jax.jit(pack)
 
 
-def _save_packed(manager: ocp.CheckpointManager, step: int, layout: np.ndarray, packed,
-                 force: bool) -> bool:
-    return manager.save(step, args=ocp.args.PyTreeSave({LAYOUT_KEY: layout, **packed}),
-                        force=force)
+def _save_packed(
+    manager: ocp.CheckpointManager, step: int, layout: np.ndarray, packed, force: bool
+) -> bool:
+    return manager.save(step, args=ocp.args.PyTreeSave({LAYOUT_KEY: layout, **packed}), force=force)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, force: bool = False) -> bool:
@@ -185,23 +199,22 @@ class BackgroundSaver:
 
     Orbax's ``save`` returns only after the state is in host memory, and its per-array host work
     holds the GIL, so saving the state's many arrays stalls the training loop, also when ``save``
-    runs on a helper thread (see docs/checkpointing.md). Here a save is: one jitted ``pack`` of
+    runs on a background thread (see docs/checkpointing.md). Here a save is: one jitted ``pack`` of
     the state on the device (a few flat arrays, new buffers, so the next step may donate
     ``state``), on an accelerator a DMA of those into pinned host memory (both
-    dispatched asynchronously), and ``manager.save`` of the few host arrays on a helper thread.
+    dispatched asynchronously), and ``manager.save`` of the few host arrays on a background thread.
     At most one save is in flight; the next ``save`` (and ``wait``) first waits for it and re-raises its
     error, if any. ``save`` is ``snapshot`` (the device part, before the next step donates the
     state) then ``write``; the trainer calls them apart, so that it can launch the next step
     before it reads the loss that decides whether the snapshot is written.
 
     With several processes (``jax.process_count() > 1``) ``manager.save`` runs on the calling
-    thread: Orbax's multi-process save synchronises the processes, and doing that from a helper
+    thread: Orbax's multi-process save synchronises the processes, and doing that from a background
     thread while the training thread launches the next steps' cross-process collectives can order
     the two differently on different processes and deadlock.
     """
 
-    def __init__(self, manager: ocp.CheckpointManager, state_template,
-                 pinned: bool | None = None):
+    def __init__(self, manager: ocp.CheckpointManager, state_template, pinned: bool | None = None):
         """``state_template``: the state (or abstract state with shardings); the packing is compiled
         now, so that the first save does not pay the compilation in the training loop.
 
@@ -246,14 +259,18 @@ class BackgroundSaver:
         return packed
 
     def write(self, step: int, snapshot: dict[str, jax.Array], force: bool = False) -> None:
-        """Saves a ``snapshot`` as checkpoint ``step`` (on a helper thread with one process)."""
+        """Saves a ``snapshot`` as checkpoint ``step`` (on a background thread with one process)."""
         self.wait()
         if jax.process_count() > 1:
             self._run(step, snapshot, force)
             self.wait()
             return
-        self._thread = threading.Thread(target=self._run, args=(step, snapshot, force),
-                                        name=f"checkpoint-save-{step}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(step, snapshot, force),
+            name=f"checkpoint-save-{step}",
+            daemon=True,
+        )
         self._thread.start()
 
     def save(self, step: int, state, force: bool = False) -> None:

@@ -43,7 +43,9 @@ PEAK_TFLOPS: dict[str, tuple[float, float]] = {
 def _valid_taps(size_in: int, kernel: int, stride: int, pad: int) -> tuple[int, int]:
     """(output size, sum over output positions of the kernel taps that hit the input) in 1-D."""
     size_out = (size_in + 2 * pad - kernel) // stride + 1
-    taps = sum(sum(0 <= o * stride - pad + j < size_in for j in range(kernel)) for o in range(size_out))
+    taps = sum(
+        sum(0 <= o * stride - pad + j < size_in for j in range(kernel)) for o in range(size_out)
+    )
     return size_out, taps
 
 
@@ -54,9 +56,16 @@ def _conv(h, w, c_in, c_out, k, stride, pad, count_padding):
     return 2 * positions * c_in * c_out, h_out, w_out
 
 
-def forward_flops(arch: str = "resnet18", width: int = 64, image_size: int = 32, channels: int = 3,
-                  stem: str = "cifar", feature_dim: int = 128, num_classes: int = 0,
-                  count_padding: bool = True) -> int:
+def forward_flops(
+    arch: str = "resnet18",
+    width: int = 64,
+    image_size: int = 32,
+    channels: int = 3,
+    stem: str = "cifar",
+    feature_dim: int = 128,
+    num_classes: int = 0,
+    count_padding: bool = True,
+) -> int:
     """Multiply-add FLOPs (2 per MAC) of one image through ``ContrastiveResNet``'s convolutions and
     dense layers (normalisation, activations and pooling not counted).
 
@@ -106,8 +115,9 @@ IMAGES_TRAINED_PER_SAMPLE = {"none": 2, "gradmix": 3, "cutmix": 3, "mixup": 3, "
 def model_step_flops(config, method: str, channels: int) -> int:
     """Analytic model FLOPs of one train step (3 x forward per trained image, see module doc)."""
     m = config.model
-    per_image = forward_flops(m.name, m.width, config.data.image_size, channels, m.stem,
-                              m.feature_dim)
+    per_image = forward_flops(
+        m.name, m.width, config.data.image_size, channels, m.stem, m.feature_dim
+    )
     return 3 * per_image * IMAGES_TRAINED_PER_SAMPLE[method] * config.batch_size
 
 
@@ -138,6 +148,8 @@ def peak_flops(device_kind: str, dtype: str, override_tflops: float = 0.0) -> tu
         return override_tflops * 1e12, "config bench.peak_tflops"
     if device_kind in PEAK_TFLOPS:
         f32, bf16 = PEAK_TFLOPS[device_kind]
-        return (bf16 if dtype == "bfloat16" else f32) * 1e12, "published dense peak (flops.PEAK_TFLOPS)"
+        return (
+            bf16 if dtype == "bfloat16" else f32
+        ) * 1e12, "published dense peak (flops.PEAK_TFLOPS)"
     jdtype = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
     return measured_matmul_peak(jdtype), f"measured 2048x2048 {np.dtype(jdtype).name} matmul"

@@ -21,8 +21,14 @@ RESULTS = "results.json"
 HISTORY = "train_history.json"
 # Config fields that do not change what a run computes (a finished run is still the same run when
 # only these differ, e.g. after moving the data or changing the logging cadence).
-NON_SEMANTIC_FIELDS = ("progress_bar", "log_every_steps", "checkpoint_every_steps", "max_to_keep",
-                       "data.data_dir", "eval.batch_size")
+NON_SEMANTIC_FIELDS = (
+    "progress_bar",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "max_to_keep",
+    "data.data_dir",
+    "eval.batch_size",
+)
 
 
 def strict(value: Any) -> Any:
@@ -119,8 +125,11 @@ def config_differences(stored: dict | None, config) -> list[str]:
     # with the config's tuples, one read back from results.json has lists).
     now = _flatten(json.loads(json.dumps(strict(config.to_dict()))))
     old = _flatten(json.loads(json.dumps(strict(stored))))
-    return sorted(k for k in set(now) | set(old)
-                  if k not in NON_SEMANTIC_FIELDS and now.get(k, "<missing>") != old.get(k, "<missing>"))
+    return sorted(
+        k
+        for k in set(now) | set(old)
+        if k not in NON_SEMANTIC_FIELDS and now.get(k, "<missing>") != old.get(k, "<missing>")
+    )
 
 
 def finished_run(workdir: str, config) -> dict | None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from gradmix_jax.models import DEFAULT_TAPS
+
 
 def get_base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -64,7 +66,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.mixing.alpha = 1.0  # Beta(α, α) of CutMix / Mixup
 
     c.gradmix = ml_collections.ConfigDict()
-    c.gradmix.layers = ("conv3_2", "conv4_2", "conv5_2")
+    c.gradmix.layers = DEFAULT_TAPS
     c.gradmix.ratio_range = (0.1, 0.5)
     c.gradmix.ratio_of = "side"  # side (paper) | area (authors' code)
     c.gradmix.ratio_per = "sample"  # sample (paper) | batch (authors' code)
@@ -92,10 +94,16 @@ def get_base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def get_protocol_config(protocol: str, *, epochs: int, simclr_weight: float,
-                        layers: tuple[str, ...] = ("conv3_2", "conv4_2", "conv5_2"),
-                        image_size: int = 32, preset: str = "rgb",
-                        flip_prob: float | None = None) -> ml_collections.ConfigDict:
+def get_protocol_config(
+    protocol: str,
+    *,
+    epochs: int,
+    simclr_weight: float,
+    layers: tuple[str, ...] = DEFAULT_TAPS,
+    image_size: int = 32,
+    preset: str = "rgb",
+    flip_prob: float | None = None,
+) -> ml_collections.ConfigDict:
     """The base config with one protocol's Table 8 hyper-parameters (θ = 1, k = 3, batch 256)."""
     c = get_base_config()
     c.data.protocol = protocol

@@ -1,4 +1,4 @@
-"""A finished run as a Python object: ``load_trained(workdir)`` -> model, weights and helpers.
+"""A finished run as a Python object: ``load_trained(workdir)`` -> model, weights and feature functions.
 
 The experiment scripts train cells with ``trainer.train_and_evaluate`` and then evaluate the
 trained encoders further (OOD sets, corruptions, linear probes, attribution maps). This module
@@ -14,10 +14,17 @@ import jax
 import ml_collections
 import numpy as np
 
-from gradmix_jax import augment, checkpoint, parallel
+from gradmix_jax import augment
 from gradmix_jax.models import ContrastiveResNet, model_from_config
-from gradmix_jax.train_step import StepConfig, TrainState, init_state, make_eval_fn, make_optimizer
-from gradmix_jax.workdir import RESULTS, as_path, read_json
+from gradmix_jax.training import checkpoint, parallel
+from gradmix_jax.training.train_step import (
+    StepConfig,
+    TrainState,
+    init_state,
+    make_eval_fn,
+    make_optimizer,
+)
+from gradmix_jax.training.workdir import RESULTS, as_path, read_json
 
 
 @dataclasses.dataclass
@@ -45,21 +52,30 @@ class TrainedModel:
     def _outputs(self, images: np.ndarray, which: str, batch_size: int) -> dict[str, np.ndarray]:
         if which not in ("encoder", "projection"):
             raise ValueError(f"which must be one of ['encoder', 'projection'], got {which!r}")
-        from gradmix_jax.trainer import extract_features  # the trainer's padded batching
-        mesh = parallel.make_mesh(jax.local_devices()[:1])
-        return extract_features(_eval_fn(self.model, self.image_size, which), self.variables,
-                                np.asarray(images), batch_size, mesh)
+        from gradmix_jax.training.trainer import extract_features  # the trainer's padded batching
 
-    def features(self, images: np.ndarray, which: str = "encoder", batch_size: int = 256
-                 ) -> np.ndarray:
+        mesh = parallel.make_mesh(jax.local_devices()[:1])
+        return extract_features(
+            _eval_fn(self.model, self.image_size, which),
+            self.variables,
+            np.asarray(images),
+            batch_size,
+            mesh,
+        )
+
+    def features(
+        self, images: np.ndarray, which: str = "encoder", batch_size: int = 256
+    ) -> np.ndarray:
         """Eval-mode features of uint8 images [N, H, W, C] -> [N, D] (encoder or projection z)."""
         return self._outputs(images, which, min(batch_size, max(len(images), 1)))["features"]
 
     def logits(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Classifier logits [N, C] of uint8 images (ce / ce_ssl models only)."""
         if self.model.num_classes == 0:
-            raise ValueError(f"objective={self.config.objective!r} has no classifier head; "
-                             "logits exist for objective in ['ce', 'ce_ssl']")
+            raise ValueError(
+                f"objective={self.config.objective!r} has no classifier head; "
+                "logits exist for objective in ['ce', 'ce_ssl']"
+            )
         return self._outputs(images, "encoder", min(batch_size, max(len(images), 1)))["logits"]
 
 
@@ -83,22 +99,32 @@ def load_trained(workdir: str) -> TrainedModel:
     path = as_path(workdir) / RESULTS
     results = read_json(path)
     if results is None:
-        raise FileNotFoundError(f"{path} not found: train first (python -m gradmix_jax.train "
-                                f"--workdir {workdir} ...)")
+        raise FileNotFoundError(
+            f"{path} not found: train first (python -m gradmix_jax.train --workdir {workdir} ...)"
+        )
     config = ml_collections.ConfigDict(results["config"])
     if "image_shape" not in results:
         raise ValueError(f"{path} predates image_shape in results.json; retrain the run")
     image_shape = tuple(results["image_shape"])
-    head = results.get("classifier_outputs", results.get("num_classes", 0))  # older runs: num_classes
+    head = results.get(
+        "classifier_outputs", results.get("num_classes", 0)
+    )  # older runs: num_classes
     model = model_from_config(config, num_classes=int(head))
-    tx, _ = make_optimizer(config.learning_rate, config.min_learning_rate, max(results["num_steps"], 1),
-                           config.warmup_steps)
+    tx, _ = make_optimizer(
+        config.learning_rate,
+        config.min_learning_rate,
+        max(results["num_steps"], 1),
+        config.warmup_steps,
+    )
     cfg = StepConfig.from_config(config)
     # Abstract state (no compute) in the layout the run saved, placed on this process's device.
-    abstract = jax.eval_shape(lambda k: init_state(model, tx, k, image_shape, cfg), jax.random.key(0))
+    abstract = jax.eval_shape(
+        lambda k: init_state(model, tx, k, image_shape, cfg), jax.random.key(0)
+    )
     sharding = parallel.replicated(parallel.make_mesh(jax.local_devices()[:1]))
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-                            abstract)
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract
+    )
     manager = checkpoint.make_manager(workdir, config.max_to_keep)
     try:
         if manager.latest_step() is None:
@@ -107,8 +133,13 @@ def load_trained(workdir: str) -> TrainedModel:
     finally:
         manager.close()
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    return TrainedModel(model=model, variables=variables, config=config,
-                        known_classes=tuple(results["known_classes"]), step=int(state.step))
+    return TrainedModel(
+        model=model,
+        variables=variables,
+        config=config,
+        known_classes=tuple(results["known_classes"]),
+        step=int(state.step),
+    )
 
 
 __all__ = ["TrainedModel", "load_trained"]

@@ -1,0 +1,130 @@
+"""The train step's static settings and its loss terms (pure functions of model outputs).
+
+Objectives (``StepConfig.objective``, the paper's Table 1 / Table 6): the supervised term is SupCon
+(``supcon``, ``supcon_ssl``) or cross-entropy on the classifier head over both views (``ce``,
+``ce_ssl``), weighted by θ = ``supcon_weight``; the SimCLR term (λ = ``simclr_weight``) is on for
+``*_ssl`` and ``simclr``. ``moco`` (MoCo v1) has its own gradient path in ``train_step``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from gradmix_jax import losses
+from gradmix_jax.models import DEFAULT_TAPS
+
+OBJECTIVES: tuple[str, ...] = ("ce", "ce_ssl", "supcon", "supcon_ssl", "simclr", "moco")
+#: What the GradMix maps are the gradient of: the SimCLR term alone, or the whole clean loss.
+ATTRIBUTION_LOSSES: tuple[str, ...] = ("simclr", "total")
+#: Per-sample weight of the mixed loss: the masked fraction, the kept fraction, or 1.
+LOSS_WEIGHTS: tuple[str, ...] = ("area", "kept", "one")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Static settings of the train step (hashable: part of the compiled function)."""
+
+    objective: str = "supcon_ssl"
+    supcon_weight: float = 1.0
+    simclr_weight: float = 1.0
+    temperature: float = 0.05
+    method: str = "gradmix"
+    alpha: float = 1.0
+    layers: tuple[str, ...] = DEFAULT_TAPS
+    ratio_range: tuple[float, float] = (0.1, 0.5)
+    ratio_of: str = "side"
+    ratio_per: str = "sample"
+    fill: str = "sample"
+    placement: str = "inside"
+    normalize: str = "image"
+    attribution_loss: str = "simclr"
+    loss_weight: str = "area"
+    exact: bool = False
+    moco_momentum: float = 0.999
+    moco_queue_size: int = 4096
+
+    @classmethod
+    def from_config(cls, config) -> "StepConfig":
+        g = config.gradmix
+        return cls(
+            objective=config.objective,
+            supcon_weight=float(config.supcon_weight),
+            simclr_weight=float(config.simclr_weight),
+            temperature=float(config.temperature),
+            method=config.mixing.method,
+            alpha=float(config.mixing.alpha),
+            layers=tuple(g.layers),
+            ratio_range=tuple(float(r) for r in g.ratio_range),
+            ratio_of=g.ratio_of,
+            ratio_per=g.ratio_per,
+            fill=g.fill,
+            placement=g.placement,
+            normalize=g.normalize,
+            attribution_loss=g.attribution_loss,
+            loss_weight=g.loss_weight,
+            exact=bool(g.exact),
+            moco_momentum=float(config.moco.momentum),
+            moco_queue_size=int(config.moco.queue_size),
+        )
+
+    @property
+    def supervised(self) -> str | None:
+        """The supervised loss of the objective: 'supcon', 'ce' or None (self-supervised only)."""
+        return {"supcon": "supcon", "supcon_ssl": "supcon", "ce": "ce", "ce_ssl": "ce"}.get(
+            self.objective
+        )
+
+    @property
+    def theta(self) -> float:
+        return self.supcon_weight if self.supervised else 0.0
+
+    @property
+    def lam(self) -> float:
+        return self.simclr_weight if self.objective in ("supcon_ssl", "ce_ssl", "simclr") else 0.0
+
+    @property
+    def mix_weight(self) -> float:
+        # The mixed term sits inside λ(·) in eq. 8; for the supcon-only objective keep λ as its scale.
+        return self.simclr_weight
+
+
+def clean_terms(outputs: dict[str, jax.Array], labels: jax.Array, cfg: StepConfig):
+    """Clean loss θ·(SupCon | CE) + λ·SimCLR of both views; returns (loss, parts).
+
+    outputs: {'z': [2N, D] = [z(v1); z(v2)], 'logits': [2N, C] (CE objectives only)}; labels: [N].
+    The SimCLR part is always computed (GradMix's attribution loss), even when λ = 0.
+    """
+    z = outputs["z"]
+    n = labels.shape[0]
+    feats = jnp.stack([z[:n], z[n:]], axis=1)  # [N, 2 views, D]
+    simclr = losses.simclr_loss(feats, temperature=cfg.temperature)
+    parts = {"simclr": simclr}
+    loss = cfg.lam * simclr
+    if cfg.supervised == "supcon":
+        parts["supcon"] = losses.supcon_loss(feats, labels, temperature=cfg.temperature)
+        loss = loss + cfg.theta * parts["supcon"]
+    elif cfg.supervised == "ce":
+        parts["ce"] = losses.cross_entropy(outputs["logits"], jnp.concatenate([labels, labels]))
+        loss = loss + cfg.theta * parts["ce"]
+    return loss, parts
+
+
+def contrastive_terms(z: jax.Array, labels: jax.Array, cfg: StepConfig):
+    """``clean_terms`` for the objectives without a classifier: z = [z(v1); z(v2)] ([2N, D])."""
+    return clean_terms({"z": z}, labels, cfg)
+
+
+def mixed_loss(z_mixed: jax.Array, z_view2: jax.Array, weights: jax.Array, cfg: StepConfig):
+    """mean_i w_i·ℓ_mix,i: SimCLR on (mixed view 1, view 2); ℓ_mix,i averages sample i's two anchors."""
+    per_anchor = losses.simclr_loss(
+        jnp.stack([z_mixed, z_view2], axis=1), temperature=cfg.temperature, reduction="none"
+    )  # [N, 2]
+    return jnp.mean(weights * jnp.mean(per_anchor, axis=1))
+
+
+def mix_loss_weights(masked: jax.Array, loss_weight: str) -> jax.Array:
+    """Per-sample weight of the mixed loss from the masked (pasted) fraction of each image: [N]."""
+    return {"area": masked, "kept": 1.0 - masked, "one": jnp.ones_like(masked)}[loss_weight]

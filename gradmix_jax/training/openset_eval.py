@@ -1,0 +1,146 @@
+"""The evaluation a run reports: features of the known train split and the whole test split,
+open-set scores (k-NN Algorithm 1, NNO, MSP / max-logit / entropy), AUROC, OSCR and accuracy."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradmix_jax import augment, metrics, osr
+from gradmix_jax.data import OpenSetData
+from gradmix_jax.training import parallel
+
+#: The features the k-NN rule scores: the pooled encoder output or the normalised projection z.
+FEATURES: tuple[str, ...] = ("encoder", "projection")
+
+
+def make_eval_fn(model: nn.Module, out_size: tuple[int, int], which: str = "encoder") -> Callable:
+    """``outputs(params, batch_stats, images uint8 [B,H,W,C]) -> dict`` in eval mode.
+
+    Keys: 'features' [B, D] (``which``: pooled encoder output or normalised projection z),
+    'encoder' [B, D_enc] and 'projection' [B, feature_dim] (both, for evaluations that report
+    each) and, for models with a classifier head, 'logits' [B, C].
+    """
+
+    def outputs(params, batch_stats, images):
+        x = augment.eval_transform(images, out_size)
+        z, aux = model.apply({"params": params, "batch_stats": batch_stats}, x, train=False)
+        out = {"encoder": aux["features"], "projection": z}
+        out["features"] = out[which]
+        if "logits" in aux:
+            out["logits"] = aux["logits"]
+        return out
+
+    return outputs
+
+
+def extract_features(feature_fn, variables: dict, images: np.ndarray, batch_size: int, mesh):
+    """``feature_fn`` on ``images`` in fixed-size (padded) batches: one compilation for any length.
+
+    ``variables = {'params', 'batch_stats'}``.
+    ``feature_fn(params, batch_stats, images)`` returns an array or a dict of arrays (batch-major);
+    the result has the same structure as NumPy.
+    """
+    n = len(images)
+    batch_size = min(batch_size, max(n, 1))
+    batch_size += (-batch_size) % mesh.size  # every device (and process) gets an equal share
+    out = []
+    for start in range(0, n, batch_size):
+        chunk = images[start : start + batch_size]
+        pad = batch_size - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+        chunk = parallel.global_batch_array(chunk, parallel.batch_sharded(mesh))
+        outputs = feature_fn(variables["params"], variables["batch_stats"], chunk)
+        out.append(jax.tree.map(lambda a: parallel.to_host(a)[: len(chunk) - pad], outputs))
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *out)
+
+
+def knn_auroc(train_f, train_labels, test_f, known, num_known: int, k: int) -> float:
+    """AUROC of the k-NN score (Algorithm 1) of ``test_f`` against the reference ``train_f``."""
+    scores, _ = osr.knn_scores(
+        jnp.asarray(train_f), jnp.asarray(train_labels), jnp.asarray(test_f), num_known, k=k
+    )
+    scores = np.asarray(scores)
+    return float(metrics.auroc(scores[known], scores[~known]))
+
+
+def evaluate(eval_fn, variables: dict, data: OpenSetData, config, mesh) -> dict[str, Any]:
+    """Open-set evaluation on the known train split and the whole test split.
+
+    ``variables = {'params', 'batch_stats'}``; ``eval_fn`` from ``train_step.make_eval_fn``.
+    'auroc' / 'closed_set_accuracy' / 'oscr' use the k-NN rule (Algorithm 1), the paper's method,
+    on ``eval.features``. Beside it: 'auroc_knn_encoder' / 'auroc_knn_projection' (the same rule on
+    each feature), 'auroc_nno' (Mahalanobis distance to the closest class mean, App. A) for every
+    model, 'auroc_msp' / 'auroc_max_logit' / 'auroc_entropy' (and 'closed_set_accuracy_logits') for
+    models with a classifier head (else None), and 'intrinsic_dimension' (TwoNN on up to
+    eval.id_samples training features).
+    """
+    train = extract_features(eval_fn, variables, data.train_images, config.eval.batch_size, mesh)
+    test = extract_features(eval_fn, variables, data.test_images, config.eval.batch_size, mesh)
+    train_f, test_f = train["features"], test["features"]
+    scores, preds = osr.knn_scores(
+        jnp.asarray(train_f),
+        jnp.asarray(data.train_labels),
+        jnp.asarray(test_f),
+        data.num_known,
+        k=config.eval.k,
+    )
+    scores, preds = np.asarray(scores), np.asarray(preds)
+    known = data.test_is_known
+    y_known = data.test_labels[known]
+    results = {
+        "closed_set_accuracy": float(metrics.closed_set_accuracy(preds[known], y_known)),
+        "auroc": None,
+        "oscr": None,
+        "auroc_knn_encoder": None,
+        "auroc_knn_projection": None,
+        "auroc_nno": None,
+        "auroc_msp": None,
+        "auroc_max_logit": None,
+        "auroc_entropy": None,
+        "closed_set_accuracy_logits": None,
+    }
+    other_scores = {
+        "nno": np.asarray(
+            osr.mahalanobis_scores(train_f, data.train_labels, test_f, data.num_known)[0]
+        )
+    }
+    if "logits" in test:
+        logits = jnp.asarray(test["logits"])
+        other_scores["msp"] = np.asarray(osr.msp_score(logits))
+        other_scores["max_logit"] = np.asarray(osr.max_logit_score(logits))
+        other_scores["entropy"] = np.asarray(osr.entropy_score(logits))
+        results["closed_set_accuracy_logits"] = float(
+            metrics.closed_set_accuracy(np.argmax(test["logits"][known], axis=1), y_known)
+        )
+    if (~known).any():  # closed-set data has no unknown test samples
+        results["auroc"] = float(metrics.auroc(scores[known], scores[~known]))
+        results["oscr"] = float(
+            metrics.oscr(scores[known], preds[known] == y_known, scores[~known])
+        )
+        for name, s in other_scores.items():
+            results[f"auroc_{name}"] = float(metrics.auroc(s[known], s[~known]))
+        for which in ("encoder", "projection"):
+            results[f"auroc_knn_{which}"] = (
+                results["auroc"]
+                if which == config.eval.features
+                else knn_auroc(
+                    train[which],
+                    data.train_labels,
+                    test[which],
+                    known,
+                    data.num_known,
+                    config.eval.k,
+                )
+            )
+    results["intrinsic_dimension"] = None
+    if config.eval.id_samples:
+        # A fixed subset keeps TwoNN's O(n^2) distances affordable on 30k+ training images.
+        take = np.random.default_rng(0).permutation(len(train_f))[: config.eval.id_samples]
+        results["intrinsic_dimension"] = metrics.intrinsic_dimension(train_f[np.sort(take)])
+    return results
