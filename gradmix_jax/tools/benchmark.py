@@ -32,6 +32,7 @@ from ml_collections import config_flags
 
 from gradmix_jax.models import model_from_config
 from gradmix_jax.tools import flops
+from gradmix_jax.tools.profiling import hlo_op_counts, profile_step  # noqa: F401
 from gradmix_jax.training import checkpoint, parallel
 from gradmix_jax.training.train_step import StepConfig, make_optimizer
 from gradmix_jax.training.trainer import (
@@ -41,7 +42,7 @@ from gradmix_jax.training.trainer import (
     steps_per_epoch_of,
 )
 from gradmix_jax.training.validation import validate_config
-from gradmix_jax.training.workdir import as_path, write_text_atomic
+from gradmix_jax.training.workdir import write_text_atomic
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/benchmark.py", "Benchmark config.", lock_config=True
@@ -68,16 +69,10 @@ def compiled_step(c, images: np.ndarray, labels: np.ndarray, mesh):
     tx, schedule = make_optimizer(c.learning_rate, c.min_learning_rate, 10_000)
     repl = parallel.replicated(mesh)
     steps_per_epoch = steps_per_epoch_of(len(images), c.batch_size)
+    image_shape = (c.data.image_size, c.data.image_size, images.shape[-1])
+    cfg = StepConfig.from_config(c)
     state, step, rows_sharded = build_jitted(
-        model,
-        tx,
-        augment_params(c),
-        StepConfig.from_config(c),
-        schedule,
-        mesh,
-        steps_per_epoch,
-        (c.data.image_size, c.data.image_size, images.shape[-1]),
-        c.seed,
+        model, tx, augment_params(c), cfg, schedule, mesh, steps_per_epoch, image_shape, c.seed
     )
     dev_images = jax.device_put(images, repl)
     dev_labels = jax.device_put(labels, repl)
@@ -122,18 +117,12 @@ def time_method(
     median = statistics.median(times)
     xla = flops.xla_flops(lowered)
     analytic = flops.model_step_flops(c, method, images.shape[-1])
-    result = {
-        "step_seconds": median,
-        "images_per_second": c.batch_size / median,
-        "step_seconds_all": times,
-        "compile_seconds": compile_seconds,
-        "xla_flops_per_step": xla,
-        "model_flops_per_step": analytic,
-        "xla_flop_rate": xla / median,
-        "model_flop_rate": analytic / median,
-        "host_data_seconds": statistics.fmean(host_times),
-        "final_loss": float(m["loss"]),
-    }
+    result = dict(
+        step_seconds=median, images_per_second=c.batch_size / median, step_seconds_all=times,
+        compile_seconds=compile_seconds, xla_flops_per_step=xla, model_flops_per_step=analytic,
+        xla_flop_rate=xla / median, model_flop_rate=analytic / median,
+        host_data_seconds=statistics.fmean(host_times), final_loss=float(m["loss"]),
+    )  # fmt: skip
     if b.checkpoint_saves and method == "gradmix":
         result["checkpoint"] = checkpoint_cost(
             state, b.checkpoint_saves, median, c.checkpoint_every_steps
@@ -144,40 +133,6 @@ def time_method(
             compiled, state, dev_images, dev_labels, idx, f"{b.profile_dir.rstrip('/')}/{setting}"
         )
     return result
-
-
-def hlo_op_counts(hlo_text: str) -> dict[str, int]:
-    """How often the ops that cost time without doing model math appear in compiled HLO text."""
-    import re
-
-    ops = re.findall(r"=\s*[^\s]+\s+([a-z][a-z0-9-]*)\(", hlo_text)
-    kinds = (
-        "convolution",
-        "custom-call",
-        "dot",
-        "transpose",
-        "copy",
-        "fusion",
-        "all-reduce",
-        "all-gather",
-        "while",
-        "sort",
-        "scatter",
-        "gather",
-    )
-    return {k: sum(op == k for op in ops) for k in kinds}
-
-
-def profile_step(compiled, state, images, labels, idx, directory: str, steps: int = 3):
-    """A ``jax.profiler`` trace of ``steps`` steps (view in TensorBoard/Perfetto) and the compiled
-    step's HLO in ``directory``; returns the HLO op counts."""
-    text = compiled.as_text()
-    write_text_atomic(as_path(directory) / "train_step_gradmix.hlo.txt", text)
-    with jax.profiler.trace(directory):
-        for _ in range(steps):
-            state, m = compiled(state, images, labels, idx)
-        jax.block_until_ready((state, m))
-    return {"dir": directory, "hlo_op_counts": hlo_op_counts(text)}
 
 
 def checkpoint_cost(state, saves: int, step_seconds: float, every_steps: int) -> dict[str, Any]:
@@ -271,26 +226,18 @@ def run_setting(config) -> dict[str, Any]:
         r = report[method]
         r["mfu_xla"] = r["xla_flop_rate"] / (peak * mesh.size)
         r["mfu_model"] = r["model_flop_rate"] / (peak * mesh.size)
-        xla = (
-            f"{100 * r['mfu_xla']:.1f}%"
-            if r["mfu_xla"] == r["mfu_xla"]
-            else "n/a (no XLA cost analysis of the lowered step on this backend)"
-        )
+        no_xla = "n/a (no XLA cost analysis of the lowered step on this backend)"
+        xla = f"{100 * r['mfu_xla']:.1f}%" if r["mfu_xla"] == r["mfu_xla"] else no_xla
         print(
             f"{method:14s} MFU {100 * r['mfu_model']:.1f}% (model FLOPs), {xla} (XLA FLOPs) "
             f"of {peak / 1e12:.2f} TFLOP/s ({source})",
             file=sys.stderr,
         )
-    report["device"] = jax.devices()[0].device_kind
-    report["platform"] = jax.devices()[0].platform
-    report["num_devices"] = mesh.size
+    device = jax.devices()[0]
+    report.update(device=device.device_kind, platform=device.platform, num_devices=mesh.size)
     report["batch_size"] = config.batch_size
-    report["model"] = {
-        "name": config.model.name,
-        "width": config.model.width,
-        "image_size": size,
-        "dtype": dtype,
-    }
+    m = config.model
+    report["model"] = {"name": m.name, "width": m.width, "image_size": size, "dtype": dtype}
     report["jax_version"] = jax.__version__
     return report
 
@@ -301,21 +248,12 @@ def main(argv):
     text = json.dumps(report, indent=2)
     if _JSON.value:
         write_text_atomic(_JSON.value, text)
-    runs = report.get("runs", [report])
-    print(
-        json.dumps(
-            [
-                {
-                    "dtype": r["model"]["dtype"],
-                    "batch": r["batch_size"],
-                    "image_size": r["model"]["image_size"],
-                    **r.get("ratio_to_none", {}),
-                }
-                for r in runs
-            ],
-            indent=2,
-        )
-    )
+    ratios = [
+        {"dtype": r["model"]["dtype"], "batch": r["batch_size"]}
+        | {"image_size": r["model"]["image_size"], **r.get("ratio_to_none", {})}
+        for r in report.get("runs", [report])
+    ]
+    print(json.dumps(ratios, indent=2))
 
 
 if __name__ == "__main__":
