@@ -161,14 +161,24 @@ def moco_loss(
     return loss.mean() if axis_name is None else jax.lax.pmean(loss.mean(), axis_name)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, reduction: str = "mean") -> jax.Array:
-    """Softmax cross-entropy with integer labels.
+def cross_entropy(
+    logits: jax.Array, labels: jax.Array, reduction: str = "mean", label_smoothing: float = 0.0
+) -> jax.Array:
+    """Softmax cross-entropy with integer labels, optionally label-smoothed.
 
     Args:
       logits: [N, C].
       labels: int [N].
       reduction: 'mean' -> scalar; 'none' -> [N].
+      label_smoothing: ε in [0, 1): the target is (1 - ε)·one_hot + ε / C (``optax.smooth_labels``).
     """
     _check_reduction(reduction)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    if isinstance(label_smoothing, (int, float)):
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if label_smoothing == 0.0:  # the integer-label form: no [N, C] one-hot
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+            return loss.mean() if reduction == "mean" else loss
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    loss = optax.softmax_cross_entropy(logits, targets)
     return loss.mean() if reduction == "mean" else loss

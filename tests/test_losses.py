@@ -154,3 +154,21 @@ def test_cross_entropy_matches_loop():
     np.testing.assert_allclose(
         float(cross_entropy(jnp.asarray(logits), jnp.asarray(labels))), np.mean(expected), rtol=1e-5
     )
+
+
+def test_label_smoothed_cross_entropy_matches_its_formula():
+    """(1 - ε)·(-log p_y) + ε·mean_c(-log p_c), from a numpy log-softmax."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 5)).astype(np.float32)
+    labels = rng.integers(0, 5, 6)
+    logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    eps = 0.1
+    want = (1 - eps) * -logp[np.arange(6), labels] + eps * -logp.mean(axis=1)
+    got = jax.jit(cross_entropy, static_argnames="reduction")(
+        jnp.asarray(logits), jnp.asarray(labels), reduction="none", label_smoothing=eps
+    )
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
+    plain = cross_entropy(jnp.asarray(logits), jnp.asarray(labels), label_smoothing=0.0)
+    np.testing.assert_allclose(float(plain), np.mean(-logp[np.arange(6), labels]), rtol=1e-5)
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\)"):
+        cross_entropy(jnp.asarray(logits), jnp.asarray(labels), label_smoothing=1.0)

@@ -136,6 +136,14 @@ def test_clean_terms_ce_needs_no_supcon():
     loss, parts = clean_terms({"z": z, "logits": logits}, y, cfg)
     assert set(parts) == {"ce", "simclr"}  # SimCLR is computed (attribution) but weighted 0
     np.testing.assert_allclose(loss, parts["ce"], rtol=1e-6)
+    # label_smoothing reaches the CE term: ε = 0.2 against numpy's smoothed cross-entropy.
+    smoothed, parts = clean_terms(
+        {"z": z, "logits": logits}, y, StepConfig(objective="ce", label_smoothing=0.2)
+    )
+    logp = np.asarray(jax.nn.log_softmax(logits))
+    yy = np.concatenate([np.asarray(y)] * 2)
+    want = np.mean(0.8 * -logp[np.arange(len(yy)), yy] + 0.2 * -logp.mean(axis=1))
+    np.testing.assert_allclose(float(smoothed), want, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")

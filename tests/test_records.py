@@ -175,3 +175,22 @@ def test_progress_bar_starts_after_the_compiling_step(capsys):
     quiet = trainer._Progress(False, total=5, start=0)
     quiet.advance(1)
     assert quiet.bar is None and "compiling" not in capsys.readouterr().err
+
+
+def test_runs_saved_before_a_field_existed_still_match(digits_config):
+    """A stored config without label_smoothing is a run at its default (0.0), not another run."""
+    stored = json.loads(json.dumps(digits_config.to_dict()))
+    del stored["label_smoothing"]
+    assert records.config_differences(stored, digits_config) == []
+    digits_config.label_smoothing = 0.1
+    assert records.config_differences(stored, digits_config) == ["label_smoothing"]
+
+
+def test_step_config_of_an_older_saved_config(digits_config):
+    import ml_collections
+
+    from gradmix_jax.training.objectives import StepConfig
+
+    old = digits_config.to_dict()
+    del old["label_smoothing"]
+    assert StepConfig.from_config(ml_collections.ConfigDict(old)).label_smoothing == 0.0

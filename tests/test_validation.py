@@ -54,6 +54,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             r"data.known_classes must be at least 2 distinct integers in 0..9",
         ),
         ("data.split", 7, r"data.split must be an integer in 0..4"),
+        ("label_smoothing", 1.0, r"label_smoothing must be in \[0, 1\), got 1.0"),
         ("gradmix.fill", "zeros", r"gradmix.fill must be one of \['sample', 'noise'\]"),
         ("eval.features", "logits", r"eval.features must be one of"),
     ],

@@ -25,6 +25,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.supcon_weight = 1.0  # θ: weight of the supervised term (SupCon, or CE for ce/ce_ssl)
     c.simclr_weight = 1.0  # λ
     c.temperature = 0.05
+    c.label_smoothing = 0.0  # ε of the CE term (ce, ce_ssl objectives)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet18"

@@ -31,6 +31,7 @@ class StepConfig:
     supcon_weight: float = 1.0
     simclr_weight: float = 1.0
     temperature: float = 0.05
+    label_smoothing: float = 0.0
     method: str = "gradmix"
     alpha: float = 1.0
     layers: tuple[str, ...] = DEFAULT_TAPS
@@ -54,6 +55,8 @@ class StepConfig:
             supcon_weight=float(config.supcon_weight),
             simclr_weight=float(config.simclr_weight),
             temperature=float(config.temperature),
+            # Absent from configs saved before the field existed: those runs trained without it.
+            label_smoothing=float(config.get("label_smoothing", 0.0)),
             method=config.mixing.method,
             alpha=float(config.mixing.alpha),
             layers=tuple(g.layers),
@@ -107,7 +110,10 @@ def clean_terms(outputs: dict[str, jax.Array], labels: jax.Array, cfg: StepConfi
         parts["supcon"] = losses.supcon_loss(feats, labels, temperature=cfg.temperature)
         loss = loss + cfg.theta * parts["supcon"]
     elif cfg.supervised == "ce":
-        parts["ce"] = losses.cross_entropy(outputs["logits"], jnp.concatenate([labels, labels]))
+        parts["ce"] = losses.cross_entropy(
+            outputs["logits"], jnp.concatenate([labels, labels]),
+            label_smoothing=cfg.label_smoothing,
+        )  # fmt: skip
         loss = loss + cfg.theta * parts["ce"]
     return loss, parts
 

@@ -24,7 +24,7 @@ from gradmix_jax.training.train_step import (
     make_eval_fn,
     make_optimizer,
 )
-from gradmix_jax.training.workdir import RESULTS, as_path, read_json
+from gradmix_jax.training.workdir import ADDED_FIELDS, RESULTS, as_path, read_json
 
 
 @dataclasses.dataclass
@@ -102,7 +102,8 @@ def load_trained(workdir: str) -> TrainedModel:
         raise FileNotFoundError(
             f"{path} not found: train first (python -m gradmix_jax.train --workdir {workdir} ...)"
         )
-    config = ml_collections.ConfigDict(results["config"])
+    # Fields added since the run was saved get the value it trained with.
+    config = ml_collections.ConfigDict({**ADDED_FIELDS, **results["config"]})
     if "image_shape" not in results:
         raise ValueError(f"{path} predates image_shape in results.json; retrain the run")
     image_shape = tuple(results["image_shape"])

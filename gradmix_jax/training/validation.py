@@ -126,6 +126,8 @@ def validate_config(config, num_devices: int = 1) -> None:
     for field, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{field} must be > 0, got {value!r}")
+    if not 0 <= config.label_smoothing < 1:
+        raise ConfigError(f"label_smoothing must be in [0, 1), got {config.label_smoothing!r}")
     if not (config.eval.id_samples == 0 or config.eval.id_samples >= 3):
         raise ConfigError(f"eval.id_samples must be 0 (skip) or >= 3, got {config.eval.id_samples}")
     if (

@@ -21,6 +21,9 @@ RESULTS = "results.json"
 HISTORY = "train_history.json"
 # Config fields that do not change what a run computes (a finished run is still the same run when
 # only these differ, e.g. after moving the data or changing the logging cadence).
+# Fields added after a run format was first written, with the value that reproduces runs whose
+# stored config lacks them (so those runs still count as finished runs of the current config).
+ADDED_FIELDS = {"label_smoothing": 0.0}
 NON_SEMANTIC_FIELDS = (
     "progress_bar",
     "log_every_steps",
@@ -124,7 +127,7 @@ def config_differences(stored: dict | None, config) -> list[str]:
     # JSON round trip on both sides: tuples -> lists (a freshly trained cell returns its summary
     # with the config's tuples, one read back from results.json has lists).
     now = _flatten(json.loads(json.dumps(strict(config.to_dict()))))
-    old = _flatten(json.loads(json.dumps(strict(stored))))
+    old = {**ADDED_FIELDS, **_flatten(json.loads(json.dumps(strict(stored))))}
     return sorted(
         k
         for k in set(now) | set(old)
