@@ -35,6 +35,20 @@ def _display_image(image: np.ndarray) -> tuple[np.ndarray, str | None]:
     return image, None
 
 
+def _finish_image_grid(plt, fig, axes, row_labels, title, path) -> None:
+    """Row labels, no ticks, the title; writes the PNG and closes the figure."""
+    for i, label in enumerate(row_labels):
+        axes[i, 0].set_ylabel(label, fontsize=9)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=100)
+    plt.close(fig)
+
+
 def save_map_grid(
     path: str,
     images,
@@ -80,16 +94,7 @@ def save_map_grid(
             m = (m - m.min()) / (m.max() - m.min() + 1e-12)
             axes[i, j].imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
             axes[i, j].imshow(m, cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
-    for i, label in enumerate(["image", *maps_by_model.keys()]):
-        axes[i, 0].set_ylabel(label, fontsize=9)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=100)
-    plt.close(fig)
+    _finish_image_grid(plt, fig, axes, ["image", *maps_by_model.keys()], title, path)
 
 
 def save_activated_fraction_plot(
@@ -173,13 +178,4 @@ def save_gradmix_views(
         axes[2, j].set_title(f"{100 * float(masked[j]):.0f}% pasted", fontsize=7)
         if column_titles is not None:
             axes[0, j].set_title(column_titles[j], fontsize=8)
-    for i, label in enumerate(["image", "LayerCAM map", "GradMix view"]):
-        axes[i, 0].set_ylabel(label, fontsize=9)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=100)
-    plt.close(fig)
+    _finish_image_grid(plt, fig, axes, ["image", "LayerCAM map", "GradMix view"], title, path)

@@ -180,25 +180,27 @@ def tiny_overrides():
 
 
 @pytest.fixture(scope="session")
-def run_cli(repo_root, tiny_overrides):
-    """``run_cli(workdir, *extra)``: ``python -m gradmix_jax.train`` on configs/digits.py with
-    ``tiny_overrides`` and ``extra`` flags; asserts exit status 0 and returns the finished process
-    (``stdout``, ``stderr``)."""
-    import subprocess
+def train_cli_command(repo_root, tiny_overrides):
+    """``train_cli_command(workdir, *extra)``: the argv of ``python -m gradmix_jax.train`` on
+    configs/digits.py with ``tiny_overrides`` and then ``extra`` flags."""
     import sys
 
+    def command(workdir, *extra):
+        config = os.path.join(repo_root, "configs", "digits.py")
+        return [sys.executable, "-m", "gradmix_jax.train", "--config", config,
+                "--workdir", str(workdir), *tiny_overrides, *extra]  # fmt: skip
+
+    return command
+
+
+@pytest.fixture(scope="session")
+def run_cli(repo_root, train_cli_command):
+    """``run_cli(workdir, *extra)``: runs ``train_cli_command(workdir, *extra)``; asserts exit
+    status 0 and returns the finished process (``stdout``, ``stderr``)."""
+    import subprocess
+
     def run(workdir, *extra):
-        cmd = [
-            sys.executable,
-            "-m",
-            "gradmix_jax.train",
-            "--config",
-            os.path.join(repo_root, "configs", "digits.py"),
-            "--workdir",
-            str(workdir),
-            *tiny_overrides,
-            *extra,
-        ]
+        cmd = train_cli_command(workdir, *extra)
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
         return out

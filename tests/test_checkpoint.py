@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -18,21 +17,11 @@ LONG = [
 
 
 @pytest.fixture
-def start_cli(repo_root, tiny_overrides):
+def start_cli(repo_root, train_cli_command):
     """``start_cli(workdir, *extra)``: the tiny digits train CLI started in the background."""
 
     def start(workdir, *extra):
-        cmd = [
-            sys.executable,
-            "-m",
-            "gradmix_jax.train",
-            "--config",
-            os.path.join(repo_root, "configs", "digits.py"),
-            "--workdir",
-            str(workdir),
-            *tiny_overrides,
-            *extra,
-        ]
+        cmd = train_cli_command(workdir, *extra)
         return subprocess.Popen(
             cmd, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -85,23 +74,12 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, start_cli):
 
 
 def test_incompatible_and_corrupt_checkpoints_are_refused(
-    tmp_path, run_cli, repo_root, tiny_overrides
+    tmp_path, run_cli, repo_root, train_cli_command
 ):
     workdir = tmp_path / "run"
     run_cli(workdir, "--config.num_steps=2", "--config.checkpoint_every_steps=2")
     # another model size in the same workdir: a clear error, not a silent fresh start
-    cmd = [
-        sys.executable,
-        "-m",
-        "gradmix_jax.train",
-        "--config",
-        os.path.join(repo_root, "configs", "digits.py"),
-        "--workdir",
-        str(workdir),
-        *tiny_overrides,
-        "--config.num_steps=4",
-        "--config.model.width=8",
-    ]
+    cmd = train_cli_command(workdir, "--config.num_steps=4", "--config.model.width=8")
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=300)
     assert out.returncode == 2
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
