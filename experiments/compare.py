@@ -4,6 +4,11 @@
         --methods raw,ce,none,gradmix --out docs/results/fashion_mnist_cpu
     python -m experiments.compare --protocols digits --splits 0-4 --seeds 0,1,2 --out runs/digits
     python -m experiments.compare --protocols digits --out runs/cmp --smoke     # tiny, ~2 minutes
+    # CutMix and Mixup on two splits, then one table of every finished cell:
+    python -m experiments.compare --methods cutmix,mixup --splits 0,1 --seeds 0,1 \
+        --out docs/results/fashion_mnist_cpu
+    python -m experiments.compare --methods raw,ce,none,cutmix,mixup,gradmix --finished-only \
+        --out docs/results/fashion_mnist_cpu
 
 Methods (every trained one shares the protocol config's model, schedule and view augmentation):
 
@@ -23,7 +28,8 @@ k-NN score of Algorithm 1 on pixels for ``raw`` (the floor as defined by the pro
 
 Cells live in ``OUT/<protocol>/<method>/split<k>/seed<s>`` (``raw``: ``.../raw/split<k>``, it has no
 seed); a finished cell is read back, an interrupted one resumes from its checkpoint, and one made
-with another config is refused. Writes ``OUT/compare.{md,csv,json}`` and ``OUT/compare_<protocol>.png``.
+with another config is refused; ``--finished-only`` trains nothing and tabulates the finished cells
+(the rest are listed as missing). Writes ``OUT/compare.{md,csv,json}`` and ``OUT/compare_<protocol>.png``.
 
 Statistics: per method, mean ± sample std (ddof 1) of the headline AUROC over all (split, seed) cells;
 per split, mean ± std over seeds; per trained method, the paired difference to ``none`` over the
@@ -187,6 +193,12 @@ def timed(train_fn: Callable) -> Callable:
     return run
 
 
+def is_finished(workdir: str) -> bool:
+    from gradmix_jax.training.workdir import as_path
+
+    return (as_path(workdir) / "results.json").exists()
+
+
 def cell_seconds(workdir: str) -> float | None:
     from gradmix_jax.training.workdir import as_path, read_json
 
@@ -231,23 +243,36 @@ def statistics(
 ) -> dict[str, Any]:
     """Per-method and paired statistics of one protocol's cells.
 
-    ``cells[(method, split, seed)]`` is a results dict (raw: the same dict under every seed).
+    ``cells[(method, split, seed)]`` is a results dict (raw: the same dict under every seed). A
+    cell that is absent (``--finished-only``) is left out: a method's statistics cover the cells it
+    has, a paired difference the cells both methods have, and a method with no cell is skipped.
     Returns {'methods': {method: {...}}, 'paired': {method: {...}}, 'vs_raw': {method: {...}}}.
     """
     out: dict[str, Any] = {"methods": {}, "paired": {}, "vs_raw": {}}
+
+    def have(method: str) -> list[tuple[int, int]]:
+        seeds_m = [seeds[0]] if METHODS[method][1] is None else seeds
+        return [(sp, se) for sp in splits for se in seeds_m if (method, sp, se) in cells]
+
     for method in methods:
+        present = have(method)
+        if not present:
+            continue
         key, score_name, acc_key = headline(method)
-        seeds_m = [0] if METHODS[method][1] is None else seeds
-        values = [cells[(method, sp, se)][key] for sp in splits for se in seeds_m]
-        per_split = {sp: mean_sd([cells[(method, sp, se)][key] for se in seeds_m]) for sp in splits}
-        accs = [cells[(method, sp, se)][acc_key] for sp in splits for se in seeds_m]
+        rows = [cells[(method, sp, se)] for sp, se in present]
+        values = [r[key] for r in rows]
+        per_split = {
+            sp: mean_sd([cells[(method, s, se)][key] for s, se in present if s == sp])
+            for sp in splits
+            if any(s == sp for s, _ in present)
+        }
         scores = {}
         for skey, _ in SCORES:
-            vals = [cells[(method, sp, se)].get(skey) for sp in splits for se in seeds_m]
+            vals = [r.get(skey) for r in rows]
             scores[skey] = (
                 mean_sd(vals) if all(v is not None for v in vals) else (math.nan, math.nan)
             )
-        times = [cells[(method, sp, se)].get("cell_seconds") for sp in splits for se in seeds_m]
+        times = [r.get("cell_seconds") for r in rows]
         times = [t for t in times if t is not None]
         out["methods"][method] = {
             "cell_seconds_max": max(times) if times else None,
@@ -258,21 +283,23 @@ def statistics(
             "cells": len(values),
             "auroc": mean_sd(values),
             "per_split": per_split,
-            "closed_set_accuracy": mean_sd(accs),
+            "closed_set_accuracy": mean_sd([r[acc_key] for r in rows]),
             "scores": scores,
             "values": values,
         }
-    if BASELINE in methods:
-        for method in methods:
-            if method in (BASELINE, "raw") or METHODS[method][1] is None:
+    if BASELINE in out["methods"]:
+        base_key = headline(BASELINE)[0]
+        for method in out["methods"]:
+            if method == BASELINE or METHODS[method][1] is None:
                 continue
             key = headline(method)[0]
-            base_key = headline(BASELINE)[0]
             diffs = [
                 cells[(method, sp, se)][key] - cells[(BASELINE, sp, se)][base_key]
-                for sp in splits
-                for se in seeds
+                for sp, se in have(method)
+                if (BASELINE, sp, se) in cells
             ]
+            if not diffs:
+                continue
             m, s = mean_sd(diffs)
             out["paired"][method] = {
                 "mean": m,
@@ -281,20 +308,24 @@ def statistics(
                 "cells": len(diffs),
                 "verdict": verdict(m, s),
             }
-    if "raw" in methods:
-        for method in methods:
+    if "raw" in out["methods"]:
+        raw_splits = {sp for sp, _ in have("raw")}
+        for method in out["methods"]:
             if method == "raw":
                 continue
             key = headline(method)[0]
             per_split = {}
-            for sp in splits:
-                floor = cells[("raw", sp, 0)]["auroc"]
-                per_split[sp] = mean_sd([cells[(method, sp, se)][key] for se in seeds])[0] - floor
+            for sp, (mean, _) in out["methods"][method]["per_split"].items():
+                if sp in raw_splits:
+                    per_split[sp] = mean - cells[("raw", sp, seeds[0])]["auroc"]
+            if not per_split:
+                continue
             gaps = list(per_split.values())
             out["vs_raw"][method] = {
                 "per_split": per_split,
                 "mean": sum(gaps) / len(gaps),
-                "above_on_every_split": all(g > 0 for g in gaps),
+                "splits_above": sum(g > 0 for g in gaps),
+                "above_on_every_split": len(gaps) == len(splits) and all(g > 0 for g in gaps),
             }
     return out
 
@@ -319,10 +350,10 @@ def markdown(
         + ["cell time, max"]
     )
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method in methods:
+    for method in [m for m in methods if m in stats["methods"]]:
         m = stats["methods"][method]
         row = [m["label"], m["headline_score"], str(m["cells"]), fmt(*m["auroc"])]
-        row += [fmt(*m["per_split"][s]) for s in splits]
+        row += [fmt(*m["per_split"][s]) if s in m["per_split"] else "-" for s in splits]
         row += [fmt(*m["closed_set_accuracy"])]
         row += [fmt(m["scores"][k][0], math.nan) for k, _ in SCORES]
         row += ["-" if m["cell_seconds_max"] is None else f"{m['cell_seconds_max']:.0f} s"]
@@ -336,6 +367,18 @@ def markdown(
         "in the runner's process (data, compilation, training, evaluation; cells read back "
         "keep the time of their run).",
     ]
+    partial = [
+        stats["methods"][m]["label"]
+        for m in methods
+        if m in stats["methods"] and len(stats["methods"][m]["per_split"]) < len(splits)
+    ]
+    if partial:
+        lines += [
+            "",
+            f"Not every split has a cell for: {', '.join(partial)}. Their AUROC column averages "
+            "the splits they have, so it is not comparable with the other rows; the paired "
+            "difference below uses the same cells on both sides.",
+        ]
     if stats["paired"]:
         lines += [
             "",
@@ -362,10 +405,19 @@ def markdown(
             "|---|" + "---|" * (len(splits) + 2),
         ]
         for method, v in stats["vs_raw"].items():
+            n = len(v["per_split"])
+            every = (
+                ("yes" if v["above_on_every_split"] else "no")
+                if n == len(splits)
+                else f"{v['splits_above']} of {n} splits"
+            )
             lines.append(
                 f"| {METHODS[method][0]} | "
-                + " | ".join(f"{100 * v['per_split'][s]:+.2f}" for s in splits)
-                + f" | {100 * v['mean']:+.2f} | {'yes' if v['above_on_every_split'] else 'no'} |"
+                + " | ".join(
+                    f"{100 * v['per_split'][s]:+.2f}" if s in v["per_split"] else "-"
+                    for s in splits
+                )
+                + f" | {100 * v['mean']:+.2f} | {every} |"
             )
     return lines
 
@@ -374,15 +426,20 @@ def plot(
     path: str, protocol: str, stats: dict, methods: list[str], splits: list[int], smoke: bool
 ) -> None:
     groups = [f"split {s}" for s in splits] + ["all"]
+    methods = [m for m in methods if m in stats["methods"]]
     labels = [stats["methods"][m]["label"] for m in methods]
     means, sds = {}, {}
     for method, label in zip(methods, labels):
         st = stats["methods"][method]
         for s, g in zip(splits, groups):
+            if s not in st["per_split"]:
+                continue
             means[(g, label)] = 100 * st["per_split"][s][0]
             sds[(g, label)] = (
                 0.0 if math.isnan(st["per_split"][s][1]) else 100 * st["per_split"][s][1]
             )
+        if len(st["per_split"]) < len(splits):  # a mean over fewer splits is not comparable
+            continue
         means[("all", label)] = 100 * st["auroc"][0]
         sds[("all", label)] = 0.0 if math.isnan(st["auroc"][1]) else 100 * st["auroc"][1]
     plot_grouped_bars(
@@ -410,6 +467,12 @@ def main(argv=None, *, train_fn: Callable | None = None) -> int:
     parser.add_argument("--seeds", default=None, help="comma list of seeds (default 0,1)")
     parser.add_argument(
         "--methods", default=DEFAULT_METHODS, help="comma list of " + ",".join(METHODS)
+    )
+    parser.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="train nothing: make the tables from the cells already finished under --out and "
+        "list the others as missing (e.g. a method run on fewer splits than the rest)",
     )
     add_common_args(parser)
     args = parser.parse_args(argv)
@@ -457,8 +520,12 @@ def main(argv=None, *, train_fn: Callable | None = None) -> int:
     csv_rows = []
     for protocol in protocols:
         results: dict[tuple[str, int, int], dict] = {}
+        missing = []
         for (p, method, split, seed), (workdir, config) in cells.items():
             if p != protocol:
+                continue
+            if args.finished_only and not is_finished(workdir):
+                missing.append(os.path.relpath(workdir, args.out))
                 continue
             if METHODS[method][1] is None:  # one cell per split, shared by every seed
                 r = run_raw_cell(workdir, config)
@@ -481,8 +548,11 @@ def main(argv=None, *, train_fn: Callable | None = None) -> int:
                 + [r.get(headline(method)[2]), r.get("train_seconds"), cell_seconds(workdir)]
             )
         stats = statistics(results, methods, splits, seeds)
+        stats["missing_cells"] = missing
         report["protocols"][protocol] = stats
         md += markdown(protocol, stats, methods, splits, seeds) + [""]
+        if missing:
+            md += [f"Cells not finished, left out ({len(missing)}): {', '.join(missing)}.", ""]
         plot(
             os.path.join(args.out, f"compare_{protocol}.png"),
             protocol,

@@ -182,7 +182,9 @@ def plot_grouped_bars(
         bars = ax.bar(
             x + (j - (len(series) - 1) / 2) * width, m, width, yerr=s, capsize=2, label=name
         )
-        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+        ax.bar_label(
+            bars, labels=["" if np.isnan(v) else f"{v:.1f}" for v in m], fontsize=7, padding=2
+        )
         lows += [a - b for a, b in zip(m, s) if not np.isnan(a)]
         highs += [a + b for a, b in zip(m, s) if not np.isnan(a)]
     if lows:

@@ -125,6 +125,42 @@ def test_statistics_layout_and_resume(tmp_path):
         compare.main(argv + ["--set", "eval.k=2", "--methods", "raw"], train_fn=_no_training)
 
 
+def test_finished_only_tabulates_a_method_run_on_fewer_splits(tmp_path):
+    """CutMix on split 0 only beside three full methods: its statistics, paired difference and
+    raw-pixel gap cover its own cells; nothing is trained; the other cells are listed as missing."""
+    base = ["--out", str(tmp_path), "--protocols", "digits", "--seeds", "0,1"]
+    assert (
+        compare.main(
+            base + ["--splits", "0-2", "--methods", "raw,none,gradmix"], train_fn=_stand_in
+        )
+        == 0
+    )
+    assert compare.main(base + ["--splits", "0", "--methods", "cutmix"], train_fn=_stand_in) == 0
+    argv = base + ["--splits", "0-2", "--methods", "raw,none,cutmix,gradmix", "--finished-only"]
+    assert compare.main(argv, train_fn=_no_training) == 0
+    stats = json.loads((tmp_path / "compare.json").read_text())["protocols"]["digits"]
+    cut = [_fake_auroc("cutmix", 0, se) for se in (0, 1)]
+    assert stats["methods"]["cutmix"]["cells"] == 2
+    assert stats["methods"]["cutmix"]["auroc"][0] == pytest.approx(np.mean(cut))
+    assert list(stats["methods"]["cutmix"]["per_split"]) == ["0"]
+    diffs = [c - _fake_auroc("none", 0, se) for se, c in zip((0, 1), cut)]
+    p = stats["paired"]["cutmix"]
+    assert p["cells"] == 2 and p["mean"] == pytest.approx(np.mean(diffs))
+    assert p["sd"] == pytest.approx(np.std(diffs, ddof=1))
+    assert stats["paired"]["gradmix"]["cells"] == 6  # the full methods are unaffected
+    raw0 = json.loads((tmp_path / "digits" / "raw" / "split0" / "results.json").read_text())
+    v = stats["vs_raw"]["cutmix"]
+    assert list(v["per_split"]) == ["0"] and v["above_on_every_split"] is False
+    assert v["per_split"]["0"] == pytest.approx(np.mean(cut) - raw0["auroc"])
+    assert sorted(stats["missing_cells"]) == sorted(
+        f"digits/cutmix/split{sp}/seed{se}" for sp in (1, 2) for se in (0, 1)
+    )
+    md = (tmp_path / "compare.md").read_text()
+    assert "| SupCon+SimCLR + CutMix | NNO on encoder | 2 |" in md
+    assert "Not every split has a cell for: SupCon+SimCLR + CutMix" in md
+    assert "0 of 1 splits |" in md and "Cells not finished, left out (4)" in md
+
+
 def test_raw_pixels_match_an_independent_knn(tmp_path):
     """The raw-pixel floor against a direct numpy implementation of Algorithm 1's score."""
     from sklearn.metrics import roc_auc_score
