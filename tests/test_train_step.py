@@ -129,9 +129,12 @@ def test_fused_grads_match_reference(setup, cfg):
     flat_got, _ = jax.flatten_util.ravel_pytree(grads)
     flat_want, _ = jax.flatten_util.ravel_pytree(want)
     assert np.isfinite(float(metrics["loss"]))
-    np.testing.assert_allclose(
-        flat_got, flat_want, rtol=2e-4, atol=2e-5 * float(jnp.abs(flat_want).max())
-    )
+    # exact=True runs a second 2B-image forward pass whose BatchNorm statistics and reductions the
+    # fused step orders differently: at the tests' --xla_backend_optimization_level=0, 121 of
+    # 45,540 entries differed by up to 5.6e-4 of the largest gradient (2026-11-30; at the default
+    # level they agree to 1e-4). A wrong term moves entries by O(1) of it.
+    atol = (1e-3 if cfg.exact else 2e-5) * float(jnp.abs(flat_want).max())
+    np.testing.assert_allclose(flat_got, flat_want, rtol=2e-4, atol=atol)
 
 
 def test_mixed_view_changes_loss(setup):
