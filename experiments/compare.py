@@ -194,9 +194,9 @@ def timed(train_fn: Callable) -> Callable:
 
 
 def is_finished(workdir: str) -> bool:
-    from gradmix_jax.training.workdir import as_path
+    from gradmix_jax.training.workdir import RESULTS, as_path
 
-    return (as_path(workdir) / "results.json").exists()
+    return (as_path(workdir) / RESULTS).exists()
 
 
 def cell_seconds(workdir: str) -> float | None:
