@@ -18,7 +18,8 @@ runner's process on 2-core CPUs, some shared with other work, plus a few seconds
 start-up; on a 2-core Intel Xeon with the CPU to itself it took 666 s (2026-11-30), over the
 10-minute aim (docs/performance.md: the step is 787 ms there, 552 ms where the recipe was sized).
 NNO AUROC (results.json) 0.823 +- 0.040 with GradMix and 0.828 +- 0.033 without mixing (paired
-difference -0.005 +- 0.014: none); the printed Algorithm 1 AUROC is lower (0.525 mean with GradMix); k-NN on raw pixels gives 0.548 +- 0.226.
+difference -0.005 +- 0.014: none); the printed Algorithm 1 AUROC is lower (0.525 mean with
+GradMix); k-NN on raw pixels gives 0.548 +- 0.226.
 """
 
 from gradmix_jax.training.config_base import get_base_config
