@@ -3,7 +3,7 @@
 Command (data: `apt-get install dataset-fashion-mnist`; see README "Datasets"):
     python -m gradmix_jax.train --config configs/fashion_mnist_cpu.py --workdir runs/fmnist_cpu
 
-Recipe: ResNet18 width 16 at 16x16 px (28 -> 16 on the device), batch 128, 800 steps (2.8 epochs of
+Recipe: ResNet18 width 16 at 16x16 px (28 -> 16 on the device), batch 128, 400 steps (1.4 epochs of
 the 36,000 known-class training images), Adam 1e-3 with cosine decay, SupCon + SimCLR (θ = λ = 1),
 T = 0.2, GradMix on conv3_2 + conv4_2 + conv5_2 (8/4/2 px), the RGB SimCLR view augmentation with
 crops of 40-100% of the image and horizontal flips. Evaluation reads encoder features; the result
@@ -12,8 +12,9 @@ prints Algorithm 1's k-NN AUROC and results.json holds every score (NNO, project
 How it was chosen (docs/tuning_fashion_mnist.md): on a validation hold-out of the training set
 (data.validation=True; the test set was never read while tuning), split 0, one seed each.
 
-Measured on the test set (2-core CPU, jax 0.10.2, 2026-11-29/30, `python -m experiments.compare`,
-5 splits x seeds 0 and 1; docs/results/fashion_mnist_cpu/): a GradMix cell took 510-776 s in the
+Measured on the test set at the first recipe's 800 steps (2-core CPU, jax 0.10.2, 2026-11-29/30,
+`python -m experiments.compare`, 5 splits x seeds 0 and 1; docs/results/fashion_mnist_cpu_800steps/;
+400 steps: a GradMix cell took 359-369 s on a 2-core Xeon, CPU to itself): a GradMix cell took 510-776 s in the
 runner's process on 2-core CPUs, some shared with other work, plus a few seconds of interpreter
 start-up; on a 2-core Intel Xeon with the CPU to itself it took 666 s (2026-11-30), over the
 10-minute aim (docs/performance.md: the step is 787 ms there, 552 ms where the recipe was sized).
