@@ -12,14 +12,12 @@ prints Algorithm 1's k-NN AUROC and results.json holds every score (NNO, project
 How it was chosen (docs/tuning_fashion_mnist.md): on a validation hold-out of the training set
 (data.validation=True; the test set was never read while tuning), split 0, one seed each.
 
-At 400 steps a GradMix cell took 359-369 s in the runner's process (`python -m experiments.compare`;
-data, compilation, training, evaluation) on a 2-core Intel Xeon with the CPU to itself, 2026-11-30.
-
-Measured on the test set at the first recipe's 800 steps (2-core CPUs, jax 0.10.2, 2026-11-29/30,
-5 splits x seeds 0 and 1; docs/results/fashion_mnist_cpu_800steps/): NNO AUROC (results.json)
-0.823 +- 0.040 with GradMix and 0.828 +- 0.033 without mixing (paired difference -0.005 +- 0.014:
-none); the printed Algorithm 1 AUROC is lower (0.525 mean with GradMix); k-NN on raw pixels gives
-0.548 +- 0.226. Its GradMix cells took 510-776 s (666 s on the Xeon).
+Measured on the test set (2-core Intel Xeon CPU, jax 0.10.2, 2026-11-30/12-01,
+`python -m experiments.compare`, 5 splits x seeds 0 and 1; docs/results/fashion_mnist_cpu/): a
+GradMix cell took 359-369 s in the runner's process (data, compilation, training, evaluation) with
+the CPU to itself. NNO AUROC (results.json) 0.816 +- 0.049 with GradMix and 0.816 +- 0.047 without
+mixing (paired difference +0.000 +- 0.018: none); k-NN on raw pixels gives 0.548 +- 0.226. The
+first recipe's 800 steps gave 0.823 / 0.828 (docs/results/fashion_mnist_cpu_800steps/).
 """
 
 from gradmix_jax.training.config_base import get_base_config
