@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"step {summary['step']}: open-set AUROC {show(summary['auroc'])} (k-NN, eval.features="
         f"{summary['config']['eval']['features']}), NNO {show(summary['auroc_nno'])}, "
+        f"GDA {show(summary['auroc_gda'])}, "
         f"closed-set accuracy {summary['closed_set_accuracy']:.4f}"
     )
     print(f"results: {args.workdir.rstrip('/')}/{EVAL_RESULTS}")

@@ -127,7 +127,7 @@ def main(argv):
     auroc = "n/a (closed set)" if summary["auroc"] is None else f"{summary['auroc']:.4f}"
     others = ", ".join(
         f"{name} {summary[key]:.4f}"
-        for key, name in (("auroc_nno", "NNO"), ("auroc_msp", "MSP"))
+        for key, name in (("auroc_nno", "NNO"), ("auroc_gda", "GDA"), ("auroc_msp", "MSP"))
         if summary.get(key) is not None
     )
     print(

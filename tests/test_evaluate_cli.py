@@ -32,6 +32,7 @@ def test_evaluate_reproduces_the_run_and_leaves_results_json(finished_run, capsy
         "auroc_knn_encoder",
         "auroc_knn_projection",
         "auroc_nno",
+        "auroc_gda",
         "auroc_msp",
         "auroc_max_logit",
         "closed_set_accuracy",

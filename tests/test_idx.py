@@ -230,7 +230,7 @@ def test_real_data_trains_end_to_end(tmp_path):
     c.gradmix.layers = ("conv3_2", "conv4_2")
     summary = trainer.train_and_evaluate(c, str(tmp_path / "run"))
     assert summary["num_train_images"] == 36000 and summary["num_test_unknown"] == 4000
-    for key in ("auroc", "auroc_knn_encoder", "auroc_knn_projection", "auroc_nno"):
+    for key in ("auroc", "auroc_knn_encoder", "auroc_knn_projection", "auroc_nno", "auroc_gda"):
         assert 0.0 <= summary[key] <= 1.0
     assert summary["auroc_knn_encoder"] == summary["auroc"]  # eval.features = encoder
     assert (tmp_path / "run" / "results.json").exists()

@@ -155,6 +155,46 @@ def test_mahalanobis_scores_match_scipy():
         mahalanobis_scores(train[:40], labels[:40], test, num_classes=3)
 
 
+def test_gaussian_scores_match_scipy_logpdf():
+    """GDA: max over classes of the Gaussian log-density with each class's own covariance."""
+    from scipy.stats import multivariate_normal
+
+    from gradmix_jax.osr import gaussian_scores
+
+    rng = np.random.default_rng(4)
+    num_classes, dim, ridge = 3, 4, 0.05
+    labels = np.repeat(np.arange(num_classes), [15, 20, 25])
+    scale = np.array([[1.0, 3.0, 0.5, 2.0], [0.2, 0.2, 1.0, 1.0], [2.0, 1.0, 1.0, 0.3]])
+    train = rng.normal(size=(60, dim)) * scale[labels] + labels[:, None] * 2.0
+    test = rng.normal(size=(7, dim)) * 2.0 + 1.0
+    log_density = np.empty((len(test), num_classes))
+    for c in range(num_classes):
+        x = train[labels == c]
+        cov = np.cov(x.T, bias=True)
+        cov += ridge * np.trace(cov) / dim * np.eye(dim)
+        log_density[:, c] = multivariate_normal(x.mean(0), cov).logpdf(test)
+    scores, preds = jax.jit(gaussian_scores, static_argnames=("num_classes",))(
+        train, labels, test, num_classes=num_classes, ridge=ridge
+    )
+    np.testing.assert_allclose(scores, log_density.max(1), rtol=1e-4)
+    np.testing.assert_array_equal(preds, log_density.argmax(1))
+
+
+def test_gaussian_scores_rank_deficient_and_bad_input():
+    from gradmix_jax.osr import gaussian_scores
+
+    rng = np.random.default_rng(5)
+    labels = np.repeat(np.arange(2), 3)  # 3 samples per class in 5 dimensions
+    train = np.concatenate([rng.normal(size=(6, 4)), np.zeros((6, 1))], axis=1)  # a dead unit
+    scores, preds = gaussian_scores(train, labels, train, num_classes=2)
+    assert np.isfinite(np.asarray(scores)).all()
+    np.testing.assert_array_equal(preds, labels)  # each training sample is its own class's
+    with pytest.raises(ValueError, match="ridge must be > 0"):
+        gaussian_scores(train, labels, train, num_classes=2, ridge=0.0)
+    with pytest.raises(ValueError, match="class 2 is empty"):
+        gaussian_scores(train, labels, train, num_classes=3)
+
+
 def test_jit_without_static_num_classes_names_the_fix():
     x, y = jnp.ones((6, 4)), jnp.array([0, 0, 0, 1, 1, 1])
     with pytest.raises(ValueError, match=r"static_argnames=\('num_classes', 'k', 'chunk_size'\)"):

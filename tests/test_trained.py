@@ -6,7 +6,7 @@ import pytest
 from gradmix_jax import metrics, osr
 from gradmix_jax.data import load_openset
 from gradmix_jax.training import trainer
-from gradmix_jax.training.trained import load_trained
+from gradmix_jax.training.trained import add_missing_scores, load_trained
 
 
 def test_load_trained_reproduces_the_runs_evaluation(tmp_path, digits_config):
@@ -61,3 +61,23 @@ def test_load_trained_reproduces_the_runs_evaluation(tmp_path, digits_config):
 def test_load_trained_without_a_run_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="results.json not found"):
         load_trained(str(tmp_path))
+
+
+def test_add_missing_scores_recomputes_a_score_the_run_lacks(tmp_path, digits_config):
+    import json
+
+    config = digits_config
+    config.num_steps, config.checkpoint_every_steps = 2, 2
+    config.model.width, config.model.feature_dim, config.data.image_size = 4, 16, 8
+    config.batch_size, config.eval.id_samples, config.progress_bar = 32, 0, False
+    summary = trainer.train_and_evaluate(config, str(tmp_path))
+    path = tmp_path / "results.json"
+    assert add_missing_scores(str(tmp_path)) == json.loads(path.read_text())  # nothing missing
+    old = json.loads(path.read_text())
+    del old["auroc_gda"]  # as saved before GDA joined the evaluation
+    path.write_text(json.dumps(old))
+    got = add_missing_scores(str(tmp_path))
+    assert got["auroc_gda"] == pytest.approx(summary["auroc_gda"], abs=1e-6)
+    assert got["added_scores"] == ["auroc_gda"]
+    assert json.loads(path.read_text()) == got
+    assert {k: v for k, v in got.items() if k not in ("auroc_gda", "added_scores")} == old

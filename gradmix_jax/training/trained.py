@@ -143,4 +143,53 @@ def load_trained(workdir: str) -> TrainedModel:
     )
 
 
-__all__ = ["TrainedModel", "load_trained"]
+#: results.json keys of scores the evaluation gained after runs had been saved without them.
+LATER_SCORES = ("auroc_gda",)
+
+
+def add_missing_scores(workdir: str) -> dict[str, Any]:
+    """``<workdir>/results.json`` with every score of ``LATER_SCORES`` it lacks added.
+
+    A run saved before a score joined the evaluation gets it from its final checkpoint, on the
+    features its evaluation used (``eval.features``) and the same data; the keys are listed in
+    ``'added_scores'`` and results.json is rewritten atomically (its other fields unchanged). A run
+    that has every score is returned as it is, without loading anything.
+    """
+    from gradmix_jax import metrics, osr
+    from gradmix_jax.training.pipeline import load_data
+    from gradmix_jax.training.workdir import write_json
+
+    path = as_path(workdir) / RESULTS
+    results = read_json(path)
+    if results is None:
+        raise FileNotFoundError(f"{path} not found")
+    missing = [key for key in LATER_SCORES if key not in results]
+    if not missing:
+        return results
+    trained = load_trained(workdir)
+    if trained.step != results["num_steps"]:
+        raise ValueError(
+            f"{workdir}: the newest checkpoint is step {trained.step}, the run finished at "
+            f"{results['num_steps']}; scores are added from the final checkpoint only"
+        )
+    data = load_data(trained.config)
+    known = data.test_is_known
+    which = trained.config.eval.features
+    train_f = trained.features(data.train_images, which, trained.config.eval.batch_size)
+    test_f = trained.features(data.test_images, which, trained.config.eval.batch_size)
+    added = {}
+    if "auroc_gda" in missing:
+        gda = np.asarray(osr.gaussian_scores(train_f, data.train_labels, test_f, data.num_known)[0])
+        added["auroc_gda"] = (
+            float(metrics.auroc(gda[known], gda[~known])) if (~known).any() else None
+        )
+    results = {
+        **results,
+        **added,
+        "added_scores": sorted({*results.get("added_scores", ()), *added}),
+    }
+    write_json(path, results)
+    return results
+
+
+__all__ = ["LATER_SCORES", "TrainedModel", "add_missing_scores", "load_trained"]
