@@ -548,7 +548,7 @@ def main(argv=None, *, train_fn: Callable | None = None) -> int:
             else:
                 r = run_checked_cell(workdir, config, train_fn)
                 if any(key not in r for key in LATER_SCORES):  # saved before that score existed
-                    r = add_missing_scores(workdir)
+                    r = _add_missing_scores(workdir, add_missing_scores)
                 results[(method, split, seed)] = {**r, "cell_seconds": cell_seconds(workdir)}
                 seed_txt = str(seed)
             key = headline(method)[0]
@@ -579,6 +579,19 @@ def main(argv=None, *, train_fn: Callable | None = None) -> int:
     md += [f"- {n}" for n in scale_note(args, overrides)]
     _write_outputs(args.out, md, csv_rows, report)
     return 0
+
+
+def _add_missing_scores(workdir: str, add: Callable[[str], dict]) -> dict:
+    """``trained.add_missing_scores``, with one error line for a cell whose checkpoint is gone."""
+    from gradmix_jax.training.trained import LATER_SCORES
+
+    try:
+        return add(workdir)
+    except FileNotFoundError as e:
+        raise SystemExit(
+            f"error: cell {workdir} was saved without {list(LATER_SCORES)}, which need its final "
+            f"checkpoint ({e}); delete its results.json to train it again"
+        ) from None
 
 
 def _write_outputs(out: str, md: list[str], csv_rows: list[list], report: dict) -> None:

@@ -81,3 +81,11 @@ def test_add_missing_scores_recomputes_a_score_the_run_lacks(tmp_path, digits_co
     assert got["added_scores"] == ["auroc_gda"]
     assert json.loads(path.read_text()) == got
     assert {k: v for k, v in got.items() if k not in ("auroc_gda", "added_scores")} == old
+    # Without its checkpoint the score cannot be added: one error, and no empty folder left behind.
+    import shutil
+
+    shutil.rmtree(tmp_path / "checkpoints")
+    path.write_text(json.dumps(old))
+    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+        add_missing_scores(str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists() and json.loads(path.read_text()) == old

@@ -17,6 +17,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that exists but cannot be restored into this run's state."""
 
 
+#: The folder of a workdir that holds its checkpoints.
+CHECKPOINTS = "checkpoints"
+
+
 def make_manager(
     workdir: str, max_to_keep: int = 2, save_interval_steps: int = 1
 ) -> ocp.CheckpointManager:
@@ -27,7 +31,7 @@ def make_manager(
     a save takes from training, for a small saving in bytes (see docs/checkpointing.md).
     Checkpoints written compressed (earlier versions) read back the same way.
     """
-    directory = as_path(workdir) / "checkpoints"
+    directory = as_path(workdir) / CHECKPOINTS
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         save_interval_steps=save_interval_steps,

@@ -126,6 +126,8 @@ def load_trained(workdir: str) -> TrainedModel:
     abstract = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract
     )
+    if not (as_path(workdir) / checkpoint.CHECKPOINTS).exists():  # the manager would create it
+        raise FileNotFoundError(f"no checkpoint in {as_path(workdir) / checkpoint.CHECKPOINTS}")
     manager = checkpoint.make_manager(workdir, config.max_to_keep)
     try:
         if manager.latest_step() is None:
