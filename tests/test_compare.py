@@ -30,8 +30,8 @@ def _stand_in(config, workdir):
         "auroc": value - 0.05,
         "auroc_knn_encoder": value - 0.05,
         "auroc_knn_projection": value - 0.1,
-        "auroc_nno": value - 0.02,
-        "auroc_gda": value,
+        "auroc_nno": value,
+        "auroc_gda": value - 0.02,
         "auroc_msp": value if method == "ce" else None,
         "auroc_max_logit": value - 0.01 if method == "ce" else None,
         "closed_set_accuracy": 0.9,
@@ -84,7 +84,7 @@ def test_statistics_layout_and_resume(tmp_path):
             np.std(values, ddof=1)
         )
     assert stats["methods"]["ce"]["headline_score"] == "MSP"
-    assert stats["methods"]["gradmix"]["headline_score"] == "GDA on encoder"
+    assert stats["methods"]["gradmix"]["headline_score"] == "NNO on encoder"
     # paired differences to 'none' over the same (split, seed) cells
     for method in ("gradmix", "cutmix", "ce"):
         diffs = np.array(
@@ -113,7 +113,7 @@ def test_statistics_layout_and_resume(tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 + 4 * 9
     md = (tmp_path / "compare.md").read_text()
-    assert "| SupCon+SimCLR + GradMix | GDA on encoder | 9 |" in md and "raw pixels" in md
+    assert "| SupCon+SimCLR + GradMix | NNO on encoder | 9 |" in md and "raw pixels" in md
     assert (tmp_path / "compare_digits.png").stat().st_size > 1000
 
     # resumable: nothing retrained, nothing rewritten; another config is refused
@@ -157,7 +157,7 @@ def test_finished_only_tabulates_a_method_run_on_fewer_splits(tmp_path):
         f"digits/cutmix/split{sp}/seed{se}" for sp in (1, 2) for se in (0, 1)
     )
     md = (tmp_path / "compare.md").read_text()
-    assert "| SupCon+SimCLR + CutMix | GDA on encoder | 2 |" in md
+    assert "| SupCon+SimCLR + CutMix | NNO on encoder | 2 |" in md
     assert "Not every split has a cell for: SupCon+SimCLR + CutMix" in md
     assert "0 of 1 splits |" in md and "Cells not finished, left out (4)" in md
 
@@ -249,7 +249,7 @@ def test_smoke_run_trains_every_method(tmp_path):
         (tmp_path / "digits" / "gradmix" / "split0" / "seed0" / "results.json").read_text()
     )
     assert gm["config"]["mixing"]["method"] == "gradmix" and gm["auroc_msp"] is None
-    assert stats["methods"]["gradmix"]["auroc"][0] == pytest.approx(gm["auroc_gda"])
+    assert stats["methods"]["gradmix"]["auroc"][0] == pytest.approx(gm["auroc_nno"])
     assert stats["methods"]["ce"]["auroc"][0] == pytest.approx(ce["auroc_msp"])
 
 
