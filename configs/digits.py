@@ -10,8 +10,8 @@ in 58 s (4.7 s of it training) on one H100 with bfloat16 activations (model.dtyp
 0.11.2, 2026-11-26, commit 47a8d27). Seeds 0-2 on split 0 spread over 0.93-0.97; k-NN on raw
 pixels gives 0.9544. Splits 0-4 x seeds 0-1 (`python -m experiments.compare --protocols digits`,
 2026-11-30/12-01): NNO AUROC 0.972 +- 0.010 with GradMix, 0.966 +- 0.009 without mixing; k-NN
-on raw pixels 0.955 +- 0.015 (docs/results/digits/). Results per split and seed and the tuning log that chose
-this recipe: docs/experiments.md ("The digits config").
+on raw pixels 0.955 +- 0.015 (docs/results/digits/). Results per split and seed and the tuning
+log that chose this recipe: docs/experiments.md ("The digits config").
 """
 
 from gradmix_jax.training.config_base import get_base_config

@@ -19,12 +19,12 @@ Methods (every trained one shares the protocol config's model, schedule and view
   same objective with that mixing method.
 
 Every cell reports every score it supports (k-NN on encoder and on projection features, NNO, GDA,
-MSP and max-logit where there is a classifier). The headline score of a row: for the contrastive rows
-NNO (Mahalanobis distance to the closest class mean, one shared covariance) on encoder features,
-chosen on the Fashion-MNIST validation hold-out (``data.validation``, never the test set;
-docs/tuning_fashion_mnist.md): there the paper's Algorithm 1 ratio score read the encoder below raw
-pixels and NNO far above it, and GDA (one covariance per class) had the lower mean over the five
-splits. Algorithm 1 and GDA stay beside it in every table. MSP for the classifier (Vaze et al.'s
+MSP and max-logit where there is a classifier). The headline score of a row: for the contrastive
+rows NNO (Mahalanobis distance to the closest class mean, one shared covariance) on encoder
+features, chosen on the Fashion-MNIST validation hold-out (``data.validation``, never the test set;
+docs/tuning_fashion_mnist.md): there the paper's Algorithm 1 ratio score read the encoder below
+raw pixels and NNO far above it, and GDA (one covariance per class) had the lower mean over the
+five splits. Algorithm 1 and GDA stay beside it in every table. MSP for the classifier (Vaze et al.'s
 baseline), the k-NN score of Algorithm 1 on pixels for ``raw`` (the floor as defined by the
 protocol's baseline). A cell saved before GDA joined the evaluation gets it from its final
 checkpoint when it is read back (``trained.add_missing_scores``).
@@ -118,7 +118,7 @@ def cell_dir(out: str, protocol: str, method: str, split: int, seed: int) -> str
 
 
 def raw_pixel_results(config) -> dict[str, Any]:
-    """The untrained floor: Algorithm 1's k-NN score (L2-normalised inside), NNO and GDA on raw pixels.
+    """The untrained floor: Algorithm 1's k-NN score, NNO and GDA on raw pixels.
 
     Pixels at the dataset's own resolution, flattened to [N, H*W*C] in [0, 1]; k = ``eval.k``.
     """
@@ -373,7 +373,8 @@ def markdown(
         "Score columns: mean AUROC % over the cells of each score the row supports "
         "(k-NN = Algorithm 1, k = eval.k; NNO = Mahalanobis distance to the closest class "
         "mean, one covariance shared by the classes; GDA = log-density of the most likely "
-        "class-conditional Gaussian, one covariance per class; MSP / max-logit need a classifier head). Closed-set accuracy: k-NN prediction, "
+        "class-conditional Gaussian, one covariance per class; MSP / max-logit need a "
+        "classifier head). Closed-set accuracy: k-NN prediction, "
         "or the classifier's argmax for the CE row. Cell time: wall time of the slowest cell "
         "in the runner's process (data, compilation, training, evaluation; cells read back "
         "keep the time of their run).",

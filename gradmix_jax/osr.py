@@ -287,7 +287,7 @@ def gaussian_scores(
     num_classes: int,
     ridge: float = GDA_RIDGE,
 ) -> tuple[jax.Array, jax.Array]:
-    """GDA: the log-density of the most likely class-conditional Gaussian (one covariance per class).
+    """GDA: log-density of the most likely class-conditional Gaussian (one covariance per class).
 
     Class c is modelled as N(m_c, S_c + ridge * mean(diag(S_c)) * I), with m_c and S_c the mean and
     (biased) covariance of its training features; the score of a test sample is

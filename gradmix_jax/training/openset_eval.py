@@ -75,8 +75,9 @@ def evaluate(eval_fn, variables: dict, data: OpenSetData, config, mesh) -> dict[
     ``variables = {'params', 'batch_stats'}``; ``eval_fn`` from ``train_step.make_eval_fn``.
     'auroc' / 'closed_set_accuracy' / 'oscr' use the k-NN rule (Algorithm 1), the paper's method,
     on ``eval.features``. Beside it: 'auroc_knn_encoder' / 'auroc_knn_projection' (the same rule on
-    each feature), 'auroc_nno' (Mahalanobis distance to the closest class mean, App. A) and 'auroc_gda'
-    (log-density of the most likely class-conditional Gaussian) for every model, 'auroc_msp' / 'auroc_max_logit' / 'auroc_entropy' (and 'closed_set_accuracy_logits') for
+    each feature), 'auroc_nno' (Mahalanobis distance to the closest class mean, App. A) and
+    'auroc_gda' (log-density of the most likely class-conditional Gaussian) for every model,
+    'auroc_msp' / 'auroc_max_logit' / 'auroc_entropy' (and 'closed_set_accuracy_logits') for
     models with a classifier head (else None), and 'intrinsic_dimension' (TwoNN on up to
     eval.id_samples training features).
     """
