@@ -515,8 +515,6 @@ def main(argv=None, *, train_fn: Callable | None = None) -> int:
         if METHODS[m][1] is not None or se == seeds[0]
     }
     validate_all([c for key, c in cells.items() if METHODS[key[1]][1] is not None])
-    from gradmix_jax.training.trained import LATER_SCORES, add_missing_scores
-
     if train_fn is None:
         from gradmix_jax.training import trainer
 
@@ -548,8 +546,7 @@ def main(argv=None, *, train_fn: Callable | None = None) -> int:
                 seed_txt = "-"
             else:
                 r = run_checked_cell(workdir, config, train_fn)
-                if any(key not in r for key in LATER_SCORES):  # saved before that score existed
-                    r = _add_missing_scores(workdir, add_missing_scores)
+                r = _add_missing_scores(workdir)  # for a cell saved before a score existed
                 results[(method, split, seed)] = {**r, "cell_seconds": cell_seconds(workdir)}
                 seed_txt = str(seed)
             key = headline(method)[0]
@@ -582,12 +579,12 @@ def main(argv=None, *, train_fn: Callable | None = None) -> int:
     return 0
 
 
-def _add_missing_scores(workdir: str, add: Callable[[str], dict]) -> dict:
+def _add_missing_scores(workdir: str) -> dict:
     """``trained.add_missing_scores``, with one error line for a cell whose checkpoint is gone."""
-    from gradmix_jax.training.trained import LATER_SCORES
+    from gradmix_jax.training.trained import LATER_SCORES, add_missing_scores
 
     try:
-        return add(workdir)
+        return add_missing_scores(workdir)
     except FileNotFoundError as e:
         raise SystemExit(
             f"error: cell {workdir} was saved without {list(LATER_SCORES)}, which need its final "
