@@ -71,7 +71,9 @@ from experiments.grid_common import (
 # method -> (label, config overrides; None = no training)
 METHODS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "raw": ("raw pixels", None),
-    "ce": ("CE classifier", {"objective": "ce", "mixing.method": "none"}),
+    # The CE objective has no SimCLR term, so λ is inert there; pinning it keeps the CE cells (and
+    # their stored config) valid when the protocol's λ is retuned for the contrastive rows.
+    "ce": ("CE classifier", {"objective": "ce", "mixing.method": "none", "simclr_weight": 1.0}),
     "none": ("SupCon+SimCLR, no mixing", {"objective": "supcon_ssl", "mixing.method": "none"}),
     "cutmix": ("SupCon+SimCLR + CutMix", {"objective": "supcon_ssl", "mixing.method": "cutmix"}),
     "mixup": ("SupCon+SimCLR + Mixup", {"objective": "supcon_ssl", "mixing.method": "mixup"}),
