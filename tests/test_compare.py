@@ -162,6 +162,17 @@ def test_finished_only_tabulates_a_method_run_on_fewer_splits(tmp_path):
     assert "0 of 1 splits |" in md and "Cells not finished, left out (4)" in md
 
 
+def test_ce_cells_pin_the_inert_simclr_weight():
+    """The CE objective has no SimCLR term: its cells keep λ = 1 whatever --set gives the contrastive
+    rows, so a retuned λ does not invalidate them; the contrastive cells take the --set value."""
+    from gradmix_jax.training.objectives import StepConfig
+
+    ce = compare.cell_config("digits", "ce", 0, 0, {"simclr_weight": 0.3})
+    none = compare.cell_config("digits", "none", 0, 0, {"simclr_weight": 0.3})
+    assert ce.simclr_weight == 1.0 and none.simclr_weight == 0.3
+    assert StepConfig.from_config(ce).lam == 0.0 and StepConfig.from_config(none).lam == 0.3
+
+
 def test_raw_pixels_match_an_independent_knn(tmp_path):
     """The raw-pixel floor against a direct numpy implementation of Algorithm 1's score."""
     from sklearn.metrics import roc_auc_score
