@@ -13,12 +13,13 @@ How it was chosen (docs/tuning_fashion_mnist.md): on a validation hold-out of th
 (data.validation=True; the test set was never read while tuning), split 0, one seed each; λ by its
 mean over the five validation splits.
 
-Measured on the test set (2-core Intel Xeon CPU, jax 0.10.2, 2026-11-30/12-01,
-`python -m experiments.compare`, 5 splits x seeds 0 and 1), with λ = 1 before λ = 0.5 was selected
-(docs/results/fashion_mnist_cpu_lambda1/): a GradMix cell took 359-369 s in the runner's process
-(data, compilation, training, evaluation) with the CPU to itself. NNO AUROC 0.816 +- 0.049 with
-GradMix and 0.816 +- 0.047 without mixing (paired difference +0.000 +- 0.018: none); k-NN on raw
-pixels gives 0.548 +- 0.226. The λ = 0.5 table is docs/results/fashion_mnist_cpu/.
+Measured on the test set (`python -m experiments.compare`, 5 splits x seeds 0-2,
+docs/results/fashion_mnist_cpu/; 2-core AMD EPYC CPU, jax 0.10.2, 2026-12-01): a GradMix cell
+took 202-215 s in the runner's process (data, compilation, training, evaluation) with the CPU to
+itself (359-369 s on a 2-core Intel Xeon). NNO AUROC 0.804 +- 0.054 with GradMix and
+0.802 +- 0.057 without mixing (paired difference +0.002 +- 0.012: none); k-NN on raw pixels gives
+0.548 +- 0.226, above both encoders on split 3 (0.844 against 0.816 and 0.817). With λ = 1: 0.816 / 0.816
+(docs/results/fashion_mnist_cpu_lambda1/).
 """
 
 from gradmix_jax.training.config_base import get_base_config
