@@ -5,8 +5,8 @@ Command (data: `apt-get install dataset-fashion-mnist`; see README "Datasets"):
 
 Recipe: ResNet18 width 16 at 16x16 px (28 -> 16 on the device), batch 128, 400 steps (1.4 epochs of
 the 36,000 known-class training images), Adam 1e-3 with cosine decay, SupCon + SimCLR (θ = 1,
-λ = 0.5), T = 0.2, GradMix on conv3_2 + conv4_2 + conv5_2 (8/4/2 px), the RGB SimCLR view augmentation with
-crops of 40-100% of the image and horizontal flips. Evaluation reads encoder features; the result
+λ = 0.5), T = 0.2, GradMix on conv3_2 + conv4_2 + conv5_2 (8/4/2 px), the RGB SimCLR view
+augmentation with crops of 40-100% of the image and horizontal flips. Evaluation reads encoder features; the result
 prints Algorithm 1's k-NN AUROC, NNO and GDA; results.json holds every score.
 
 How it was chosen (docs/tuning_fashion_mnist.md): on a validation hold-out of the training set
@@ -18,8 +18,8 @@ docs/results/fashion_mnist_cpu/; 2-core AMD EPYC CPU, jax 0.10.2, 2026-12-01): a
 took 202-215 s in the runner's process (data, compilation, training, evaluation) with the CPU to
 itself (359-369 s on a 2-core Intel Xeon). NNO AUROC 0.804 +- 0.054 with GradMix and
 0.802 +- 0.057 without mixing (paired difference +0.002 +- 0.012: none); k-NN on raw pixels gives
-0.548 +- 0.226, above both encoders on split 3 (0.844 against 0.816 and 0.817). With λ = 1: 0.816 / 0.816
-(docs/results/fashion_mnist_cpu_lambda1/).
+0.548 +- 0.226, above both encoders on split 3 (0.844 against 0.816 and 0.817). With λ = 1:
+0.816 / 0.816 (docs/results/fashion_mnist_cpu_lambda1/).
 """
 
 from gradmix_jax.training.config_base import get_base_config
