@@ -6,8 +6,8 @@ Command (data: `apt-get install dataset-fashion-mnist`; see README "Datasets"):
 Recipe: ResNet18 width 16 at 16x16 px (28 -> 16 on the device), batch 128, 400 steps (1.4 epochs of
 the 36,000 known-class training images), Adam 1e-3 with cosine decay, SupCon + SimCLR (θ = 1,
 λ = 0.5), T = 0.2, GradMix on conv3_2 + conv4_2 + conv5_2 (8/4/2 px), the RGB SimCLR view
-augmentation with crops of 40-100% of the image and horizontal flips. Evaluation reads encoder features; the result
-prints Algorithm 1's k-NN AUROC, NNO and GDA; results.json holds every score.
+augmentation with crops of 40-100% of the image and horizontal flips. Evaluation reads encoder
+features; the result prints Algorithm 1's k-NN AUROC, NNO and GDA; results.json holds every score.
 
 How it was chosen (docs/tuning_fashion_mnist.md): on a validation hold-out of the training set
 (data.validation=True; the test set was never read while tuning), split 0, one seed each; λ by its
