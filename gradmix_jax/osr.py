@@ -286,20 +286,27 @@ def gaussian_scores(
     test_features: jax.Array,
     num_classes: int,
     ridge: float = GDA_RIDGE,
+    class_weight: float = 1.0,
 ) -> tuple[jax.Array, jax.Array]:
     """GDA: log-density of the most likely class-conditional Gaussian (one covariance per class).
 
-    Class c is modelled as N(m_c, S_c + ridge * mean(diag(S_c)) * I), with m_c and S_c the mean and
-    (biased) covariance of its training features; the score of a test sample is
-    max_c log N(t; m_c, S_c'). Unlike NNO (``mahalanobis_scores``: one covariance shared by every
-    class), each class keeps its own spread, so a sample that sits close to a tight class's mean
-    along a direction that class never varies in is scored as unlikely.
+    Class c is modelled as N(m_c, S + ridge * mean(diag(S)) * I) with
+    S = class_weight * S_c + (1 - class_weight) * S_pooled, where m_c and S_c are the mean and
+    (biased) covariance of its training features and S_pooled is the covariance of every training
+    feature around its own class mean (NNO's tied covariance); the score of a test sample is
+    max_c log N(t; m_c, S'). With class_weight = 1 (plain GDA), unlike NNO
+    (``mahalanobis_scores``: one covariance shared by every class), each class keeps its own
+    spread, so a sample that sits close to a tight class's mean along a direction that class never
+    varies in is scored as unlikely. Weights in (0, 1) shrink the class covariances towards the
+    shared one (regularised discriminant analysis, Friedman 1989); 0 shares one covariance, which
+    ranks test samples as NNO with the same ridge does.
 
     Args:
       train_features: [N, D]; train_labels: int [N] in [0, C); test_features: [T, D].
       num_classes: C, static.
       ridge: relative diagonal loading, > 0 (keeps rank-deficient class covariances, e.g. ReLU
         features with dead units or classes with fewer samples than dimensions, invertible).
+      class_weight: weight of each class's own covariance, in [0, 1].
     Returns:
       (scores [T] = max_c log-density (higher = known), predictions [T] int32 = that class).
     Memory: O(N * D) per class (classes are processed one after another), O(C * D^2) in all.
@@ -307,6 +314,8 @@ def gaussian_scores(
     _check_positive_int("num_classes", num_classes)
     if not isinstance(ridge, jax.core.Tracer) and not ridge > 0:  # traced: checked by the caller
         raise ValueError(f"ridge must be > 0, got {ridge}")
+    if not isinstance(class_weight, jax.core.Tracer) and not 0.0 <= class_weight <= 1.0:
+        raise ValueError(f"class_weight must be in [0, 1], got {class_weight}")
     _check_no_empty_class(train_labels, num_classes)
     return _gaussian_scores(
         jnp.asarray(train_features, jnp.float32),
@@ -314,20 +323,26 @@ def gaussian_scores(
         jnp.asarray(test_features, jnp.float32),
         num_classes=num_classes,
         ridge=ridge,
+        class_weight=class_weight,
     )
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes",))
-def _gaussian_scores(train_features, train_labels, test_features, num_classes, ridge):
+def _gaussian_scores(train_features, train_labels, test_features, num_classes, ridge, class_weight):
     labels = train_labels.astype(jnp.int32)
     dim = train_features.shape[1]
+    counts = jnp.bincount(labels, length=num_classes)
+    means = jax.ops.segment_sum(train_features, labels, num_segments=num_classes)
+    means = means / jnp.maximum(counts, 1)[:, None]  # [C, D]
+    pooled_centred = train_features - means[labels]
+    pooled = pooled_centred.T @ pooled_centred / train_features.shape[0]  # [D, D]
 
     def class_log_density(c: jax.Array) -> jax.Array:  # [T]
         mask = (labels == c).astype(train_features.dtype)[:, None]
         count = jnp.maximum(mask.sum(), 1.0)
-        mean = (train_features * mask).sum(axis=0) / count
-        centred = (train_features - mean) * mask  # other classes' rows are zero
-        cov = centred.T @ centred / count
+        mean = means[c]
+        centred = pooled_centred * mask  # other classes' rows are zero
+        cov = class_weight * (centred.T @ centred / count) + (1.0 - class_weight) * pooled
         cov = cov + ridge * jnp.trace(cov) / dim * jnp.eye(dim, dtype=cov.dtype)
         chol = jnp.linalg.cholesky(cov)
         # (t - m)^T S^-1 (t - m) = |L^-1 (t - m)|^2 with S = L L^T.
@@ -337,6 +352,5 @@ def _gaussian_scores(train_features, train_labels, test_features, num_classes, r
 
     # lax.map, not vmap: one class's [N, D] masked copy at a time.
     log_density = jax.lax.map(class_log_density, jnp.arange(num_classes)).T  # [T, C]
-    counts = jnp.bincount(labels, length=num_classes)
     log_density = jnp.where(counts[None, :] > 0, log_density, -jnp.inf)
     return log_density.max(axis=1), jnp.argmax(log_density, axis=1).astype(jnp.int32)

@@ -155,8 +155,10 @@ def test_mahalanobis_scores_match_scipy():
         mahalanobis_scores(train[:40], labels[:40], test, num_classes=3)
 
 
-def test_gaussian_scores_match_scipy_logpdf():
-    """GDA: max over classes of the Gaussian log-density with each class's own covariance."""
+@pytest.mark.parametrize("class_weight", [1.0, 0.5, 0.0])
+def test_gaussian_scores_match_scipy_logpdf(class_weight):
+    """max over classes of the Gaussian log-density; class_weight blends each class's covariance
+    with the pooled within-class covariance (1: GDA, each class its own)."""
     from scipy.stats import multivariate_normal
 
     from gradmix_jax.osr import gaussian_scores
@@ -167,17 +169,36 @@ def test_gaussian_scores_match_scipy_logpdf():
     scale = np.array([[1.0, 3.0, 0.5, 2.0], [0.2, 0.2, 1.0, 1.0], [2.0, 1.0, 1.0, 0.3]])
     train = rng.normal(size=(60, dim)) * scale[labels] + labels[:, None] * 2.0
     test = rng.normal(size=(7, dim)) * 2.0 + 1.0
+    class_covs = [np.cov(train[labels == c].T, bias=True) for c in range(num_classes)]
+    counts = np.bincount(labels)
+    pooled = sum(n * cov for n, cov in zip(counts, class_covs)) / counts.sum()
     log_density = np.empty((len(test), num_classes))
     for c in range(num_classes):
-        x = train[labels == c]
-        cov = np.cov(x.T, bias=True)
+        cov = class_weight * class_covs[c] + (1 - class_weight) * pooled
         cov += ridge * np.trace(cov) / dim * np.eye(dim)
-        log_density[:, c] = multivariate_normal(x.mean(0), cov).logpdf(test)
+        log_density[:, c] = multivariate_normal(train[labels == c].mean(0), cov).logpdf(test)
     scores, preds = jax.jit(gaussian_scores, static_argnames=("num_classes",))(
-        train, labels, test, num_classes=num_classes, ridge=ridge
+        train, labels, test, num_classes=num_classes, ridge=ridge, class_weight=class_weight
     )
     np.testing.assert_allclose(scores, log_density.max(1), rtol=1e-4)
     np.testing.assert_array_equal(preds, log_density.argmax(1))
+
+
+def test_gaussian_scores_with_one_shared_covariance_rank_as_nno():
+    """class_weight = 0: every class has the same covariance, so the log-density is
+    -d^2 / 2 + const with d NNO's Mahalanobis distance under the same ridge."""
+    from gradmix_jax.osr import gaussian_scores, mahalanobis_scores
+
+    rng = np.random.default_rng(6)
+    labels = np.repeat(np.arange(3), 20)
+    train = rng.normal(size=(60, 5)) * rng.uniform(0.3, 2.0, size=(3, 5))[labels] + labels[:, None]
+    test = rng.normal(size=(9, 5)) * 1.5
+    g, g_pred = gaussian_scores(train, labels, test, 3, ridge=0.01, class_weight=0.0)
+    m, m_pred = mahalanobis_scores(train, labels, test, 3, ridge=0.01)
+    g, m = np.asarray(g, np.float64), np.asarray(m, np.float64)
+    offset = g + 0.5 * m**2  # the same constant for every test sample
+    np.testing.assert_allclose(offset, offset[0], atol=1e-3 * np.abs(g).max())
+    np.testing.assert_array_equal(g_pred, m_pred)
 
 
 def test_gaussian_scores_rank_deficient_and_bad_input():
@@ -191,6 +212,8 @@ def test_gaussian_scores_rank_deficient_and_bad_input():
     np.testing.assert_array_equal(preds, labels)  # each training sample is its own class's
     with pytest.raises(ValueError, match="ridge must be > 0"):
         gaussian_scores(train, labels, train, num_classes=2, ridge=0.0)
+    with pytest.raises(ValueError, match=r"class_weight must be in \[0, 1\]"):
+        gaussian_scores(train, labels, train, num_classes=2, class_weight=1.5)
     with pytest.raises(ValueError, match="class 2 is empty"):
         gaussian_scores(train, labels, train, num_classes=3)
 

@@ -89,3 +89,39 @@ def test_add_missing_scores_recomputes_a_score_the_run_lacks(tmp_path, digits_co
     with pytest.raises(FileNotFoundError, match="no checkpoint in"):
         add_missing_scores(str(tmp_path))
     assert not (tmp_path / "checkpoints").exists() and json.loads(path.read_text()) == old
+
+
+def test_covariance_shrinkage_reads_the_runs_own_nno_and_gda(tmp_path, digits_config, repo_root):
+    """The score-choice tool on a finished run: its NNO and its class_weight = 1 (GDA) rows are
+    the run's own evaluation numbers; bad input is one line, exit 2, nothing written."""
+    import json
+    import subprocess
+    import sys
+
+    from experiments import covariance_shrinkage
+
+    config = digits_config
+    config.num_steps, config.checkpoint_every_steps = 2, 2
+    config.model.width, config.model.feature_dim, config.data.image_size = 4, 16, 8
+    config.batch_size, config.eval.id_samples, config.progress_bar = 32, 0, False
+    summary = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    out = tmp_path / "rows.json"
+    assert (
+        covariance_shrinkage.main(["--weights", "0.5,1", "--out", str(out), str(tmp_path / "run")])
+        == 0
+    )
+    (row,) = json.loads(out.read_text())
+    assert row["split"] == config.data.split and row["seed"] == config.seed
+    assert row["nno"] == pytest.approx(summary["auroc_nno"], abs=1e-6)
+    assert row["class_weight=1"] == pytest.approx(summary["auroc_gda"], abs=1e-6)
+    assert 0.0 <= row["class_weight=0.5"] <= 1.0
+    for flags, message in (
+        (["--weights", "0.5,2"], "--weights must be a comma list of numbers in [0, 1]"),
+        ([], "has no results.json"),
+    ):
+        cmd = [sys.executable, "-m", "experiments.covariance_shrinkage", *flags,
+               "--out", str(tmp_path / "bad.json"), str(tmp_path)]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=repo_root)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+        assert not (tmp_path / "bad.json").exists()
