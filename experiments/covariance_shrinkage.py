@@ -26,19 +26,10 @@ from experiments.common import ArgumentParser, main_guard
 def score_run(workdir: str, weights: list[float]) -> dict:
     """{'workdir', 'split', 'seed', 'nno', 'class_weight=<w>': AUROC ...} of one finished run."""
     from gradmix_jax import metrics, osr
-    from gradmix_jax.training.pipeline import load_data
-    from gradmix_jax.training.trained import load_trained
+    from gradmix_jax.training.trained import final_features
 
-    with open(os.path.join(workdir, "results.json")) as f:
-        results = json.load(f)
-    trained = load_trained(workdir)
-    if trained.step != results["num_steps"]:
-        raise ValueError(f"{workdir}: newest checkpoint {trained.step}, run {results['num_steps']}")
-    data = load_data(trained.config)
+    trained, data, train_f, test_f = final_features(workdir)
     known = data.test_is_known
-    which, batch = trained.config.eval.features, trained.config.eval.batch_size
-    train_f = trained.features(data.train_images, which, batch)
-    test_f = trained.features(data.test_images, which, batch)
 
     def auroc(scores) -> float:
         scores = np.asarray(scores)

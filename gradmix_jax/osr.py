@@ -253,14 +253,20 @@ def mahalanobis_scores(
     )
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes",))
-def _mahalanobis_scores(train_features, train_labels, test_features, num_classes, ridge):
+def _class_means_and_pooled_cov(train_features, train_labels, num_classes):
+    """(counts [C], class means [C, D], features centred on their class mean [N, D], pooled
+    within-class covariance [D, D] (biased: the centred features' second moment))."""
     labels = train_labels.astype(jnp.int32)
     counts = jnp.bincount(labels, length=num_classes)
     means = jax.ops.segment_sum(train_features, labels, num_segments=num_classes)
-    means = means / jnp.maximum(counts, 1)[:, None]  # [C, D]
+    means = means / jnp.maximum(counts, 1)[:, None]
     centred = train_features - means[labels]
-    cov = centred.T @ centred / train_features.shape[0]  # [D, D]
+    return counts, means, centred, centred.T @ centred / train_features.shape[0]
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes",))
+def _mahalanobis_scores(train_features, train_labels, test_features, num_classes, ridge):
+    counts, means, _, cov = _class_means_and_pooled_cov(train_features, train_labels, num_classes)
     dim = cov.shape[0]
     cov = cov + ridge * jnp.trace(cov) / dim * jnp.eye(dim, dtype=cov.dtype)
     precision = jnp.linalg.inv(cov)
@@ -331,11 +337,9 @@ def gaussian_scores(
 def _gaussian_scores(train_features, train_labels, test_features, num_classes, ridge, class_weight):
     labels = train_labels.astype(jnp.int32)
     dim = train_features.shape[1]
-    counts = jnp.bincount(labels, length=num_classes)
-    means = jax.ops.segment_sum(train_features, labels, num_segments=num_classes)
-    means = means / jnp.maximum(counts, 1)[:, None]  # [C, D]
-    pooled_centred = train_features - means[labels]
-    pooled = pooled_centred.T @ pooled_centred / train_features.shape[0]  # [D, D]
+    counts, means, pooled_centred, pooled = _class_means_and_pooled_cov(
+        train_features, labels, num_classes
+    )
 
     def class_log_density(c: jax.Array) -> jax.Array:  # [T]
         mask = (labels == c).astype(train_features.dtype)[:, None]

@@ -145,6 +145,34 @@ def load_trained(workdir: str) -> TrainedModel:
     )
 
 
+def final_features(workdir: str, results: dict[str, Any] | None = None):
+    """A finished run's final checkpoint, data and features, as its evaluation read them.
+
+    Returns ``(trained, data, train_features, test_features)``: ``load_trained(workdir)``, the
+    run's ``OpenSetData`` (``load_data(trained.config)``) and the ``eval.features`` of its train
+    and test images, [N, D] and [T, D]. ``results`` is the run's results.json (read when None).
+    Raises ValueError when the newest checkpoint is not the run's last step: scores are computed
+    from the final checkpoint only.
+    """
+    from gradmix_jax.training.pipeline import load_data
+
+    if results is None:
+        results = read_json(as_path(workdir) / RESULTS)
+        if results is None:
+            raise FileNotFoundError(f"{as_path(workdir) / RESULTS} not found")
+    trained = load_trained(workdir)
+    if trained.step != results["num_steps"]:
+        raise ValueError(
+            f"{workdir}: the newest checkpoint is step {trained.step}, the run finished at "
+            f"{results['num_steps']}; scores are added from the final checkpoint only"
+        )
+    data = load_data(trained.config)
+    which, batch_size = trained.config.eval.features, trained.config.eval.batch_size
+    train_f = trained.features(data.train_images, which, batch_size)
+    test_f = trained.features(data.test_images, which, batch_size)
+    return trained, data, train_f, test_f
+
+
 #: results.json keys of scores the evaluation gained after runs had been saved without them.
 LATER_SCORES = ("auroc_gda",)
 
@@ -158,7 +186,6 @@ def add_missing_scores(workdir: str) -> dict[str, Any]:
     that has every score is returned as it is, without loading anything.
     """
     from gradmix_jax import metrics, osr
-    from gradmix_jax.training.pipeline import load_data
     from gradmix_jax.training.workdir import write_json
 
     path = as_path(workdir) / RESULTS
@@ -168,17 +195,8 @@ def add_missing_scores(workdir: str) -> dict[str, Any]:
     missing = [key for key in LATER_SCORES if key not in results]
     if not missing:
         return results
-    trained = load_trained(workdir)
-    if trained.step != results["num_steps"]:
-        raise ValueError(
-            f"{workdir}: the newest checkpoint is step {trained.step}, the run finished at "
-            f"{results['num_steps']}; scores are added from the final checkpoint only"
-        )
-    data = load_data(trained.config)
+    _, data, train_f, test_f = final_features(workdir, results)
     known = data.test_is_known
-    which = trained.config.eval.features
-    train_f = trained.features(data.train_images, which, trained.config.eval.batch_size)
-    test_f = trained.features(data.test_images, which, trained.config.eval.batch_size)
     added = {}
     if "auroc_gda" in missing:
         gda = np.asarray(osr.gaussian_scores(train_f, data.train_labels, test_f, data.num_known)[0])
@@ -194,4 +212,4 @@ def add_missing_scores(workdir: str) -> dict[str, Any]:
     return results
 
 
-__all__ = ["LATER_SCORES", "TrainedModel", "add_missing_scores", "load_trained"]
+__all__ = ["LATER_SCORES", "TrainedModel", "add_missing_scores", "final_features", "load_trained"]
