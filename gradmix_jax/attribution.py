@@ -3,16 +3,30 @@
 All functions are pure, jit/vmap friendly and work on NHWC feature maps:
 ``activation`` and ``gradient`` are ``[B, h, w, C]`` (the forward feature map of one layer
 and the gradient of the loss with respect to it).
+
+``tap_maps`` is the whole pipeline for a set of taps (named layers): one CAM per tap, upsampled,
+normalised and summed into one ``[B, H, W]`` map per image. Argument checks read only shapes and
+dtypes, so they raise the same one-line ValueError eagerly and under ``jax.jit``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["NORMALIZE_MODES", "NORM_EPS", "layercam", "gradcam", "aggregate_maps"]
+from gradmix_jax import _checks
+
+__all__ = [
+    "NORMALIZE_MODES",
+    "NORM_EPS",
+    "CAMS",
+    "layercam",
+    "gradcam",
+    "aggregate_maps",
+    "tap_maps",
+]
 
 #: Allowed values of ``aggregate_maps(normalize=...)``.
 NORMALIZE_MODES = ("image", "batch", "none")
@@ -20,10 +34,13 @@ NORMALIZE_MODES = ("image", "batch", "none")
 #: Added to the min-max denominator so a constant map normalises to 0 instead of NaN.
 NORM_EPS = 1e-8
 
+#: Allowed values of ``tap_maps(cam=...)``.
+CAMS = ("layercam", "gradcam")
+
 
 def _check_pair(activation: jax.Array, gradient: jax.Array) -> None:
     """One shape, [B, h, w, C] ([h, w, C] under vmap); shapes are static, so this holds under jit."""
-    if activation.ndim < 3 or tuple(activation.shape) != tuple(gradient.shape):
+    if activation.ndim not in (3, 4) or tuple(activation.shape) != tuple(gradient.shape):
         raise ValueError(
             f"activation and gradient must both be [B, h, w, C] with the same shape (the tap's "
             f"output and d loss / d tap), got {tuple(activation.shape)} and {tuple(gradient.shape)}"
@@ -61,8 +78,8 @@ def gradcam(activation: jax.Array, gradient: jax.Array) -> jax.Array:
       ``[B, h, w]`` non-negative map.
     """
     _check_pair(activation, gradient)
-    # One weight per channel: the spatially averaged gradient.
-    alpha = jnp.mean(gradient, axis=(1, 2), keepdims=True)  # [B, 1, 1, C]
+    # One weight per channel: the spatially averaged gradient (axes h, w also under vmap).
+    alpha = jnp.mean(gradient, axis=(-3, -2), keepdims=True)  # [B, 1, 1, C]
     return jnp.maximum(jnp.sum(alpha * activation, axis=-1), 0)
 
 
@@ -76,6 +93,25 @@ def _minmax(maps: jax.Array, axes: tuple[int, ...]) -> jax.Array:
 def _check_normalize(normalize: str) -> None:
     if normalize not in NORMALIZE_MODES:
         raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+
+
+def _check_layer_maps(maps: Sequence[jax.Array]) -> None:
+    """Each map [B, h, w], one batch size for all; static shapes only."""
+    shapes = [tuple(jnp.shape(m)) for m in maps]
+    for i, shape in enumerate(shapes):
+        if len(shape) == 3:
+            continue
+        if len(shape) == 4 and shape[-1] == 1:
+            hint = "squeeze the channel axis (m[..., 0])"
+        elif len(shape) == 2:
+            hint = "add a batch axis (m[None])"
+        else:
+            hint = "one [B, h, w] map per layer (e.g. from layercam)"
+        raise ValueError(f"maps[{i}] must be [B, h, w], got shape {shape}: {hint}")
+    if len({shape[0] for shape in shapes}) > 1:
+        raise ValueError(
+            f"maps must all have the same batch size B ([B, h, w] per layer), got shapes {shapes}"
+        )
 
 
 def aggregate_maps(
@@ -93,7 +129,10 @@ def aggregate_maps(
       normalize: ``'image'`` (min/max over each image's H x W), ``'batch'`` (one min/max over
         the whole ``[B, H, W]`` block, as in the authors' code) or ``'none'``. The denominator
         is ``max - min + 1e-8`` (``NORM_EPS``), so a constant map normalises to 0 and a
-        non-constant one to ``[0, 1)`` up to that epsilon.
+        non-constant one to ``[0, 1)`` up to that epsilon. With ``'image'`` one NaN in a layer
+        map makes that image's whole aggregated map NaN (min/max propagate NaN), so the image's
+        map is degenerate (``mixing.degenerate_maps``) and GradMix puts its box at a random
+        position; with ``'batch'`` the whole batch's maps become NaN.
 
     Returns:
       ``[B, H, W]`` float32 aggregated map.
@@ -101,6 +140,7 @@ def aggregate_maps(
     _check_normalize(normalize)
     if len(maps) == 0:
         raise ValueError("maps must be a non-empty sequence of [B, h, w] arrays, got an empty one")
+    _check_layer_maps(maps)
     height, width = (int(s) for s in size)
     axes = {"image": (1, 2), "batch": (0, 1, 2)}.get(normalize)
 
@@ -116,3 +156,89 @@ def aggregate_maps(
             up = _minmax(up, axes)
         total = up if total is None else total + up
     return total
+
+
+def _tap_items(activations, gradients) -> list[tuple[str, jax.Array, jax.Array]]:
+    """``(label, activation, gradient)`` per tap; label is ``"['name']"`` or ``"[i]"``."""
+    if isinstance(activations, Mapping) != isinstance(gradients, Mapping):
+        raise TypeError(
+            "activations and gradients must both be Mappings (tap name -> array) or both "
+            f"sequences, got {type(activations).__name__} and {type(gradients).__name__}"
+        )
+    if isinstance(activations, Mapping):
+        if set(activations) != set(gradients):
+            raise ValueError(
+                "activations and gradients must have the same taps (keys), got activations keys "
+                f"{sorted(map(str, activations))} and gradients keys {sorted(map(str, gradients))}"
+            )
+        items = [(f"[{k!r}]", activations[k], gradients[k]) for k in activations]
+    else:
+        activations, gradients = list(activations), list(gradients)
+        if len(activations) != len(gradients):
+            raise ValueError(
+                "activations and gradients must hold one array per tap each, got "
+                f"{len(activations)} activations and {len(gradients)} gradients"
+            )
+        items = [(f"[{i}]", a, g) for i, (a, g) in enumerate(zip(activations, gradients))]
+    if not items:
+        raise ValueError(
+            "activations and gradients must hold at least one tap ([B, h, w, C] arrays), got none"
+        )
+    return items
+
+
+def tap_maps(
+    activations: Mapping[str, jax.Array] | Sequence[jax.Array],
+    gradients: Mapping[str, jax.Array] | Sequence[jax.Array],
+    size: tuple[int, int],
+    *,
+    normalize: str = "image",
+    cam: str = "layercam",
+) -> jax.Array:
+    """Attribution map per image from tapped layers: CAM per tap, then ``aggregate_maps``.
+
+    ``aggregate_maps([cam(a_t, g_t) for t in taps], size, normalize)`` with ``cam`` =
+    ``layercam`` (paper eqs. 6-7) or ``gradcam`` (eqs. 4-5), computed in float32 (inputs are
+    cast with ``.astype(jnp.float32)``, so bfloat16 taps give the same map as float32 ones up
+    to their own rounding). Taps are summed in the order of ``activations``.
+
+    Args:
+      activations: tap name -> ``[B, h, w, C]`` forward feature map (a Mapping), or a
+        sequence of them; sizes may differ per tap, B may not.
+      gradients: the same keys (or the same length): d loss / d activation, same shapes.
+      size: static ``(H, W)`` image size to upsample to.
+      normalize: ``'image'``, ``'batch'`` or ``'none'`` (see ``aggregate_maps``).
+      cam: ``'layercam'`` or ``'gradcam'``.
+
+    Returns:
+      ``[B, H, W]`` float32.
+
+    Raises:
+      ValueError: taps missing/extra/empty, a bad ``cam`` / ``normalize``, an activation and
+        gradient of different shapes, a tap that is not 4-D, or a tap that looks channels-first
+        (``[B, C, h, w]``: its last two axes fit a downsampled ``(H, W)`` and its middle two do
+        not).
+      TypeError: one of activations / gradients is a Mapping and the other is not.
+    """
+    if cam not in CAMS:
+        raise ValueError(f"cam must be one of {CAMS}, got {cam!r}")
+    _check_normalize(normalize)
+    height, width = (int(s) for s in size)
+    items = _tap_items(activations, gradients)
+    fn = layercam if cam == "layercam" else gradcam
+    maps = []
+    for label, act, grad in items:
+        a_shape, g_shape = tuple(jnp.shape(act)), tuple(jnp.shape(grad))
+        if len(a_shape) != 4 or a_shape != g_shape:
+            raise ValueError(
+                f"activations{label} and gradients{label} must both be [B, h, w, C] with the same "
+                f"shape, got {a_shape} and {g_shape}"
+            )
+        if _checks.looks_channels_first(a_shape, height, width):
+            raise ValueError(
+                f"activations{label} has shape {a_shape}, which looks channels-first (NCHW) for "
+                f"images of size {(height, width)}; taps must be NHWC [B, h, w, C]: transpose "
+                "with x.transpose(0, 2, 3, 1)"
+            )
+        maps.append(fn(act.astype(jnp.float32), grad.astype(jnp.float32)))
+    return aggregate_maps(maps, (height, width), normalize)

@@ -64,6 +64,8 @@ import jax.scipy.ndimage
 import jax.scipy.special
 import numpy as np
 
+from gradmix_jax import _checks
+
 Array = jax.Array
 PRNGKey = jax.Array
 
@@ -280,7 +282,7 @@ def sample_crop_box(
     is no data-dependent control flow.
 
     Args:
-      key: PRNG key.
+      key: one PRNG key (``jax.random.key(seed)`` or a raw ``uint32[2]``).
       height, width: static input image size.
       scale: (lo, hi) area fraction range.
       ratio: (lo, hi) aspect ratio range.
@@ -290,6 +292,7 @@ def sample_crop_box(
       (top, left, crop_h, crop_w): float32 scalars in input pixel units; the box
       covers rows [top, top + crop_h) and columns [left, left + crop_w).
     """
+    _checks.check_key("key", key)
     u = jax.random.uniform(key, (_CROP_UNIFORMS,))
     return _crop_box_from_uniforms(u, height, width, scale, ratio, round_to_pixels)
 
@@ -554,7 +557,8 @@ def augment_image(key: PRNGKey, image: Array, params: AugmentParams) -> Array:
     """One random SimCLR view of one image.
 
     Args:
-      key: PRNG key (one per image).
+      key: one PRNG key per image (``jax.random.key(seed)``, shape ``()``, or a raw
+        ``uint32[2]``); under ``jax.vmap`` one per example.
       image: [H, W, C] with C in {1, 3}, uint8 in [0, 255] or float in [0, 1].
       params: static AugmentParams.
     Returns:
@@ -562,6 +566,7 @@ def augment_image(key: PRNGKey, image: Array, params: AugmentParams) -> Array:
     """
     if image.ndim != 3 or image.shape[-1] not in (1, 3):
         raise ValueError(f"image must be [H, W, C] with C in (1, 3), got shape {image.shape}")
+    _checks.check_key("key", key)
     height, width, channels = image.shape
     image = to_float(image)
     # All per-image randomness is ONE uniform draw sliced at fixed positions
@@ -608,7 +613,7 @@ def augment_batch(key: PRNGKey, images: Array, params: AugmentParams) -> Array:
     """Independent random views of a batch (vmap of augment_image over split keys).
 
     Args:
-      key: PRNG key for the whole batch.
+      key: one PRNG key for the whole batch (``jax.random.key(seed)`` or a raw ``uint32[2]``).
       images: [B, H, W, C], uint8 or float in [0, 1], C in {1, 3}.
       params: static AugmentParams.
     Returns:
@@ -616,6 +621,7 @@ def augment_batch(key: PRNGKey, images: Array, params: AugmentParams) -> Array:
     """
     if images.ndim != 4:
         raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}")
+    _checks.check_key("key", key)
     keys = jax.random.split(key, images.shape[0])
     return jax.vmap(augment_image, in_axes=(0, 0, None))(keys, images, params)
 
@@ -624,7 +630,7 @@ def two_views(key: PRNGKey, images: Array, params: AugmentParams) -> tuple[Array
     """Two independent augmentations of every image (SimCLR / SupCon positives).
 
     Args:
-      key: PRNG key.
+      key: one PRNG key (``jax.random.key(seed)`` or a raw ``uint32[2]``).
       images: [B, H, W, C], uint8 or float in [0, 1], C in {1, 3}.
       params: static AugmentParams.
     Returns:
@@ -632,6 +638,7 @@ def two_views(key: PRNGKey, images: Array, params: AugmentParams) -> tuple[Array
     """
     if images.ndim != 4:
         raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}")
+    _checks.check_key("key", key)
     # view_v == augment_batch(split(key)[v], images, params), but traced as one
     # nested vmap (half the program size, so half the compile time of two calls).
     view_keys = jax.random.split(key)

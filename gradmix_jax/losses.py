@@ -6,6 +6,13 @@ Inside ``jax.pmap`` / ``jax.shard_map`` code pass ``axis_name``: every device co
 anchors against the features all-gathered over that axis, and the 'mean' loss is ``pmean``-ed, so
 it equals the single-device loss on the global batch. Under plain ``jax.jit`` over a mesh (what
 the trainer does) no axis name is needed: XLA sees the global batch.
+
+``mixed_view_loss`` is the GradMix paper's eq. 8 mixed-view term (SimCLR between the mixed view
+1 and view 2, each sample weighted by ``mix_loss_weights``).
+
+The contrastive losses refuse a batch of one sample without ``axis_name``: with no other sample
+there are no negatives, so the loss is exactly 0 with zero gradient and training would silently
+do nothing. Shape checks are static, so they raise under ``jax.jit`` as well.
 """
 
 from __future__ import annotations
@@ -15,6 +22,14 @@ import jax.numpy as jnp
 import optax
 
 _REDUCTIONS = ("mean", "none")
+
+#: Allowed values of ``mix_loss_weights(loss_weight=...)`` / ``mixed_view_loss``.
+LOSS_WEIGHTS: tuple[str, ...] = ("area", "kept", "one")
+
+_NO_NEGATIVES = (
+    "with one sample and no axis_name there are no negatives: the loss is exactly 0 with zero "
+    "gradient"
+)
 
 
 def _check_reduction(reduction: str) -> None:
@@ -44,6 +59,8 @@ def supcon_loss(
       axis_name: a pmap/shard_map axis: ``features``/``labels`` are this device's equal-sized
         shard of the global batch; negatives and positives come from the whole global batch,
         'mean' returns the global mean (same on every device), 'none' this shard's anchors.
+        Without ``axis_name`` batch must be >= 2 (ValueError otherwise); with it a local batch
+        of 1 is fine (the negatives come from the other devices).
 
     Anchors without any positive (a singleton class seen in one view only) have
     mean_log_prob_pos = 0 (SupContrast divides by 1 instead of 0), so their loss is 0.
@@ -54,6 +71,11 @@ def supcon_loss(
             f"features must have shape [batch, views, dim], got shape {features.shape}"
         )
     batch, views, dim = features.shape
+    if axis_name is None and batch < 2:
+        raise ValueError(
+            "features must hold at least 2 samples ([batch >= 2, views, dim]) unless axis_name "
+            f"gathers the others; {_NO_NEGATIVES}; got shape {tuple(features.shape)}"
+        )
     if labels is not None and jnp.shape(labels) != (batch,):
         raise ValueError(f"labels must have shape [batch]=({batch},), got {jnp.shape(labels)}")
     if base_temperature is None:
@@ -110,13 +132,89 @@ def simclr_loss(
     """SimCLR / NT-Xent loss: ``supcon_loss`` with ``labels=None``.
 
     Args:
-      features: [batch, views, dim], L2-normalised.
+      features: [batch, views, dim], L2-normalised; batch >= 2 unless ``axis_name``.
     Returns:
       scalar ('mean') or [batch, views] ('none').
     """
     return supcon_loss(
         features, None, temperature=temperature, reduction=reduction, axis_name=axis_name
     )
+
+
+def mix_loss_weights(masked: jax.Array, loss_weight: str) -> jax.Array:
+    """Per-sample weight of the mixed-view loss from each image's masked (pasted) fraction.
+
+    Args:
+      masked: [N] fraction of each mixed image that was replaced (``gradmix``'s
+        ``masked_fraction``; ``1 - lam`` for CutMix / MixUp).
+      loss_weight: 'area' -> ``masked`` (the paper's gamma^2 for GradMix), 'kept' ->
+        ``1 - masked``, 'one' -> ones.
+
+    Returns:
+      [N] weights, same dtype as ``masked``.
+    """
+    if loss_weight not in LOSS_WEIGHTS:
+        raise ValueError(f"loss_weight must be one of {LOSS_WEIGHTS}, got {loss_weight!r}")
+    return {"area": masked, "kept": 1.0 - masked, "one": jnp.ones_like(masked)}[loss_weight]
+
+
+def mixed_view_loss(
+    z_mixed: jax.Array,
+    z_view2: jax.Array,
+    masked: jax.Array,
+    *,
+    temperature: float = 0.05,
+    loss_weight: str = "area",
+    axis_name: str | None = None,
+) -> jax.Array:
+    """GradMix mixed-view term (paper eq. 8): weighted SimCLR between mixed view 1 and view 2.
+
+    ``w = stop_gradient(mix_loss_weights(masked, loss_weight))``; ``l = simclr_loss(
+    stack([z_mixed, z_view2], 1), temperature, reduction='none')`` is [N, 2] (sample i's anchor
+    in the mixed view and in view 2, its positive being the other one, the other 2N - 2
+    embeddings its negatives); the result is ``mean_i(w_i * mean(l_i))``.
+
+    Args:
+      z_mixed: [N, D] L2-normalised embeddings of the mixed views.
+      z_view2: [N, D] L2-normalised embeddings of the second views (same samples, same order).
+      masked: [N] masked fraction of each mixed view (see ``mix_loss_weights``); no gradient
+        flows through it.
+      temperature: softmax temperature.
+      loss_weight: one of ``LOSS_WEIGHTS``.
+      axis_name: a pmap/shard_map axis: the inputs are this device's shard, negatives come
+        from the global batch and the result is the global mean (``pmean``). Without it N must
+        be >= 2.
+
+    Returns:
+      scalar.
+    """
+    if loss_weight not in LOSS_WEIGHTS:
+        raise ValueError(f"loss_weight must be one of {LOSS_WEIGHTS}, got {loss_weight!r}")
+    m_shape, v_shape = tuple(jnp.shape(z_mixed)), tuple(jnp.shape(z_view2))
+    if len(m_shape) != 2 or v_shape != m_shape:
+        raise ValueError(
+            f"z_mixed and z_view2 must both be [N, D] with the same shape, got {m_shape} and "
+            f"{v_shape}"
+        )
+    if tuple(jnp.shape(masked)) != m_shape[:1]:
+        raise ValueError(
+            f"masked must be [N] = ({m_shape[0]},) (one masked fraction per mixed view), got "
+            f"shape {tuple(jnp.shape(masked))}"
+        )
+    if axis_name is None and m_shape[0] < 2:
+        raise ValueError(
+            "z_mixed must hold at least 2 samples ([N >= 2, D]) unless axis_name gathers the "
+            f"others; {_NO_NEGATIVES}; got shape {m_shape}"
+        )
+    weights = jax.lax.stop_gradient(mix_loss_weights(masked, loss_weight))
+    per_anchor = simclr_loss(
+        jnp.stack([z_mixed, z_view2], axis=1),
+        temperature=temperature,
+        reduction="none",
+        axis_name=axis_name,
+    )  # [N, 2]
+    loss = jnp.mean(weights * jnp.mean(per_anchor, axis=1))
+    return loss if axis_name is None else jax.lax.pmean(loss, axis_name)
 
 
 def moco_loss(

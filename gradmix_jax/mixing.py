@@ -8,6 +8,17 @@ Python. String / range arguments are static and validated in Python before any t
 A box is described by integer ``(top, left, bh, bw)``; for placement ``'clip'`` ``top`` /
 ``left`` may be negative or the box may run past the border, and only its part inside the
 image counts (``box_mask`` truncates it).
+
+Degenerate maps: a map with a NaN/inf or with no variation (max == min, e.g. all zeros) has no
+region to prefer, and its argmax would silently be the top-left pixel. ``gradmix`` instead
+puts its box at a uniformly random position (a centre drawn from ``jax.random.fold_in(key,
+1)``); ``gradmix_boxes`` / ``gradmix_apply`` do the same given ``fallback_centers``.
+``degenerate_maps`` says which maps are degenerate, and the train step reports their count.
+
+Argument checks read only static facts (shapes, dtypes, Python types), so they raise the same
+one-line error eagerly and under ``jax.jit`` / ``jax.vmap``: keys must be PRNG keys
+(``jax.random.key(seed)`` or a raw ``uint32[2]``), images NHWC, floating point except for
+``cutmix`` (which copies pixels), and a batch that is mixed with itself needs ``B >= 2``.
 """
 
 from __future__ import annotations
@@ -16,6 +27,8 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+
+from gradmix_jax import _checks
 
 __all__ = [
     "FILL_MODES",
@@ -28,6 +41,7 @@ __all__ = [
     "box_from_map",
     "box_mask",
     "paste_resized",
+    "degenerate_maps",
     "gradmix_boxes",
     "gradmix_apply",
     "gradmix",
@@ -95,7 +109,17 @@ def _check_alpha(alpha: float) -> None:
         raise ValueError(f"alpha must be > 0, got {alpha!r}")
 
 
-def _check_images(images: jax.Array, maps: jax.Array | None = None) -> None:
+_SELF_MIX = "a batch of one can only be mixed with itself"
+
+
+def _check_images(
+    images: jax.Array,
+    maps: jax.Array | None = None,
+    *,
+    floating: bool = True,
+    min_batch: bool = False,
+) -> None:
+    """images [B, H, W, C] (floating unless ``floating=False``), maps [B, H, W], B >= 2 if asked."""
     if images.ndim != 4:
         raise ValueError(f"images must be [B, H, W, C], got shape {tuple(images.shape)}")
     if maps is not None and tuple(maps.shape) != tuple(images.shape[:3]):
@@ -108,6 +132,10 @@ def _check_images(images: jax.Array, maps: jax.Array | None = None) -> None:
         raise ValueError(
             f"maps must be [B, H, W] = {tuple(images.shape[:3])}, got shape {tuple(maps.shape)}"
         )
+    if floating:
+        _checks.check_floating_images("images", images)
+    if min_batch:
+        _checks.check_min_batch("images", tuple(images.shape), "[B, H, W, C]", _SELF_MIX)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -122,7 +150,7 @@ def sample_ratios(
     """Uniform ratios in ``[lo, hi)``.
 
     Args:
-      key: PRNG key.
+      key: PRNG key (``jax.random.key(seed)`` or a raw ``uint32[2]``).
       batch: static batch size B.
       ratio_range: static ``(lo, hi)`` with ``0 < lo <= hi < 1``.
       per: ``'sample'`` (one draw per sample) or ``'batch'`` (one draw shared by the whole
@@ -131,6 +159,7 @@ def sample_ratios(
     Returns:
       ``[B]`` float32 ratios.
     """
+    _checks.check_key("key", key)
     lo, hi = _check_ratio_range(ratio_range)
     _check_choice("per", per, RATIO_PER)
     shape = (batch,) if per == "sample" else ()
@@ -180,14 +209,45 @@ def box_from_map(
     """
     _check_choice("placement", placement, PLACEMENTS)
     height, width = attr_map.shape
+    cy, cx = _argmax_center(attr_map)
+    return _place_box(cy, cx, bh, bw, height, width, placement)
+
+
+def _argmax_center(attr_map: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(cy, cx)`` of the first maximum of an ``[H, W]`` map in row-major order."""
+    width = attr_map.shape[1]
     flat = jnp.argmax(attr_map.reshape(-1))  # argmax returns the first maximum
-    cy, cx = flat // width, flat % width
+    return flat // width, flat % width
+
+
+def _place_box(cy, cx, bh, bw, height: int, width: int, placement: str):
+    """``(top, left)`` int32 of a ``bh x bw`` box centred on ``(cy, cx)`` (see ``box_from_map``)."""
     top = cy - bh // 2
     left = cx - bw // 2
     if placement == "inside":
         top = jnp.clip(top, 0, height - bh)
         left = jnp.clip(left, 0, width - bw)
     return top.astype(jnp.int32), left.astype(jnp.int32)
+
+
+def degenerate_maps(maps: jax.Array) -> jax.Array:
+    """Which maps have no region to prefer: ``[B] bool``, True where a map has any NaN/inf value
+    or is constant (``max == min``, e.g. all zeros).
+
+    The argmax of such a map is meaningless (the first pixel), so GradMix places their boxes at
+    a fallback position instead (``gradmix_boxes(fallback_centers=...)``). Jit/vmap friendly.
+
+    Args:
+      maps: ``[B, H, W]`` attribution maps.
+
+    Returns:
+      ``[B]`` bool.
+    """
+    if jnp.ndim(maps) != 3:
+        raise ValueError(f"maps must be [B, H, W], got shape {tuple(jnp.shape(maps))}")
+    nonfinite = ~jnp.all(jnp.isfinite(maps), axis=(1, 2))
+    constant = jnp.max(maps, axis=(1, 2)) == jnp.min(maps, axis=(1, 2))
+    return nonfinite | constant
 
 
 def box_mask(
@@ -236,28 +296,59 @@ def paste_resized(
     )
 
 
+def _check_fallback_centers(fallback_centers: jax.Array | None, batch: int) -> None:
+    if fallback_centers is None:
+        return
+    shape = tuple(jnp.shape(fallback_centers))
+    dtype = jnp.result_type(fallback_centers)
+    if shape != (batch, 2) or not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(
+            f"fallback_centers must be [B, 2] = ({batch}, 2) integer (cy, cx) pixels or None, "
+            f"got {_checks.describe(fallback_centers)}"
+        )
+
+
 def gradmix_boxes(
     maps: jax.Array,
     ratios: jax.Array,
     ratio_of: str = "side",
     placement: str = "inside",
+    fallback_centers: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """GradMix boxes for a batch: size from ``ratios``, centre at each map's argmax.
+
+    A degenerate map (``degenerate_maps``: a NaN/inf or no variation) has no region to
+    prefer; with ``fallback_centers`` given, its box is centred on ``fallback_centers[i]``
+    instead of the argmax (same placement rule). Without it, the argmax is used for every map
+    (for a degenerate map that is the first pixel in row-major order, or the first NaN).
 
     Args:
       maps: ``[B, H, W]`` attribution maps at image size.
       ratios: ``[B]`` ratios (see ``box_sizes``).
       ratio_of: ``'side'`` or ``'area'``.
       placement: ``'inside'`` or ``'clip'``.
+      fallback_centers: ``[B, 2]`` int ``(cy, cx)`` pixel centres for degenerate maps (clipped
+        to the image), or None.
 
     Returns:
       ``(top, left, bh, bw)``, each ``[B]`` int32 (untruncated for ``'clip'``).
     """
     _check_choice("ratio_of", ratio_of, RATIO_OF)
     _check_choice("placement", placement, PLACEMENTS)
-    _, height, width = maps.shape
+    if jnp.ndim(maps) != 3:
+        raise ValueError(f"maps must be [B, H, W], got shape {tuple(jnp.shape(maps))}")
+    batch, height, width = maps.shape
+    _check_fallback_centers(fallback_centers, batch)
     bh, bw = box_sizes(ratios, height, width, ratio_of)
-    top, left = jax.vmap(lambda m, h, w: box_from_map(m, h, w, placement))(maps, bh, bw)
+    if fallback_centers is None:
+        top, left = jax.vmap(lambda m, h, w: box_from_map(m, h, w, placement))(maps, bh, bw)
+        return top, left, bh, bw
+    cy, cx = jax.vmap(_argmax_center)(maps)
+    bad = degenerate_maps(maps)
+    fallback = jnp.asarray(fallback_centers)
+    cy = jnp.where(bad, jnp.clip(fallback[:, 0], 0, height - 1).astype(cy.dtype), cy)
+    cx = jnp.where(bad, jnp.clip(fallback[:, 1], 0, width - 1).astype(cx.dtype), cx)
+    top, left = _place_box(cy, cx, bh, bw, height, width, placement)
     return top, left, bh, bw
 
 
@@ -284,6 +375,7 @@ def gradmix_apply(
     noise: jax.Array | None = None,
     ratio_of: str = "side",
     placement: str = "inside",
+    fallback_centers: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Deterministic GradMix core given the already-drawn randomness.
 
@@ -291,13 +383,15 @@ def gradmix_apply(
     or ``noise`` (fill the box with ``noise[i]`` at the same pixels) must be given.
 
     Args:
-      images: ``[B, H, W, C]`` float.
+      images: ``[B, H, W, C]`` floating point (NHWC); ``B >= 2`` with ``perm``.
       maps: ``[B, H, W]`` attribution maps at image size.
       ratios: ``[B]`` ratios.
       perm: ``[B]`` int permutation of the batch, or None.
       noise: ``[B, H, W, C]`` fill values, or None.
       ratio_of: ``'side'`` or ``'area'``.
       placement: ``'inside'`` or ``'clip'``.
+      fallback_centers: ``[B, 2]`` int ``(cy, cx)`` box centres for degenerate maps (a NaN/inf
+        or no variation), or None (argmax everywhere); see ``gradmix_boxes``.
 
     Returns:
       ``(mixed [B, H, W, C] same dtype as images, masked_fraction [B] float32)``;
@@ -305,13 +399,13 @@ def gradmix_apply(
     """
     _check_choice("ratio_of", ratio_of, RATIO_OF)
     _check_choice("placement", placement, PLACEMENTS)
-    _check_images(images, maps)
     if (perm is None) == (noise is None):
         raise ValueError(
             "gradmix_apply needs exactly one of perm (fill='sample') or noise (fill='noise')"
         )
+    _check_images(images, maps, min_batch=perm is not None)
     _, height, width, _ = images.shape
-    top, left, bh, bw = gradmix_boxes(maps, ratios, ratio_of, placement)
+    top, left, bh, bw = gradmix_boxes(maps, ratios, ratio_of, placement, fallback_centers)
     masks = _batch_masks(top, left, bh, bw, height, width)
     if perm is not None:
         fill = jax.vmap(paste_resized)(images[perm], top, left, bh, bw)
@@ -339,14 +433,21 @@ def gradmix(
     ``images[perm[i]]`` shrunk to the box size (``fill='sample'``, paper Fig. 2) or with
     uniform noise in ``noise_range`` (``fill='noise'``, the authors' code).
 
+    A map with a NaN/inf or with no variation has no region to prefer: its box goes to a
+    uniformly random position (centre uniform over the H x W pixels, then the same placement
+    rule); ``degenerate_maps`` says which, and the train step reports their count.
+
     Randomness (documented so callers can reproduce it): ``k_ratio, k_fill =
     jax.random.split(key)``; ``ratios = sample_ratios(k_ratio, B, ratio_range, ratio_per)``;
     ``perm = jax.random.permutation(k_fill, B)`` or ``noise = jax.random.uniform(k_fill,
-    images.shape, images.dtype, *noise_range)``.
+    images.shape, images.dtype, *noise_range)``; fallback centres ``flat =
+    jax.random.randint(jax.random.fold_in(key, 1), (B,), 0, H * W)``, ``(cy, cx) = (flat // W,
+    flat % W)``. So ``gradmix(key, ...) == gradmix_apply(..., fallback_centers=...)`` with
+    these draws, and for non-degenerate maps the centres are unused.
 
     Args:
-      key: PRNG key.
-      images: ``[B, H, W, C]`` float.
+      key: PRNG key (``jax.random.key(seed)`` or a raw ``uint32[2]``).
+      images: ``[B, H, W, C]`` floating point (NHWC); ``B >= 2`` for ``fill='sample'``.
       maps: ``[B, H, W]`` attribution maps at image size.
       ratio_range: static ``(lo, hi)``, ``0 < lo <= hi < 1``.
       ratio_of: ``'side'`` (paper's gamma) or ``'area'``.
@@ -366,18 +467,20 @@ def gradmix(
     _check_choice("placement", placement, PLACEMENTS)
     _check_choice("ratio_per", ratio_per, RATIO_PER)
     noise_lo, noise_hi = _check_noise_range(noise_range)
-    _check_images(images, maps)
+    _checks.check_key("key", key)
+    _check_images(images, maps, min_batch=fill == "sample")
 
-    batch = images.shape[0]
+    batch, height, width, _ = images.shape
     k_ratio, k_fill = jax.random.split(key)
     ratios = sample_ratios(k_ratio, batch, ratio_range, ratio_per)
+    flat = jax.random.randint(jax.random.fold_in(key, 1), (batch,), 0, height * width)
+    centers = jnp.stack([flat // width, flat % width], axis=1).astype(jnp.int32)
+    kwargs = dict(ratio_of=ratio_of, placement=placement, fallback_centers=centers)
     if fill == "sample":
         perm = jax.random.permutation(k_fill, batch)
-        return gradmix_apply(
-            images, maps, ratios, perm=perm, ratio_of=ratio_of, placement=placement
-        )
+        return gradmix_apply(images, maps, ratios, perm=perm, **kwargs)
     noise = jax.random.uniform(k_fill, images.shape, images.dtype, minval=noise_lo, maxval=noise_hi)
-    return gradmix_apply(images, maps, ratios, noise=noise, ratio_of=ratio_of, placement=placement)
+    return gradmix_apply(images, maps, ratios, noise=noise, **kwargs)
 
 
 # --------------------------------------------------------------------------- baselines
@@ -394,8 +497,9 @@ def cutmix(
     ``images[perm[i]]`` at the same location (no resizing).
 
     Args:
-      key: PRNG key.
-      images: ``[B, H, W, C]`` float.
+      key: PRNG key (``jax.random.key(seed)`` or a raw ``uint32[2]``).
+      images: ``[B, H, W, C]`` (NHWC), ``B >= 2``, any dtype: pixels are copied exactly, so
+        uint8 images stay uint8 and are mixed without conversion.
       alpha: Beta concentration (> 0).
 
     Returns:
@@ -403,7 +507,8 @@ def cutmix(
       fraction ``1 - (truncated box area) / (H * W)``, i.e. the label weight of ``images``.
     """
     _check_alpha(alpha)
-    _check_images(images)
+    _checks.check_key("key", key)
+    _check_images(images, floating=False, min_batch=True)
     batch, height, width, _ = images.shape
     k_lam, k_perm, k_cy, k_cx = jax.random.split(key, 4)
     lam0 = jax.random.beta(k_lam, alpha, alpha, (batch,), jnp.float32)
@@ -424,15 +529,16 @@ def mixup(
     """MixUp (Zhang et al. 2018) with a per-sample ``lam ~ Beta(alpha, alpha)``.
 
     Args:
-      key: PRNG key.
-      images: ``[B, H, W, C]`` float.
+      key: PRNG key (``jax.random.key(seed)`` or a raw ``uint32[2]``).
+      images: ``[B, H, W, C]`` floating point, ``B >= 2``.
       alpha: Beta concentration (> 0).
 
     Returns:
       ``(mixed = lam * x + (1 - lam) * x[perm], lam [B] float32, perm [B] int32)``.
     """
     _check_alpha(alpha)
-    _check_images(images)
+    _checks.check_key("key", key)
+    _check_images(images, min_batch=True)
     batch = images.shape[0]
     k_lam, k_perm = jax.random.split(key)
     lam = jax.random.beta(k_lam, alpha, alpha, (batch,), jnp.float32)
