@@ -213,3 +213,61 @@ def test_empty_maps_raise():
 def test_layercam_shape_mismatch_names_both_shapes():
     with pytest.raises(ValueError, match=r"same shape .* got \(2, 4, 4, 8\) and \(2, 4, 4, 7\)"):
         A.layercam(jnp.zeros((2, 4, 4, 8)), jnp.zeros((2, 4, 4, 7)))
+
+
+# ----------------------------------------------------------------------------- tap_maps
+
+
+def _taps(seed=20):
+    rng = np.random.default_rng(seed)
+    shapes = {"layer2": (3, 8, 6, 5), "layer3": (3, 4, 3, 7), "layer4": (3, 2, 2, 4)}
+    acts = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+    grads = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+    return acts, grads
+
+
+@pytest.mark.parametrize("normalize", ["image", "batch", "none"])
+@pytest.mark.parametrize("cam", ["layercam", "gradcam"])
+def test_tap_maps_equals_numpy_pipeline(cam, normalize):
+    acts, grads = _taps()
+    size = (16, 12)
+    f = jax.jit(functools.partial(A.tap_maps, size=size, normalize=normalize, cam=cam))
+    got = f(acts, grads)
+    assert got.shape == (3, 16, 12) and got.dtype == jnp.float32
+    ref = np_layercam if cam == "layercam" else np_gradcam
+    per_tap = [ref(acts[k].astype(np.float64), grads[k].astype(np.float64)) for k in acts]
+    want = np_aggregate(per_tap, size, normalize)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+
+
+def test_tap_maps_sequence_and_low_precision_taps():
+    acts, grads = _taps(21)
+    as_dict = A.tap_maps(acts, grads, (8, 8))
+    as_list = A.tap_maps(list(acts.values()), list(grads.values()), (8, 8))
+    np.testing.assert_array_equal(np.asarray(as_dict), np.asarray(as_list))
+    # bfloat16 taps are cast to float32 before the CAM: the result is float32.
+    acts16 = {k: jnp.asarray(v, jnp.bfloat16) for k, v in acts.items()}
+    grads16 = {k: jnp.asarray(v, jnp.bfloat16) for k, v in grads.items()}
+    got = A.tap_maps(acts16, grads16, (8, 8))
+    assert got.dtype == jnp.float32
+    want = A.tap_maps(
+        {k: np.asarray(v, np.float32) for k, v in acts16.items()},
+        {k: np.asarray(v, np.float32) for k, v in grads16.items()},
+        (8, 8),
+    )
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_gradcam_under_vmap_averages_over_space():
+    rng = np.random.default_rng(22)
+    act = rng.normal(size=(3, 4, 5, 6)).astype(np.float32)
+    grad = rng.normal(size=(3, 4, 5, 6)).astype(np.float32)
+    per_example = jax.vmap(lambda a, g: A.gradcam(a, g))(act, grad)
+    np.testing.assert_allclose(np.asarray(per_example), np_gradcam(act, grad), rtol=1e-5, atol=1e-5)
+
+
+def test_one_nan_makes_the_image_map_nan_with_image_normalisation():
+    m = np.random.default_rng(23).uniform(size=(2, 3, 3)).astype(np.float32)
+    m[1, 1, 1] = np.nan
+    got = np.asarray(A.aggregate_maps([m], (6, 6)))
+    assert np.isfinite(got[0]).all() and np.isnan(got[1]).all()

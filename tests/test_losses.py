@@ -5,7 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gradmix_jax.losses import cross_entropy, simclr_loss, supcon_loss
+from gradmix_jax.losses import (
+    LOSS_WEIGHTS,
+    cross_entropy,
+    mix_loss_weights,
+    mixed_view_loss,
+    simclr_loss,
+    supcon_loss,
+)
 
 
 def _normalised(rng, batch, views, dim):
@@ -172,3 +179,98 @@ def test_label_smoothed_cross_entropy_matches_its_formula():
     np.testing.assert_allclose(float(plain), np.mean(-logp[np.arange(6), labels]), rtol=1e-5)
     with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\)"):
         cross_entropy(jnp.asarray(logits), jnp.asarray(labels), label_smoothing=1.0)
+
+
+# ----------------------------------------------------------------------------- mixed-view loss
+
+
+def _np_mixed_view_loss(z_mixed, z_view2, masked, temperature, loss_weight):
+    """Eq. 8 written out: NT-Xent over the 2N embeddings (cosine / T, softmax over the 2N - 1
+    others, positive = the sample's other view), averaged over its two anchors, weighted."""
+    z = np.concatenate([z_mixed, z_view2]).astype(np.float64)
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    n = len(z_mixed)
+    sims = z @ z.T / temperature
+    per_anchor = np.zeros(2 * n)
+    for a in range(2 * n):
+        others = [b for b in range(2 * n) if b != a]
+        logits = sims[a, others]
+        log_z = logits.max() + np.log(np.exp(logits - logits.max()).sum())
+        per_anchor[a] = -(sims[a, (a + n) % (2 * n)] - log_z)
+    per_sample = (per_anchor[:n] + per_anchor[n:]) / 2
+    weight = {"area": masked, "kept": 1 - masked, "one": np.ones(n)}[loss_weight]
+    return float(np.mean(weight * per_sample))
+
+
+def _jnp_mixed_view_loss(z_mixed, z_view2, masked, temperature, loss_weight):
+    """The same naive formula in jnp (for gradients)."""
+    z = jnp.concatenate([z_mixed, z_view2])
+    n = z_mixed.shape[0]
+    sims = z @ z.T / temperature
+    eye = jnp.eye(2 * n, dtype=bool)
+    log_z = jax.nn.logsumexp(jnp.where(eye, -jnp.inf, sims), axis=1)
+    positive = sims[jnp.arange(2 * n), (jnp.arange(2 * n) + n) % (2 * n)]
+    per_anchor = log_z - positive
+    per_sample = (per_anchor[:n] + per_anchor[n:]) / 2
+    weight = {"area": masked, "kept": 1 - masked, "one": jnp.ones(n)}[loss_weight]
+    return jnp.mean(weight * per_sample)
+
+
+def _mixed_inputs(n=5, dim=6, seed=11):
+    rng = np.random.default_rng(seed)
+    feats = _normalised(rng, n, 2, dim)
+    masked = rng.uniform(0.05, 0.5, size=n).astype(np.float32)
+    return feats[:, 0], feats[:, 1], masked
+
+
+@pytest.mark.parametrize("loss_weight", LOSS_WEIGHTS)
+def test_mixed_view_loss_matches_naive_numpy_under_jit(loss_weight):
+    zm, zv, masked = _mixed_inputs()
+    f = jax.jit(mixed_view_loss, static_argnames=("temperature", "loss_weight"))
+    got = f(zm, zv, masked, temperature=0.3, loss_weight=loss_weight)
+    want = _np_mixed_view_loss(zm, zv, masked, 0.3, loss_weight)
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss_weight", LOSS_WEIGHTS)
+def test_mixed_view_loss_equals_the_train_step_formula_exactly(loss_weight):
+    # objectives.mixed_loss(z_mixed, z_view2, mix_loss_weights(masked), cfg), written out.
+    zm, zv, masked = _mixed_inputs(seed=12)
+
+    def train_step_formula(zm, zv, masked):
+        weights = mix_loss_weights(masked, loss_weight)
+        per_anchor = simclr_loss(jnp.stack([zm, zv], axis=1), temperature=0.05, reduction="none")
+        return jnp.mean(weights * jnp.mean(per_anchor, axis=1))
+
+    got = jax.jit(lambda *a: mixed_view_loss(*a, loss_weight=loss_weight))(zm, zv, masked)
+    want = jax.jit(train_step_formula)(zm, zv, masked)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+@pytest.mark.parametrize("loss_weight", LOSS_WEIGHTS)
+def test_mixed_view_loss_gradient_matches_naive_jnp(loss_weight):
+    zm, zv, masked = _mixed_inputs(seed=13)
+    grads = jax.jit(
+        jax.grad(
+            lambda a, b, m: mixed_view_loss(a, b, m, temperature=0.2, loss_weight=loss_weight),
+            argnums=(0, 1, 2),
+        )
+    )(zm, zv, masked)
+    want = jax.jit(
+        jax.grad(
+            lambda a, b: _jnp_mixed_view_loss(a, b, jnp.asarray(masked), 0.2, loss_weight),
+            argnums=(0, 1),
+        )
+    )(zm, zv)
+    np.testing.assert_allclose(np.asarray(grads[0]), np.asarray(want[0]), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(grads[1]), np.asarray(want[1]), rtol=1e-4, atol=1e-6)
+    # No gradient flows into the weights.
+    np.testing.assert_array_equal(np.asarray(grads[2]), 0.0)
+
+
+def test_mix_loss_weights_values():
+    masked = jnp.array([0.0, 0.25, 1.0])
+    np.testing.assert_array_equal(np.asarray(mix_loss_weights(masked, "area")), [0.0, 0.25, 1.0])
+    np.testing.assert_array_equal(np.asarray(mix_loss_weights(masked, "kept")), [1.0, 0.75, 0.0])
+    np.testing.assert_array_equal(np.asarray(mix_loss_weights(masked, "one")), [1.0, 1.0, 1.0])
+    assert LOSS_WEIGHTS == ("area", "kept", "one")

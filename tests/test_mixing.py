@@ -447,3 +447,93 @@ def test_library_modules_resolve_from_the_package():
     assert gradmix_jax.losses.supcon_loss is not None and gradmix_jax.mixing.gradmix is M.gradmix
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         gradmix_jax.nope
+
+
+# ----------------------------------------------------------------------------- degenerate maps
+
+
+def _degenerate_batch(H=12, W=10):
+    """Map 0 all zeros, map 1 random with one NaN at its peak, map 2 constant 3, map 3 one inf,
+    map 4 a clean peak at (7, 2)."""
+    maps = peak_maps([(0, 0), (5, 5), (0, 0), (0, 0), (7, 2)], H, W, seed=8)
+    maps[0] = 0.0
+    maps[1, 5, 5] = np.nan
+    maps[2] = 3.0
+    maps[3, 4, 4] = np.inf
+    return maps
+
+
+def test_degenerate_maps_flags():
+    maps = _degenerate_batch()
+    got = np.asarray(jax.jit(M.degenerate_maps)(maps))
+    np.testing.assert_array_equal(got, [True, True, True, True, False])
+    assert got.dtype == bool
+
+
+@pytest.mark.parametrize("placement", ["inside", "clip"])
+def test_degenerate_maps_boxes_go_to_fallback_centers(placement):
+    H, W = 12, 10
+    maps = _degenerate_batch(H, W)
+    ratios = np.full(5, 0.5, np.float32)  # 6 x 5 boxes
+    centers = np.array([[6, 5], [0, 9], [11, 0], [3, 3], [0, 0]], np.int32)
+    f = jax.jit(M.gradmix_boxes, static_argnums=(2, 3))
+    top, left, bh, bw = (np.asarray(x) for x in f(maps, ratios, "side", placement, centers))
+    for i in range(4):  # degenerate: centred on the fallback pixel
+        assert (top[i], left[i]) == np_box(tuple(centers[i]), 6, 5, H, W, placement)
+    # Clean map: its argmax, not the fallback centre.
+    assert (top[4], left[4]) == np_box((7, 2), 6, 5, H, W, placement)
+    # Without fallback centres the behaviour is unchanged: the argmax (top-left for all zeros).
+    top0, left0, _, _ = (np.asarray(x) for x in f(maps, ratios, "side", placement, None))
+    assert (top0[0], left0[0]) == np_box((0, 0), 6, 5, H, W, placement)
+    assert (top0[4], left0[4]) == (top[4], left[4])
+
+
+def test_gradmix_fallback_centres_follow_the_documented_draw():
+    B, H, W = 5, 12, 10
+    imgs = rand_images(B, H, W, seed=5)
+    maps = _degenerate_batch(H, W)
+    key = jax.random.key(4)
+    k_ratio, k_fill = jax.random.split(key)
+    ratios = M.sample_ratios(k_ratio, B, (0.1, 0.5), "sample")
+    perm = jax.random.permutation(k_fill, B)
+    flat = jax.random.randint(jax.random.fold_in(key, 1), (B,), 0, H * W)
+    centers = jnp.stack([flat // W, flat % W], axis=1)
+    got = jit_gradmix(key, imgs, maps)
+    want = jax.jit(M.gradmix_apply)(imgs, maps, ratios, perm=perm, fallback_centers=centers)
+    np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+    np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+
+
+def test_gradmix_all_zero_maps_spread_boxes_over_the_image():
+    # Before: every box in the top-left corner. Now: random positions.
+    B, H, W = 16, 16, 16
+    imgs = np.zeros((B, H, W, 1), np.float32)
+    mixed, _ = jit_gradmix(
+        jax.random.key(0),
+        imgs,
+        np.zeros((B, H, W), np.float32),
+        fill="noise",
+        noise_range=(1.0, 2.0),
+    )
+    covered = np.asarray(mixed)[..., 0] > 0
+    assert not covered[:, 0, 0].all()
+    assert len({tuple(np.argwhere(c)[0]) for c in covered}) > 4
+
+
+def test_gradmix_with_clean_maps_is_unchanged_by_the_fallback():
+    # Non-degenerate maps: identical to gradmix_apply without fallback centres (the old gradmix).
+    B, H, W = 4, 16, 16
+    imgs = rand_images(B, H, W, seed=6)
+    maps = peak_maps([(0, 0), (15, 15), (8, 3), (2, 14)], H, W, seed=7)
+    key = jax.random.key(9)
+    k_ratio, k_fill = jax.random.split(key)
+    ratios = M.sample_ratios(k_ratio, B, (0.1, 0.5), "sample")
+    for fill in ("sample", "noise"):
+        got = jit_gradmix(key, imgs, maps, fill=fill)
+        if fill == "sample":
+            fill_arg = jax.random.permutation(k_fill, B)
+        else:
+            fill_arg = jax.random.uniform(k_fill, imgs.shape, jnp.float32, 0.0, 1.0)
+        want = jit_apply(imgs, maps, ratios, fill_arg, fill=fill)
+        np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+        np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
