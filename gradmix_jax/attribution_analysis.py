@@ -16,8 +16,10 @@ Two *targets* are offered (``TARGETS``):
     ``class_prototypes``), like Grad-CAM's class score: the gradient of the SCORE (evidence for the
     class). In eval mode the images of a batch are independent, so this is a per-image map.
 
-Both are computed in eval mode (BatchNorm running averages) from ONE ``jax.vjp`` w.r.t. zero
-perturbations at the taps (``Module.perturb``), as ``train_step`` does; the tap gradients of view 1
+Both are computed in eval mode (BatchNorm running averages) from ONE ``taps.vjp`` (zero
+perturbations at the tapped submodules' outputs), as ``train_step`` does, so any Linen model
+whose ``__call__(images, train)`` returns ``(z, aux)`` with ``z`` the L2-normalised embeddings
+works, tapped at its own submodule paths; the tap gradients of view 1
 (the images themselves) give LayerCAM maps ``ReLU(sum_c ReLU(G) * A)``, which are upsampled,
 normalised (per image by default) and summed over layers by ``attribution.aggregate_maps``.
 
@@ -43,8 +45,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradmix_jax import attribution, losses, metrics
-from gradmix_jax.models import DEFAULT_TAPS, TAP_NAMES, tap_activation, tap_gradient, zero_taps
+from gradmix_jax import attribution, losses, metrics, taps
+from gradmix_jax.models import DEFAULT_TAPS
 
 __all__ = [
     "TARGETS",
@@ -71,15 +73,15 @@ DEFAULT_LAYERS: tuple[str, ...] = DEFAULT_TAPS
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_layers(layers: Sequence[str]) -> tuple[str, ...]:
+def _check_layers(model: nn.Module, layers: Sequence[str]) -> tuple[str, ...]:
     if isinstance(layers, str):
         layers = (layers,)
     layers = tuple(layers)
-    bad = [layer for layer in layers if layer not in TAP_NAMES]
-    if bad or not layers:
-        raise ValueError(
-            f"layers must be a non-empty subset of {list(TAP_NAMES)}, got {list(layers)}"
-        )
+    named = list(getattr(model, "tap_paths", None) or {})
+    # A path that names no submodule is reported by ``taps`` with the paths that exist.
+    if not layers or not all(isinstance(layer, str) and layer for layer in layers):
+        allowed = f"tap names ({named}) or submodule paths" if named else "submodule paths"
+        raise ValueError(f"layers must be a non-empty sequence of {allowed}, got {list(layers)}")
     return layers
 
 
@@ -138,33 +140,25 @@ def _taps_jit(model: nn.Module, variables, images, prototypes, layers, target, t
     else:
         inputs = images
 
-    zeros = zero_taps(model, variables, inputs, train=False)
-
-    def forward(perturbations):
-        (z, _), state = model.apply(
-            {**variables, "perturbations": perturbations},
-            inputs,
-            train=False,
-            mutable=["intermediates"],
-        )
+    def forward(x):
+        z, _ = model.apply(variables, x, train=False)
         z = z.astype(jnp.float32)
         if target == "simclr":
             feats = jnp.stack([z[:n], z[n:]], axis=1)  # [B, 2 views, D]
-            value = losses.simclr_loss(feats, temperature=temperature)
-        else:
-            protos = prototypes.astype(jnp.float32)
-            protos = protos / jnp.maximum(jnp.linalg.norm(protos, axis=-1, keepdims=True), 1e-12)
-            sims = z @ protos.T  # [B, K] cosine (z is L2-normalised)
-            pred = jax.lax.stop_gradient(jnp.argmax(sims, axis=-1))
-            # Sum of per-image scores: in eval mode image i's score depends on image i only, so
-            # d(sum)/dA_i = d(score_i)/dA_i.
-            value = jnp.sum(jnp.take_along_axis(sims, pred[:, None], axis=-1))
-        return value, state["intermediates"]
+            return losses.simclr_loss(feats, temperature=temperature)
+        protos = prototypes.astype(jnp.float32)
+        protos = protos / jnp.maximum(jnp.linalg.norm(protos, axis=-1, keepdims=True), 1e-12)
+        sims = z @ protos.T  # [B, K] cosine (z is L2-normalised)
+        pred = jax.lax.stop_gradient(jnp.argmax(sims, axis=-1))
+        # Sum of per-image scores: in eval mode image i's score depends on image i only, so
+        # d(sum)/dA_i = d(score_i)/dA_i.
+        return jnp.sum(jnp.take_along_axis(sims, pred[:, None], axis=-1))
 
-    value, vjp_fn, intermediates = jax.vjp(forward, zeros, has_aux=True)
-    (grads,) = vjp_fn(jnp.ones_like(value))
-    acts = {layer: tap_activation(intermediates, layer)[:n].astype(jnp.float32) for layer in layers}
-    grad = {layer: tap_gradient(grads, layer)[:n].astype(jnp.float32) for layer in layers}
+    # The input cotangent is unused and pruned by XLA; only the tap cotangents are computed.
+    value, vjp_fn, tap_acts = taps.vjp(forward, inputs, taps=taps.for_model(model, layers))
+    _, tap_grads = vjp_fn(jnp.ones_like(value))
+    acts = {layer: tap_acts[layer][:n].astype(jnp.float32) for layer in layers}
+    grad = {layer: tap_grads[layer][:n].astype(jnp.float32) for layer in layers}
     return acts, grad, value
 
 
@@ -183,10 +177,12 @@ def tap_activations_and_gradients(
     for the targets). Jitted inside (``model``, ``layers``, ``target``, ``temperature`` static).
 
     Args:
-      model: a ``ContrastiveResNet`` (``__call__`` returns ``(z, aux)``).
+      model: a Linen model whose ``__call__(images, train)`` returns ``(z, aux)``, ``z`` the
+        L2-normalised embeddings ``[B, D]`` (``ContrastiveResNet``, or any other).
       variables: ``{'params', 'batch_stats'}`` (other collections are ignored).
       images: ``[B, H, W, C]`` float, preprocessed (``augment.eval_transform``).
-      layers: tap names, a non-empty subset of ``models.TAP_NAMES``.
+      layers: tap names the model defines in ``tap_paths`` (``ContrastiveResNet``: a subset of
+        ``models.TAP_NAMES``) or submodule paths (``"backbone/stage3"``).
       target: ``'simclr'`` or ``'prototype'``.
       prototypes: ``[K, D]`` (``D`` = projection dim), required for ``target='prototype'``;
         normalised to unit length inside.
@@ -196,7 +192,7 @@ def tap_activations_and_gradients(
       ``(activations, gradients, value)``: dicts layer -> ``[B, h_l, w_l, C_l]`` float32 for the
       images themselves (not the flipped view), and the scalar target value.
     """
-    layers = _check_layers(layers)
+    layers = _check_layers(model, layers)
     _check_target(target, prototypes)
     _check_images(images)
     _check_temperature(temperature)

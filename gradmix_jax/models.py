@@ -3,12 +3,10 @@
 Layer names follow the ResNet paper: ``conv1`` is the stem and ``conv{s}_x`` the blocks of residual
 stage ``s`` (2..5). A *tap* is the output of the LAST block of a stage, named ``conv{s}_2`` as in the
 GradMix paper (for ResNet18 that is literally the second block; for ResNet34/50 it is the last block of
-the stage under the same name, so configs carry over between depths). Each tap is
-
-* ``sow``-ed into the ``'intermediates'`` collection (read it with ``mutable=['intermediates']``), and
-* wrapped in ``Module.perturb`` (collection ``'perturbations'``): passing zero perturbations to
-  ``apply`` and differentiating w.r.t. them yields dLoss/dActivation, which LayerCAM needs, from the
-  same backward pass as the parameter gradients.
+the stage under the same name, so configs carry over between depths). The model itself holds no
+tap machinery: ``ContrastiveResNet.tap_paths`` maps each tap name to the submodule path of that
+block (``conv3_2`` -> ``encoder/layer2_1`` for ResNet18), and ``gradmix_jax.taps`` reads
+activations and gradients there, as it does in any other Flax model.
 
 All modules are NHWC. ``ContrastiveResNet.__call__`` returns ``(z, aux)`` with ``z`` the L2-normalised
 projection ``[B, feature_dim]`` and ``aux`` a dict holding ``'features'`` (pooled encoder output
@@ -154,9 +152,6 @@ class ResNetEncoder(nn.Module):
                 x = block(
                     self.width * 2**stage, strides, dtype=self.dtype, name=f"layer{stage + 1}_{b}"
                 )(x, train)
-            tap = TAP_NAMES[stage]
-            x = self.perturb(tap, x)
-            self.sow("intermediates", tap, x)
         return jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # pool in float32
 
 
@@ -177,6 +172,11 @@ class ContrastiveResNet(nn.Module):
     stem: str = "cifar"
     dtype: Any = jnp.float32
 
+    @property
+    def tap_paths(self) -> dict[str, str]:
+        """Tap name -> submodule path: ``conv{s}_2`` is the last block of stage ``s``."""
+        return resnet_tap_paths(self.arch)
+
     @nn.compact
     def __call__(self, images: jnp.ndarray, train: bool = True):
         h = ResNetEncoder(self.arch, self.width, self.stem, self.dtype, name="encoder")(
@@ -191,41 +191,13 @@ class ContrastiveResNet(nn.Module):
         return z, aux
 
 
-def tap_path(tap: str) -> tuple[str, ...]:
-    """Path of a tap inside the 'intermediates'/'perturbations' collections of ContrastiveResNet."""
-    return ("encoder", tap)
-
-
-def zero_taps(model: nn.Module, variables: dict, images: jax.Array, train: bool = False):
-    """Zero perturbations for every tap of ``model`` on ``images`` (abstract evaluation: no compute).
-
-    Passed as the ``'perturbations'`` collection, they leave the forward pass unchanged and make
-    ``jax.vjp`` w.r.t. them return dLoss/dActivation at each tap. ``variables``: {'params',
-    'batch_stats'}; ``train`` selects the BatchNorm mode the gradients will be taken in.
-    """
-    mutable = ["batch_stats", "perturbations"] if train else ["perturbations"]
-    shapes = jax.eval_shape(
-        lambda v, x: model.apply(v, x, train=train, mutable=mutable)[1]["perturbations"],
-        variables,
-        images,
-    )
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-
-def tap_activation(intermediates, tap: str) -> jax.Array:
-    """The activation ``tap`` sowed into an ``'intermediates'`` collection: [B, H, W, C]."""
-    node = intermediates
-    for key in tap_path(tap):
-        node = node[key]
-    return node[0]  # sow keeps a tuple of the values sown
-
-
-def tap_gradient(perturbation_grads, tap: str) -> jax.Array:
-    """dLoss/dActivation at ``tap`` from the gradient w.r.t. ``zero_taps``: [B, H, W, C]."""
-    node = perturbation_grads
-    for key in tap_path(tap):
-        node = node[key]
-    return node
+def resnet_tap_paths(arch: str = "resnet18") -> dict[str, str]:
+    """Tap name -> submodule path in ``ContrastiveResNet``: the last block of each stage."""
+    _, stage_sizes = ARCHITECTURES[arch]
+    return {
+        tap: f"encoder/layer{stage + 1}_{blocks - 1}"
+        for stage, (tap, blocks) in enumerate(zip(TAP_NAMES, stage_sizes))
+    }
 
 
 def create_model(

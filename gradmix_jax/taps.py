@@ -39,7 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["vjp", "activations", "normalize_taps", "module_paths"]
+__all__ = ["vjp", "activations", "normalize_taps", "for_model", "module_paths"]
 
 Path = tuple[str, ...]
 
@@ -83,6 +83,18 @@ def normalize_taps(taps: Any) -> dict[str, Path]:
     if dup:
         raise ValueError(f"taps name the same submodule more than once: {dup}")
     return spec
+
+
+def for_model(model: Any, layers: Any) -> dict[str, Path]:
+    """``normalize_taps`` where names the model defines in a ``tap_paths`` mapping are resolved.
+
+    ``ContrastiveResNet.tap_paths`` maps ``conv2_2`` ... ``conv5_2`` to its blocks; any other
+    entry of ``layers`` is taken as a path. Results are keyed by the entries of ``layers``.
+    """
+    if isinstance(layers, str):
+        layers = (layers,)
+    named = getattr(model, "tap_paths", None) or {}
+    return normalize_taps({layer: named.get(layer, layer) for layer in layers})
 
 
 @dataclasses.dataclass

@@ -7,9 +7,10 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _reference import add_at_paths, naive_mixed_loss
 
 from gradmix_jax import attribution, augment, mixing
-from gradmix_jax.models import create_model
+from gradmix_jax.models import create_model, resnet_tap_paths
 from gradmix_jax.training.train_step import (
     StepConfig,
     contrastive_terms,
@@ -17,7 +18,6 @@ from gradmix_jax.training.train_step import (
     make_grad_fn,
     make_optimizer,
     make_train_step,
-    mixed_loss,
 )
 
 N, SIZE = 8, 8
@@ -35,20 +35,20 @@ def setup():
     return model, tx, schedule, state, x, y
 
 
-def _apply(model, params, batch_stats, images, perturbations=None):
+def _apply(model, params, batch_stats, images, offsets=None, record=None):
     variables = {"params": params, "batch_stats": batch_stats}
-    if perturbations is not None:
-        variables["perturbations"] = perturbations
-    (z, _), new = model.apply(
-        variables, images, train=True, mutable=["batch_stats", "intermediates"]
-    )
+    with add_at_paths(offsets or {}, record):
+        (z, _), new = model.apply(variables, images, train=True, mutable=["batch_stats"])
     return z, new
 
 
-def reference_grads(model, state, x, y, key, cfg: StepConfig):
-    """Eq. 8 written the obvious way: a separate attribution pass, then jax.grad of the total."""
+def reference_grads(model, state, x, y, key, cfg: StepConfig, size=SIZE, paths=None):
+    """Eq. 8 written the obvious way: a separate attribution pass, then jax.grad of the total.
+
+    ``paths``: tap name -> submodule path (the ResNet's by default).
+    """
     aug_key, mix_key = jax.random.split(key)
-    v1, v2 = augment.two_views(aug_key, x, AUG)
+    v1, v2 = augment.two_views(aug_key, x, AUG if size == SIZE else _aug(size))
     n = v1.shape[0]
     views = jnp.concatenate([v1, v2])
     params, bs = state.params, state.batch_stats
@@ -58,27 +58,22 @@ def reference_grads(model, state, x, y, key, cfg: StepConfig):
         )
 
     if cfg.method == "gradmix":
-        perts = model.apply(
-            {"params": params, "batch_stats": bs},
-            views,
-            train=True,
-            mutable=["batch_stats", "perturbations"],
-        )[1]["perturbations"]
-        perts = jax.tree.map(jnp.zeros_like, perts)
+        paths = paths or resnet_tap_paths("resnet18")
+        record = {}
+        _apply(model, params, bs, views, {paths[layer]: None for layer in cfg.layers}, record)
+        zeros = {paths[layer]: jnp.zeros_like(record[paths[layer]]) for layer in cfg.layers}
 
-        def attr_loss(pt):
-            z, new = _apply(model, params, bs, views, pt)
+        def attr_loss(offsets):
+            z, _ = _apply(model, params, bs, views, offsets)
             loss, parts = contrastive_terms(z, y, cfg)
-            return (parts["simclr"] if cfg.attribution_loss == "simclr" else loss), new[
-                "intermediates"
-            ]
+            return parts["simclr"] if cfg.attribution_loss == "simclr" else loss
 
-        g, inter = jax.grad(attr_loss, has_aux=True)(perts)
+        g = jax.grad(attr_loss)(zeros)
         maps = [
-            attribution.layercam(inter["encoder"][layer][0][:n], g["encoder"][layer][:n])
+            attribution.layercam(record[paths[layer]][:n], g[paths[layer]][:n])
             for layer in cfg.layers
         ]
-        heat = attribution.aggregate_maps(maps, (SIZE, SIZE), cfg.normalize)
+        heat = attribution.aggregate_maps(maps, v1.shape[1:3], cfg.normalize)
         mixed, frac = mixing.gradmix(
             mix_key, v1, heat, cfg.ratio_range, cfg.ratio_of, cfg.fill, cfg.placement, cfg.ratio_per
         )
@@ -87,18 +82,25 @@ def reference_grads(model, state, x, y, key, cfg: StepConfig):
         mixed, lam, _ = fn(mix_key, v1, cfg.alpha)
         frac = 1.0 - lam
 
+    def mix(zm, z2):
+        return naive_mixed_loss(zm, z2, frac, cfg.temperature, cfg.loss_weight)
+
     def total(p):
         z, new = _apply(model, p, bs, views)
         clean = contrastive_terms(z, y, cfg)[0]
         if cfg.exact:
             zz, _ = _apply(model, p, new["batch_stats"], jnp.concatenate([mixed, v2]))
-            mix = mixed_loss(zz[:n], zz[n:], frac, cfg)
+            loss = mix(zz[:n], zz[n:])
         else:
             zm, _ = _apply(model, p, new["batch_stats"], mixed)
-            mix = mixed_loss(zm, z[n:], frac, cfg)
-        return clean + cfg.simclr_weight * mix
+            loss = mix(zm, z[n:])
+        return clean + cfg.simclr_weight * loss
 
     return jax.grad(total)(params)
+
+
+def _aug(size):
+    return augment.AugmentParams.digits((size, size))
 
 
 @pytest.mark.parametrize(

@@ -14,13 +14,12 @@ import jax
 import jax.numpy as jnp
 
 from gradmix_jax import losses
+from gradmix_jax.losses import LOSS_WEIGHTS  # noqa: F401  (gradmix.loss_weight's choices)
 from gradmix_jax.models import DEFAULT_TAPS
 
 OBJECTIVES: tuple[str, ...] = ("ce", "ce_ssl", "supcon", "supcon_ssl", "simclr", "moco")
 #: What the GradMix maps are the gradient of: the SimCLR term alone, or the whole clean loss.
 ATTRIBUTION_LOSSES: tuple[str, ...] = ("simclr", "total")
-#: Per-sample weight of the mixed loss: the masked fraction, the kept fraction, or 1.
-LOSS_WEIGHTS: tuple[str, ...] = ("area", "kept", "one")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,16 +120,3 @@ def clean_terms(outputs: dict[str, jax.Array], labels: jax.Array, cfg: StepConfi
 def contrastive_terms(z: jax.Array, labels: jax.Array, cfg: StepConfig):
     """``clean_terms`` for the objectives without a classifier: z = [z(v1); z(v2)] ([2N, D])."""
     return clean_terms({"z": z}, labels, cfg)
-
-
-def mixed_loss(z_mixed: jax.Array, z_view2: jax.Array, weights: jax.Array, cfg: StepConfig):
-    """mean_i w_i·ℓ_mix,i: SimCLR on (mixed view 1, view 2); ℓ_mix,i averages sample i's two anchors."""
-    per_anchor = losses.simclr_loss(
-        jnp.stack([z_mixed, z_view2], axis=1), temperature=cfg.temperature, reduction="none"
-    )  # [N, 2]
-    return jnp.mean(weights * jnp.mean(per_anchor, axis=1))
-
-
-def mix_loss_weights(masked: jax.Array, loss_weight: str) -> jax.Array:
-    """Per-sample weight of the mixed loss from the masked (pasted) fraction of each image: [N]."""
-    return {"area": masked, "kept": 1.0 - masked, "one": jnp.ones_like(masked)}[loss_weight]

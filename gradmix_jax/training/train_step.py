@@ -3,7 +3,8 @@
 One step on a batch of N images (indices into the device-resident training split):
 
 1. two SimCLR views ``v1, v2`` (on device, vmapped);
-2. forward ``[v1; v2]`` with zero perturbations at the attribution taps, keeping the VJP;
+2. forward ``[v1; v2]`` keeping the VJP w.r.t. the parameters and the attribution taps
+   (``gradmix_jax.taps``: zero perturbations added at the tapped submodules' outputs);
 3. clean loss ``θ·SupCon + λ·SimCLR`` and its cotangent on ``z``;
 4. GradMix: tap gradients of the attribution loss from the SAME forward's VJP (only the part of the
    backward pass above the lowest tap survives XLA's dead-code elimination) -> LayerCAM maps ->
@@ -21,6 +22,16 @@ with the attribution from the query encoder's InfoNCE loss.
 
 The gradient part is ``make_grad_fn`` (usable on its own in custom loops); ``make_train_step``
 adds the per-step key and the optimizer update.
+
+The model contract (any Flax Linen module, not only ``ContrastiveResNet``):
+``model.apply(variables, images [B, H, W, C] float, train=bool, mutable=['batch_stats'])`` returns
+``((z, aux), new_variables)`` with ``z`` the L2-normalised embeddings ``[B, D]`` the contrastive
+losses read and ``aux`` a dict: ``'logits'`` ``[B, num_classes]`` for the CE objectives,
+``'features'`` ``[B, F]`` for evaluation. ``variables`` hold ``'params'`` and, if the model has
+BatchNorm, ``'batch_stats'`` (else the state's ``batch_stats`` is ``{}``). ``StepConfig.layers``
+are tap names the model maps to submodule paths in a ``tap_paths`` attribute
+(``ContrastiveResNet``: ``conv2_2`` ... ``conv5_2``), or submodule paths themselves
+(``"backbone/stage3"``).
 """
 
 from __future__ import annotations
@@ -34,14 +45,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradmix_jax import attribution, augment, losses, mixing
-from gradmix_jax.models import tap_activation, tap_gradient, zero_taps
+from gradmix_jax import attribution, augment, losses, mixing, taps
 from gradmix_jax.training.objectives import (  # noqa: F401
     StepConfig,
     clean_terms,
     contrastive_terms,
-    mix_loss_weights,
-    mixed_loss,
 )
 from gradmix_jax.training.openset_eval import make_eval_fn  # noqa: F401  (its former home)
 
@@ -100,84 +108,79 @@ def init_state(
     MoCo does) and a queue of ``cfg.moco_queue_size`` random unit vectors.
     """
     init_key, state_key, queue_key = jax.random.split(key, 3)
-    variables = model.init(init_key, jnp.zeros((2, *image_shape), jnp.float32), train=False)
+    dummy = jnp.zeros((2, *image_shape), jnp.float32)
+    variables = model.init(init_key, dummy, train=False)
     params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
     moco = None
     if cfg is not None and cfg.objective == "moco":
-        queue = jax.random.normal(queue_key, (cfg.moco_queue_size, model.feature_dim), jnp.float32)
+        z_shape = jax.eval_shape(lambda v: model.apply(v, dummy, train=False)[0], variables)
+        queue = jax.random.normal(queue_key, (cfg.moco_queue_size, z_shape.shape[-1]), jnp.float32)
         moco = MocoState(
             key_params=params,
-            key_batch_stats=variables["batch_stats"],
+            key_batch_stats=batch_stats,
             queue=queue / jnp.linalg.norm(queue, axis=1, keepdims=True),
             queue_ptr=jnp.zeros((), jnp.int32),
         )
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        batch_stats=variables["batch_stats"],
+        batch_stats=batch_stats,
         opt_state=tx.init(params),
         key=jax.random.key_data(state_key),
         moco=moco,
     )
 
 
-def apply_train(model: nn.Module, params, batch_stats, x: jax.Array, perturbations=None):
-    """Train-mode forward of ``x``: (z [B, D], aux dict, new variables incl. 'intermediates')."""
-    variables = {"params": params, "batch_stats": batch_stats}
-    if perturbations is not None:
-        variables["perturbations"] = perturbations
-    (z, aux), new_vars = model.apply(
-        variables, x, train=True, mutable=["batch_stats", "intermediates"]
-    )
-    return z, aux, new_vars
+def apply_train(model: nn.Module, params, batch_stats, x: jax.Array):
+    """Train-mode forward of ``x``: (z [B, D], aux dict, new batch stats)."""
+    variables = {"params": params}
+    if batch_stats:
+        variables["batch_stats"] = batch_stats
+    (z, aux), new_vars = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    return z, aux, new_vars.get("batch_stats", batch_stats)
 
 
-def tapped_vjp(
-    model: nn.Module, state: TrainState, x: jax.Array, use_taps: bool, with_logits: bool
-):
-    """Forward of ``x`` keeping the VJP w.r.t. (params, tap perturbations).
+def tapped_vjp(model: nn.Module, state: TrainState, x: jax.Array, layers, with_logits: bool):
+    """Forward of ``x`` keeping the VJP w.r.t. the params and (if ``layers``) the taps.
 
-    Returns (outputs {'z', ['logits']}, vjp_fn, new batch stats, tap activations);
-    ``vjp_fn(g) -> (param_grads, tap_grads)`` (tap_grads None without taps).
+    Returns (outputs {'z', ['logits']}, vjp_fn, new batch stats, tap activations {layer: A});
+    ``vjp_fn(g) -> (param_grads, tap_grads {layer: dL/dA})`` (activations and tap_grads None
+    without layers).
     """
 
-    def forward(params, perturbations):
-        z, aux, new_vars = apply_train(model, params, state.batch_stats, x, perturbations)
+    def forward(params):
+        z, aux, batch_stats = apply_train(model, params, state.batch_stats, x)
         outputs = {"z": z, "logits": aux["logits"]} if with_logits else {"z": z}
-        return outputs, (new_vars["batch_stats"], new_vars.get("intermediates", {}))
+        return outputs, batch_stats
 
-    if use_taps:
-        zeros = zero_taps(
-            model, {"params": state.params, "batch_stats": state.batch_stats}, x, train=True
+    if layers:
+        outputs, vjp_fn, acts, batch_stats = taps.vjp(
+            forward, state.params, taps=taps.for_model(model, layers), has_aux=True
         )
-        outputs, vjp_fn, (batch_stats, taps) = jax.vjp(forward, state.params, zeros, has_aux=True)
-    else:
-        outputs, vjp_p, (batch_stats, taps) = jax.vjp(
-            lambda p: forward(p, None), state.params, has_aux=True
-        )
-        vjp_fn = lambda g: (vjp_p(g)[0], None)  # noqa: E731
-    return outputs, vjp_fn, batch_stats, taps
+        return outputs, vjp_fn, batch_stats, acts
+    outputs, vjp_p, batch_stats = jax.vjp(forward, state.params, has_aux=True)
+    return outputs, (lambda g: (vjp_p(g)[0], None)), batch_stats, None
 
 
 def mix_view(
-    key: jax.Array, v1: jax.Array, taps, tap_grads, cfg: StepConfig, out_size: tuple[int, int]
+    key: jax.Array, v1: jax.Array, acts, tap_grads, cfg: StepConfig, out_size: tuple[int, int]
 ):
-    """Mixed view 1 [N, H, W, C], its per-sample loss weights [N] and masked fractions [N].
+    """Mixed view 1 [N, H, W, C], its masked fractions [N] and the mixing metrics.
 
     GradMix reads the first N rows (view 1) of the tap activations and gradients; CutMix and Mixup
-    ignore them.
+    ignore them. Metrics: ``fallback_boxes``, the number of GradMix maps with no region to prefer
+    (NaN or constant) whose box went to a random position.
     """
     n = v1.shape[0]
+    metrics = {}
     if cfg.method == "gradmix":
-        # Attribution in float32 whatever the activation dtype.
-        maps = [
-            attribution.layercam(
-                tap_activation(taps, layer)[:n].astype(jnp.float32),
-                tap_gradient(tap_grads, layer)[:n].astype(jnp.float32),
-            )
-            for layer in cfg.layers
-        ]
-        heat = attribution.aggregate_maps(maps, out_size, normalize=cfg.normalize)
+        heat = attribution.tap_maps(
+            {layer: acts[layer][:n] for layer in cfg.layers},
+            {layer: tap_grads[layer][:n] for layer in cfg.layers},
+            out_size,
+            normalize=cfg.normalize,
+        )
         mixed, masked = mixing.gradmix(
             key,
             v1,
@@ -188,14 +191,14 @@ def mix_view(
             placement=cfg.placement,
             ratio_per=cfg.ratio_per,
         )
+        metrics["fallback_boxes"] = jnp.sum(mixing.degenerate_maps(heat))
     elif cfg.method == "cutmix":
         mixed, lam, _ = mixing.cutmix(key, v1, cfg.alpha)
         masked = 1.0 - lam
     else:  # mixup
         mixed, lam, _ = mixing.mixup(key, v1, cfg.alpha)
         masked = 1.0 - lam
-    weights = mix_loss_weights(masked, cfg.loss_weight)
-    return jax.lax.stop_gradient(mixed), jax.lax.stop_gradient(weights), masked
+    return jax.lax.stop_gradient(mixed), jax.lax.stop_gradient(masked), metrics
 
 
 def _mixed_term(
@@ -206,29 +209,33 @@ def _mixed_term(
     mixed: jax.Array,
     v2: jax.Array,
     z_view2: jax.Array,
-    weights: jax.Array,
+    masked: jax.Array,
 ):
     """The mixed loss's value and gradients: (loss, batch stats, param grads, dL/dz(view 2)).
 
-    Default: only the mixed view is forwarded; view 2's embedding ``z_view2`` comes from the clean
-    pass and its gradient is returned, to be folded into that pass's cotangent. ``cfg.exact``:
-    view 2 is forwarded again beside the mixed view (the authors' code), gradient None.
+    The loss is ``losses.mixed_view_loss`` (eq. 8's mixed term). Default: only the mixed view is
+    forwarded; view 2's embedding ``z_view2`` comes from the clean pass and its gradient is
+    returned, to be folded into that pass's cotangent. ``cfg.exact``: view 2 is forwarded again
+    beside the mixed view (the authors' code), gradient None.
     """
     n = mixed.shape[0]
+    mixed_loss = functools.partial(
+        losses.mixed_view_loss, temperature=cfg.temperature, loss_weight=cfg.loss_weight
+    )
     if cfg.exact:
 
         def objective(p):
-            zz, _, new_vars = apply_train(model, p, batch_stats, jnp.concatenate([mixed, v2]))
-            loss = mixed_loss(zz[:n], zz[n:], weights, cfg)
-            return cfg.mix_weight * loss, (loss, new_vars["batch_stats"])
+            zz, _, new_stats = apply_train(model, p, batch_stats, jnp.concatenate([mixed, v2]))
+            loss = mixed_loss(zz[:n], zz[n:], masked)
+            return cfg.mix_weight * loss, (loss, new_stats)
 
         (_, (loss, batch_stats)), g_params = jax.value_and_grad(objective, has_aux=True)(params)
         return loss, batch_stats, g_params, None
 
     def objective(p, z2):
-        zm, _, new_vars = apply_train(model, p, batch_stats, mixed)
-        loss = mixed_loss(zm, z2, weights, cfg)
-        return cfg.mix_weight * loss, (loss, new_vars["batch_stats"])
+        zm, _, new_stats = apply_train(model, p, batch_stats, mixed)
+        loss = mixed_loss(zm, z2, masked)
+        return cfg.mix_weight * loss, (loss, new_stats)
 
     (_, (loss, batch_stats)), (g_params, g_view2) = jax.value_and_grad(
         objective, argnums=(0, 1), has_aux=True
@@ -252,9 +259,9 @@ def contrastive_grads(
     aug_key, mix_key = jax.random.split(key)
     v1, v2 = augment.two_views(aug_key, x, aug_params)
     n = v1.shape[0]
-    use_taps = cfg.method == "gradmix"
-    outputs, vjp_fn, batch_stats, taps = tapped_vjp(
-        model, state, jnp.concatenate([v1, v2], axis=0), use_taps, cfg.supervised == "ce"
+    layers = cfg.layers if cfg.method == "gradmix" else ()
+    outputs, vjp_fn, batch_stats, acts = tapped_vjp(
+        model, state, jnp.concatenate([v1, v2], axis=0), layers, cfg.supervised == "ce"
     )
     (clean, parts), g_out = jax.value_and_grad(clean_terms, has_aux=True)(outputs, y, cfg)
     metrics = dict(parts)
@@ -263,7 +270,7 @@ def contrastive_grads(
         return vjp_fn(g_out)[0], {"batch_stats": batch_stats}, metrics
 
     tap_grads = None
-    if use_taps:
+    if layers:
         if cfg.attribution_loss == "total":
             g_attr = g_out
         else:
@@ -271,9 +278,9 @@ def contrastive_grads(
         # Only the tap cotangents are used: XLA drops the weight gradients and everything below
         # the lowest tap from this call.
         tap_grads = vjp_fn(g_attr)[1]
-    mixed, weights, masked = mix_view(mix_key, v1, taps, tap_grads, cfg, aug_params.out_size)
+    mixed, masked, mix_metrics = mix_view(mix_key, v1, acts, tap_grads, cfg, aug_params.out_size)
     l_mix, batch_stats, g_mix, g_view2 = _mixed_term(
-        model, cfg, state.params, batch_stats, mixed, v2, outputs["z"][n:], weights
+        model, cfg, state.params, batch_stats, mixed, v2, outputs["z"][n:], masked
     )
     if g_view2 is not None:
         # View 2's embedding came from the clean pass: fold its gradient into that pass's
@@ -281,7 +288,10 @@ def contrastive_grads(
         g_out = {**g_out, "z": g_out["z"].at[n:].add(g_view2)}
     param_grads = jax.tree.map(jnp.add, vjp_fn(g_out)[0], g_mix)
     metrics.update(
-        masked_fraction=jnp.mean(masked), mix_loss=l_mix, loss=clean + cfg.mix_weight * l_mix
+        mix_metrics,
+        masked_fraction=jnp.mean(masked),
+        mix_loss=l_mix,
+        loss=clean + cfg.mix_weight * l_mix,
     )
     return param_grads, {"batch_stats": batch_stats}, metrics
 
@@ -307,42 +317,39 @@ def moco_grads(
     m = cfg.moco_momentum
     # As MoCo: update the key encoder from the current query encoder, then compute the keys.
     key_params = jax.tree.map(lambda k, q: m * k + (1.0 - m) * q, moco.key_params, state.params)
-    (k, _), key_vars = model.apply(
-        {"params": key_params, "batch_stats": moco.key_batch_stats},
-        v2,
-        train=True,
-        mutable=["batch_stats"],
-    )
+    k, _, key_batch_stats = apply_train(model, key_params, moco.key_batch_stats, v2)
     k = jax.lax.stop_gradient(k)
 
     def infonce(q):
         return jnp.mean(losses.moco_loss(q, k, moco.queue, cfg.temperature, reduction="none"))
 
-    outputs, vjp_fn, batch_stats, taps = tapped_vjp(
-        model, state, v1, cfg.method == "gradmix", False
-    )
+    layers = cfg.layers if cfg.method == "gradmix" else ()
+    outputs, vjp_fn, batch_stats, acts = tapped_vjp(model, state, v1, layers, False)
     loss, g_q = jax.value_and_grad(infonce)(outputs["z"])
     # The attribution loss IS the training loss here: one backward gives both gradients.
     param_grads, tap_grads = vjp_fn({"z": g_q})
     metrics = {"moco": loss}
     if cfg.method != "none":
-        mixed, weights, masked = mix_view(mix_key, v1, taps, tap_grads, cfg, aug_params.out_size)
+        mixed, masked, mix_metrics = mix_view(
+            mix_key, v1, acts, tap_grads, cfg, aug_params.out_size
+        )
+        weights = losses.mix_loss_weights(masked, cfg.loss_weight)
 
         def mix_objective(params):
-            qm, _, new_vars = apply_train(model, params, batch_stats, mixed)
+            qm, _, new_stats = apply_train(model, params, batch_stats, mixed)
             per = losses.moco_loss(qm, k, moco.queue, cfg.temperature, reduction="none")
-            return jnp.mean(weights * per), new_vars["batch_stats"]
+            return jnp.mean(weights * per), new_stats
 
         (l_mix, batch_stats), g_mix = jax.value_and_grad(mix_objective, has_aux=True)(state.params)
         param_grads = jax.tree.map(jnp.add, param_grads, g_mix)
         loss = loss + l_mix
-        metrics.update(masked_fraction=jnp.mean(masked), mix_loss=l_mix)
+        metrics.update(mix_metrics, masked_fraction=jnp.mean(masked), mix_loss=l_mix)
     metrics["loss"] = loss
     # Enqueue this batch's keys over the oldest ones (any queue size >= batch size works).
     rows = (moco.queue_ptr + jnp.arange(n)) % moco.queue.shape[0]
     new_moco = MocoState(
         key_params=key_params,
-        key_batch_stats=key_vars["batch_stats"],
+        key_batch_stats=key_batch_stats,
         queue=moco.queue.at[rows].set(k),
         queue_ptr=(moco.queue_ptr + n) % moco.queue.shape[0],
     )
