@@ -10,10 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _reference import add_at_paths
 
 from gradmix_jax import attribution_analysis as aa
 from gradmix_jax import losses
-from gradmix_jax.models import create_model, tap_path
+from gradmix_jax.models import create_model, resnet_tap_paths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -44,40 +45,25 @@ def tiny():
     return model, variables, images
 
 
-def _get(tree, path):
-    for p in path:
-        tree = tree[p]
-    return tree
-
-
-def _set(tree, path, value):
-    """Copy of nested dict ``tree`` with ``path`` replaced by ``value``."""
-    tree = dict(tree)
-    if len(path) == 1:
-        tree[path[0]] = value
-    else:
-        tree[path[0]] = _set(tree[path[0]], path[1:], value)
-    return tree
-
-
 def reference_maps(model, variables, images, layers, score_fn, flip_view, normalize):
-    """Independent reference: activations from ``mutable=['intermediates']``; each layer's gradient
-    from its OWN ``jax.grad`` w.r.t. that layer's perturbation; LayerCAM, upsampling and min-max in
+    """Independent reference: activations recorded at the tap blocks; each layer's gradient from
+    its OWN ``jax.grad`` w.r.t. an offset added at that block's output; LayerCAM, upsampling and min-max in
     NumPy / jax.image.resize."""
     n = images.shape[0]
     x = jnp.concatenate([images, images[:, :, ::-1]]) if flip_view else images
-    _, state = model.apply(variables, x, train=False, mutable=["intermediates", "perturbations"])
-    zeros = state["perturbations"]
     total = np.zeros(images.shape[:3])
     for layer in layers:
-        act = np.asarray(_get(state["intermediates"], tap_path(layer))[0][:n], np.float64)
+        path, record = resnet_tap_paths("resnet18")[layer], {}
+        with add_at_paths({path: None}, record):
+            model.apply(variables, x, train=False)
+        act = np.asarray(record[path][:n], np.float64)
 
-        def f(p, layer=layer):
-            perts = _set(zeros, tap_path(layer), p)
-            z, _ = model.apply({**variables, "perturbations": perts}, x, train=False)
+        def f(p, path=path):
+            with add_at_paths({path: p}):
+                z, _ = model.apply(variables, x, train=False)
             return score_fn(z)
 
-        grad = np.asarray(jax.grad(f)(_get(zeros, tap_path(layer)))[:n], np.float64)
+        grad = np.asarray(jax.grad(f)(jnp.zeros_like(record[path]))[:n], np.float64)
         cam = np.maximum((np.maximum(grad, 0) * act).sum(-1), 0)  # [n, h, w]
         up = np.asarray(
             jax.image.resize(
@@ -174,8 +160,8 @@ def test_bad_arguments_raise_one_clear_value_error(tiny):
     model, variables, images = tiny
     cases = [
         (dict(target="logits"), "target must be one of"),
-        (dict(layers=("conv9_9",)), "layers must be a non-empty subset"),
-        (dict(layers=()), "layers must be a non-empty subset"),
+        (dict(layers=("conv9_9",)), "tap .conv9_9. .path .conv9_9.. matched no Linen submodule"),
+        (dict(layers=()), "layers must be a non-empty sequence of tap names"),
         (dict(normalize="max"), "normalize must be one of"),
         (dict(target="prototype"), "prototypes must be"),
         (dict(temperature=0.0), "temperature must be"),

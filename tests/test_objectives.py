@@ -5,9 +5,10 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _reference import add_at_paths
 
 from gradmix_jax import attribution, augment, losses, mixing
-from gradmix_jax.models import create_model
+from gradmix_jax.models import create_model, resnet_tap_paths
 from gradmix_jax.training.train_step import (
     StepConfig,
     clean_terms,
@@ -52,35 +53,25 @@ def test_moco_loss_matches_numpy():
         losses.moco_loss(q, k, queue[:, :3])
 
 
-def _apply(model, params, batch_stats, images, perturbations=None):
+def _apply(model, params, batch_stats, images, offsets=None, record=None):
     variables = {"params": params, "batch_stats": batch_stats}
-    if perturbations is not None:
-        variables["perturbations"] = perturbations
-    (z, aux), new = model.apply(
-        variables, images, train=True, mutable=["batch_stats", "intermediates"]
-    )
+    with add_at_paths(offsets or {}, record):
+        (z, aux), new = model.apply(variables, images, train=True, mutable=["batch_stats"])
     return z, aux, new
 
 
 def _gradmix_view(model, params, bs, images, loss_of_z, key, cfg, n):
-    """Reference attribution: a separate pass, jax.grad w.r.t. the tap perturbations."""
-    perts = model.apply(
-        {"params": params, "batch_stats": bs},
-        images,
-        train=True,
-        mutable=["batch_stats", "perturbations"],
-    )[1]["perturbations"]
-    perts = jax.tree.map(jnp.zeros_like, perts)
+    """Reference attribution: a separate pass, jax.grad w.r.t. offsets added at the tap blocks."""
+    paths = [resnet_tap_paths("resnet18")[layer] for layer in cfg.layers]
+    acts = {}
+    _apply(model, params, bs, images, dict.fromkeys(paths), acts)
 
-    def attr(pt):
-        z, aux, new = _apply(model, params, bs, images, pt)
-        return loss_of_z(z, aux), new["intermediates"]
+    def attr(offsets):
+        z, aux, _ = _apply(model, params, bs, images, offsets)
+        return loss_of_z(z, aux)
 
-    g, inter = jax.grad(attr, has_aux=True)(perts)
-    maps = [
-        attribution.layercam(inter["encoder"][layer][0][:n], g["encoder"][layer][:n])
-        for layer in cfg.layers
-    ]
+    g = jax.grad(attr)({p: jnp.zeros_like(acts[p]) for p in paths})
+    maps = [attribution.layercam(acts[p][:n], g[p][:n]) for p in paths]
     heat = attribution.aggregate_maps(maps, (SIZE, SIZE), cfg.normalize)
     return mixing.gradmix(
         key, images[:n], heat, cfg.ratio_range, cfg.ratio_of, cfg.fill, cfg.placement, cfg.ratio_per
