@@ -7,13 +7,12 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _reference import add_at_paths, naive_mixed_loss
+from _reference import reference_grads
 
-from gradmix_jax import attribution, augment, mixing
-from gradmix_jax.models import create_model, resnet_tap_paths
+from gradmix_jax import augment
+from gradmix_jax.models import create_model
 from gradmix_jax.training.train_step import (
     StepConfig,
-    contrastive_terms,
     init_state,
     make_grad_fn,
     make_optimizer,
@@ -33,74 +32,6 @@ def setup():
     x = jnp.asarray(rng.integers(0, 256, (N, SIZE, SIZE, 1), dtype=np.uint8))
     y = jnp.asarray(np.array([0, 1, 2, 0, 1, 2, 0, 1], np.int32))
     return model, tx, schedule, state, x, y
-
-
-def _apply(model, params, batch_stats, images, offsets=None, record=None):
-    variables = {"params": params, "batch_stats": batch_stats}
-    with add_at_paths(offsets or {}, record):
-        (z, _), new = model.apply(variables, images, train=True, mutable=["batch_stats"])
-    return z, new
-
-
-def reference_grads(model, state, x, y, key, cfg: StepConfig, size=SIZE, paths=None):
-    """Eq. 8 written the obvious way: a separate attribution pass, then jax.grad of the total.
-
-    ``paths``: tap name -> submodule path (the ResNet's by default).
-    """
-    aug_key, mix_key = jax.random.split(key)
-    v1, v2 = augment.two_views(aug_key, x, AUG if size == SIZE else _aug(size))
-    n = v1.shape[0]
-    views = jnp.concatenate([v1, v2])
-    params, bs = state.params, state.batch_stats
-    if cfg.method == "none":
-        return jax.grad(lambda p: contrastive_terms(_apply(model, p, bs, views)[0], y, cfg)[0])(
-            params
-        )
-
-    if cfg.method == "gradmix":
-        paths = paths or resnet_tap_paths("resnet18")
-        record = {}
-        _apply(model, params, bs, views, {paths[layer]: None for layer in cfg.layers}, record)
-        zeros = {paths[layer]: jnp.zeros_like(record[paths[layer]]) for layer in cfg.layers}
-
-        def attr_loss(offsets):
-            z, _ = _apply(model, params, bs, views, offsets)
-            loss, parts = contrastive_terms(z, y, cfg)
-            return parts["simclr"] if cfg.attribution_loss == "simclr" else loss
-
-        g = jax.grad(attr_loss)(zeros)
-        maps = [
-            attribution.layercam(record[paths[layer]][:n], g[paths[layer]][:n])
-            for layer in cfg.layers
-        ]
-        heat = attribution.aggregate_maps(maps, v1.shape[1:3], cfg.normalize)
-        mixed, frac = mixing.gradmix(
-            mix_key, v1, heat, cfg.ratio_range, cfg.ratio_of, cfg.fill, cfg.placement, cfg.ratio_per
-        )
-    else:
-        fn = mixing.cutmix if cfg.method == "cutmix" else mixing.mixup
-        mixed, lam, _ = fn(mix_key, v1, cfg.alpha)
-        frac = 1.0 - lam
-
-    def mix(zm, z2):
-        return naive_mixed_loss(zm, z2, frac, cfg.temperature, cfg.loss_weight)
-
-    def total(p):
-        z, new = _apply(model, p, bs, views)
-        clean = contrastive_terms(z, y, cfg)[0]
-        if cfg.exact:
-            zz, _ = _apply(model, p, new["batch_stats"], jnp.concatenate([mixed, v2]))
-            loss = mix(zz[:n], zz[n:])
-        else:
-            zm, _ = _apply(model, p, new["batch_stats"], mixed)
-            loss = mix(zm, z[n:])
-        return clean + cfg.simclr_weight * loss
-
-    return jax.grad(total)(params)
-
-
-def _aug(size):
-    return augment.AugmentParams.digits((size, size))
 
 
 @pytest.mark.parametrize(
@@ -127,7 +58,7 @@ def test_fused_grads_match_reference(setup, cfg):
     model, tx, schedule, state, x, y = setup
     key = jax.random.key(3)
     grads, _, metrics = jax.jit(make_grad_fn(model, AUG, cfg))(state, x, y, key)
-    want = reference_grads(model, state, x, y, key, cfg)  # eager: cheaper than compiling it
+    want = reference_grads(model, state, x, y, key, cfg, AUG)  # eager: cheaper than compiling it
     flat_got, _ = jax.flatten_util.ravel_pytree(grads)
     flat_want, _ = jax.flatten_util.ravel_pytree(want)
     assert np.isfinite(float(metrics["loss"]))
