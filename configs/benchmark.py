@@ -28,6 +28,7 @@ def get_config():
         checkpoint_saves=3,  # timed saves of the gradmix state (checkpoint cost line); 0: none
         grid=(),  # e.g. ('float32/256/32', 'bfloat16/1024/64'): dtype/batch/image size settings
         peak_tflops=0.0,  # > 0 overrides the device's peak (else flops.PEAK_TFLOPS or a measured matmul)
+        taps_cost=True,  # time taps.vjp against a plain jax.vjp of the same forward pass
         profile_dir="",  # set: jax.profiler trace + compiled HLO of the GradMix step written here
     )
     return c

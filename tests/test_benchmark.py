@@ -38,6 +38,10 @@ def test_benchmark_writes_report(tmp_path):
         r = report[method]
         assert r["step_seconds"] > 0 and len(r["step_seconds_all"]) == 2
         assert abs(r["images_per_second"] - 8 / r["step_seconds"]) < 1e-6 * r["images_per_second"]
+    tc = report["taps_cost"]  # on by default in configs/benchmark.py
+    assert tc["taps"] == ["conv3_2", "conv4_2", "conv5_2"]
+    assert all(t > 0 for t in tc["seconds"].values())
+    assert tc["taps_over_plain"] == tc["seconds"]["taps_vjp"] / tc["seconds"]["plain_vjp"]
     assert report["ratio_to_none"]["none"] == 1.0
     assert (
         report["ratio_to_none"]["gradmix"]

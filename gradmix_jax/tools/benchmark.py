@@ -10,6 +10,10 @@ and the MFU of each against the device's peak. ``gradmix_exact`` is GradMix with
 ``bench.checkpoint_saves`` saves of the step's state give the checkpoint cost: the median save
 time as a fraction of a run's time at ``checkpoint_every_steps`` (see ``checkpoint_cost``).
 
+``bench.taps_cost`` also times what the attribution taps cost: the model's forward and backward
+pass as a plain ``jax.vjp`` against ``taps.vjp`` with the GradMix taps (parameter and tap
+gradients from the same pass), and the tap gradients alone (what the step's attribution costs).
+
 ``bench.grid`` (e.g. ``('float32/256/32', 'bfloat16/1024/64')``: dtype/batch/image size) runs
 several settings in one process; ``bench.profile_dir`` writes a ``jax.profiler`` trace of a few
 GradMix steps and the compiled step's HLO text with op counts.
@@ -30,6 +34,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from gradmix_jax import taps
 from gradmix_jax.models import model_from_config
 from gradmix_jax.tools import flops
 from gradmix_jax.tools.profiling import hlo_op_counts, profile_step  # noqa: F401
@@ -135,6 +140,55 @@ def time_method(
     return result
 
 
+def _median_seconds(fn, args, warmup: int, timed: int) -> float:
+    times = []
+    for i in range(warmup + timed):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def taps_cost(config, images: np.ndarray) -> dict[str, Any]:
+    """Forward + backward of ``[v1; v2]`` (2 x batch images, train mode): a plain ``jax.vjp`` vs
+    ``taps.vjp`` at ``gradmix.layers``, and the tap cotangents alone. Median seconds and ratios."""
+    model = model_from_config(config)
+    x = jax.numpy.asarray(images[: 2 * config.batch_size], jax.numpy.float32) / 255.0
+    variables = model.init(jax.random.key(0), x[:2], train=False)
+    spec = taps.for_model(model, config.gradmix.layers)
+
+    def forward(params):
+        (z, _), new = model.apply(
+            {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+        )
+        return z, new
+
+    def plain(params):
+        z, vjp_fn, _ = jax.vjp(forward, params, has_aux=True)
+        return vjp_fn(z)[0]
+
+    def tapped(params):
+        z, vjp_fn, _, _ = taps.vjp(forward, params, taps=spec, has_aux=True)
+        return vjp_fn(z)
+
+    def tap_grads_only(params):
+        z, vjp_fn, acts, _ = taps.vjp(forward, params, taps=spec, has_aux=True)
+        return vjp_fn(z)[1], acts
+
+    b = config.bench
+    seconds = {
+        name: _median_seconds(jax.jit(fn), (variables["params"],), b.warmup_steps, b.timed_steps)
+        for name, fn in (("plain_vjp", plain), ("taps_vjp", tapped), ("tap_grads", tap_grads_only))
+    }
+    return {
+        "seconds": seconds,
+        "taps": list(spec),
+        "taps_over_plain": seconds["taps_vjp"] / seconds["plain_vjp"],
+        "tap_grads_over_plain": seconds["tap_grads"] / seconds["plain_vjp"],
+    }
+
+
 def checkpoint_cost(state, saves: int, step_seconds: float, every_steps: int) -> dict[str, Any]:
     """What a checkpoint save costs a run, as the trainer saves (``checkpoint.BackgroundSaver``).
 
@@ -216,6 +270,15 @@ def run_setting(config) -> dict[str, Any]:
                 f"at checkpoint_every_steps={ck['every_steps']}",
                 file=sys.stderr,
             )
+    if b.get("taps_cost", False):
+        report["taps_cost"] = tc = taps_cost(config, images)
+        print(
+            f"{'taps':14s} taps.vjp {1e3 * tc['seconds']['taps_vjp']:.1f} ms vs plain jax.vjp "
+            f"{1e3 * tc['seconds']['plain_vjp']:.1f} ms ({tc['taps_over_plain']:.3f}x); tap "
+            f"gradients alone {1e3 * tc['seconds']['tap_grads']:.1f} ms "
+            f"({tc['tap_grads_over_plain']:.3f}x)",
+            file=sys.stderr,
+        )
     if "none" in report:
         base = report["none"]["step_seconds"]
         report["ratio_to_none"] = {m: report[m]["step_seconds"] / base for m in b.methods}
