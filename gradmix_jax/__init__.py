@@ -1,7 +1,7 @@
 """GradMix in JAX/Flax: attribution-based mixing augmentation for open-set recognition.
 
 The package root holds the library: pure, jit/vmap/grad-safe functions other JAX code can embed
-(``attribution``, ``mixing``, ``augment``, ``losses``, ``osr``, ``metrics``, ``models``,
+(``taps``, ``attribution``, ``mixing``, ``augment``, ``losses``, ``osr``, ``metrics``, ``models``,
 ``evaluation``, ``attribution_analysis``, ``data``). ``gradmix_jax.training`` is the program built
 on it (trainer, train step, input pipeline, checkpoints, configs) and ``gradmix_jax.tools`` its
 benchmark and FLOP counter. ``python -m gradmix_jax.train`` and ``python -m gradmix_jax.evaluate``
@@ -28,6 +28,7 @@ _SUBMODULES = (
     "mixing",
     "models",
     "osr",
+    "taps",
     "training",
     "tools",
 )

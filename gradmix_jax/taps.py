@@ -71,6 +71,8 @@ def normalize_taps(taps: Any) -> dict[str, Path]:
         spec = {}
         for path in taps:
             parts = _as_path(path)
+            if "/".join(parts) in spec:
+                raise ValueError(f"taps name the same submodule more than once: {taps!r}")
             spec["/".join(parts)] = parts
     else:
         raise ValueError(
@@ -243,11 +245,16 @@ class _NnxTaps:
                     f"model; its submodules: {module_paths(self.model)}"
                 )
             self.recorder.seen.add((path, self.recorder.method))
-            if id(node) not in instances:
-                instances[id(node)] = path
-                cls = type(node)
-                self.swapped.append((node, cls))
-                node.__class__ = _tapped_class(cls, self.recorder.method)
+            if id(node) in instances:
+                other = "/".join(instances[id(node)])
+                raise ValueError(
+                    f"taps {other!r} and {'/'.join(path)!r} are the same NNX submodule (one "
+                    "instance reachable at two paths): tap it once"
+                )
+            instances[id(node)] = path
+            cls = type(node)
+            self.swapped.append((node, cls))
+            node.__class__ = _tapped_class(cls, self.recorder.method)
         if not hasattr(_NNX_LOCAL, "stack"):
             _NNX_LOCAL.stack = []
         _NNX_LOCAL.stack.append((self.recorder, instances))
@@ -325,6 +332,17 @@ def activations(fun: Callable, *args, taps: Any, method: str = "__call__", wrt: 
     return out, recorder.outputs
 
 
+def _zeros_like_abstract(s: jax.ShapeDtypeStruct) -> jax.Array:
+    """Zeros shaped like ``s`` that vary over the same manual mesh axes as the activation.
+
+    Inside ``shard_map`` an activation differs per device; a perturbation built as plain zeros
+    would be typed as replicated, and its cotangent would come back summed over the devices.
+    """
+    zeros = jnp.zeros(s.shape, s.dtype)
+    varying = tuple(sorted(getattr(getattr(s, "manual_axis_type", None), "varying", ()) or ()))
+    return jax.lax.pcast(zeros, varying, to="varying") if varying else zeros
+
+
 def vjp(
     fun: Callable,
     *primals,
@@ -365,7 +383,7 @@ def vjp(
     shapes = jax.eval_shape(
         lambda *args: traced(_Recorder(spec, method, None), *args)[1][0], *split
     )
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    zeros = jax.tree.map(_zeros_like_abstract, shapes)
 
     def with_taps(*args):
         *args, perturbations = args

@@ -740,8 +740,9 @@ def test_normalize_taps_forms():
     assert taps.normalize_taps("a/b") == {"a/b": ("a", "b")}
     assert taps.normalize_taps(["a", ("b", 0)]) == {"a": ("a",), "b/0": ("b", "0")}
     assert taps.normalize_taps({"x": "/a/b/"}) == {"x": ("a", "b")}
-    # The same path twice in a sequence is one tap (one key); two names for it are an error.
-    assert taps.normalize_taps(["a/b", ("a", "b")]) == {"a/b": ("a", "b")}
+    # The same path twice is an error, in a sequence as under two names.
+    with pytest.raises(ValueError, match="same submodule more than once"):
+        taps.normalize_taps(["a/b", ("a", "b")])
 
     # for_model: names from the model's tap_paths mapping, anything else taken as a path.
     class Named(Classifier):
@@ -797,12 +798,6 @@ def _varying(x) -> frozenset:
     return jax.typeof(x).manual_axis_type.varying
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="taps.vjp bug: the zero perturbations are built from eval_shape's shapes without the "
-    "activation's varying mesh axes, so inside shard_map (check_vma=True) the tap gradient is "
-    "mesh-invariant: psum'd over the axis (see the slow 4-device tests)",
-)
 def test_shard_map_tap_gradient_varies_like_its_activation():
     """In-process (one device): inside shard_map the tap gradient of a batch-sharded activation
     must vary over 'data' like the activation (on 4 devices an invariant one is the shards' sum)."""
@@ -884,13 +879,20 @@ def test_shard_map_equals_per_shard_single_device(shard_map_results, kind, group
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="taps.vjp bug: inside shard_map (check_vma=True, the default) the zero perturbations "
-    "are made from eval_shape's shapes without the activation's varying axes, so they are "
-    "mesh-invariant primals and their cotangent (the tap gradient) comes back psum'd over "
-    "'data': every shard gets the sum of all shards' dL/dA",
-)
 @pytest.mark.parametrize("kind", ["linen", "nnx"])
 def test_shard_map_tap_gradients_are_per_shard(shard_map_results, kind):
     _assert_shard_map_matches(shard_map_results, kind, "tap_grads")
+
+
+def test_nnx_one_instance_at_two_paths_is_named():
+    class Aliased(nnx.Module):
+        def __init__(self, rngs):
+            self.p = nnx.Linear(2, 2, rngs=rngs)
+            self.q = self.p
+
+        def __call__(self, x):
+            return self.q(self.p(x)).sum()
+
+    model = Aliased(nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"taps 'p' and 'q' are the same NNX submodule"):
+        taps.vjp(lambda m, x: m(x), model, jnp.ones((2, 2)), taps=["p", "q"])
