@@ -257,3 +257,30 @@ def write_idx_set():
     """``write_idx_set(folder, n_train=40, n_test=20, gz=False, size=28, seed=0)``: writes four
     IDX files with every class present; returns {split: (images, labels)}."""
     return _write_idx_set
+
+
+@pytest.fixture(scope="session")
+def run_on_fake_devices(repo_root):
+    """``run(script, devices)``: a script of tests/ run with ``devices`` fake CPU devices; returns
+    the JSON object its last stdout line holds (the test fails with its stderr otherwise)."""
+    import json
+    import subprocess
+    import sys
+
+    def run(script, devices, timeout=600):
+        env = dict(os.environ)
+        env["XLA_FLAGS"] = (
+            env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+        ).strip()
+        out = subprocess.run(
+            [sys.executable, os.path.join(repo_root, "tests", script)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=repo_root,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    return run

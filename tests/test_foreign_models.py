@@ -2,10 +2,7 @@
 written out naively, for a Linen CNN with its own names, a Linen model with a shared submodule
 and an NNX model; under jax.vmap over two models and on 4 fake devices."""
 
-import json
 import os
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -149,17 +146,8 @@ def test_vmap_over_two_models_equals_each_alone():
 
 
 @pytest.mark.slow
-def test_four_fake_devices_equal_one():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    out = subprocess.run(
-        [sys.executable, os.path.join(HERE, "foreign_multidevice_check.py")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+def test_four_fake_devices_equal_one(run_on_fake_devices):
+    result = run_on_fake_devices("foreign_multidevice_check.py", 4)
     assert result["devices"] == 4
     assert result["max_rel_diff"] < 1e-4, result
 
@@ -262,3 +250,54 @@ def test_nnx_step_under_vmap_over_two_models():
     both = jax.jit(jax.vmap(per_model))(stacked)
     for i, model in enumerate(models):
         _close(jax.tree.map(lambda a, i=i: a[i], both), _nnx_public_step(model, v1, v2, key)[0])
+
+
+def test_linen_views_differ_from_the_images_only_inside_the_boxes():
+    """The public API on the user's Linen CNN: maps from its taps, GradMix views, and the boxes
+    the documented key splits give (gradmix's docstring)."""
+    model = Embedder()
+    x, _ = _batch()
+    v1, v2 = augment.two_views(jax.random.key(2), x, AUG)
+    variables = model.init(jax.random.key(0), v1, train=False)
+    layers = ("backbone/stage1", "backbone/stage2")
+    z, vjp_fn, acts = taps.vjp(
+        lambda v: model.apply(v, jnp.concatenate([v1, v2]), train=False)[0], variables, taps=layers
+    )
+    _, g_taps = vjp_fn(jax.grad(_simclr)(z))
+    a1, g1 = jax.tree.map(lambda a: a[:N], (acts, g_taps))
+    heat = attribution.tap_maps(a1, g1, (SIZE, SIZE))
+    key = jax.random.key(3)
+    mixed, masked = jax.jit(mixing.gradmix)(key, v1, heat)
+    assert not np.any(mixing.degenerate_maps(heat))
+    ratios = mixing.sample_ratios(jax.random.split(key)[0], N)
+    top, left, bh, bw = mixing.gradmix_boxes(heat, ratios)
+    rows, cols = np.arange(SIZE)[:, None], np.arange(SIZE)[None, :]
+    for i in range(N):
+        t, lft, h, w = int(top[i]), int(left[i]), int(bh[i]), int(bw[i])
+        box = (rows >= t) & (rows < t + h) & (cols >= lft) & (cols < lft + w)
+        np.testing.assert_array_equal(np.asarray(mixed[i])[~box], np.asarray(v1[i])[~box])
+        assert np.any(np.asarray(mixed[i])[box] != np.asarray(v1[i])[box])
+        np.testing.assert_allclose(float(masked[i]), box.mean(), rtol=1e-6)
+        # The box is centred on the map's maximum (shifted inside the image if needed).
+        cy, cx = np.unravel_index(int(np.argmax(np.asarray(heat[i]))), (SIZE, SIZE))
+        assert t <= cy < t + h and lft <= cx < lft + w
+
+
+def test_attribution_analysis_on_the_users_model():
+    """attribution_analysis maps of the user's Linen CNN at its own submodule paths."""
+    from gradmix_jax import attribution_analysis as aa
+
+    model = Embedder()
+    images = jax.random.uniform(jax.random.key(0), (4, SIZE, SIZE, 1))
+    variables = model.init(jax.random.key(1), images, train=False)
+    layers = ("backbone/stage1", "backbone/stage2")
+    acts, grads, _ = aa.tap_activations_and_gradients(model, variables, images, layers)
+    assert {k: v.shape for k, v in acts.items()} == {
+        "backbone/stage1": (4, 6, 6, 8),
+        "backbone/stage2": (4, 3, 3, 12),
+    }
+    maps = aa.attribution_maps(model, variables, images, layers)
+    want = attribution.tap_maps(acts, grads, (SIZE, SIZE))
+    np.testing.assert_allclose(maps, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="matched no Linen submodule.*backbone/stage1"):
+        aa.attribution_maps(model, variables, images, ("backbone/stage9",))

@@ -11,10 +11,7 @@ parameter gradients against plain ``jax.grad`` / ``nnx.grad``.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from typing import Any
 
 import flax.linen as nn
@@ -825,24 +822,11 @@ def test_shard_map_tap_gradient_varies_like_its_activation():
 
 
 @pytest.fixture(scope="module")
-def shard_map_results():
+def shard_map_results(run_on_fake_devices):
     """tests/taps_multidevice_check.py's JSON: taps.vjp inside jax.shard_map (batch over 'data',
     4 fake CPU devices, train-mode BatchNorm: per-shard statistics) and the same function on one
     device on each shard's slice, for the Linen Classifier and the NNX Net."""
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-    ).strip()
-    out = subprocess.run(
-        [sys.executable, os.path.join(HERE, "taps_multidevice_check.py")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=os.path.dirname(HERE),
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_on_fake_devices("taps_multidevice_check.py", 4, timeout=300)
     assert result.pop("devices") == 4
     return result
 
