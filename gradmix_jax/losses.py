@@ -188,8 +188,6 @@ def mixed_view_loss(
     Returns:
       scalar.
     """
-    if loss_weight not in LOSS_WEIGHTS:
-        raise ValueError(f"loss_weight must be one of {LOSS_WEIGHTS}, got {loss_weight!r}")
     m_shape, v_shape = tuple(jnp.shape(z_mixed)), tuple(jnp.shape(z_view2))
     if len(m_shape) != 2 or v_shape != m_shape:
         raise ValueError(

@@ -64,27 +64,22 @@ def normalize_taps(taps: Any) -> dict[str, Path]:
     Names of paths given without one are the ``/``-joined path.
     """
     if isinstance(taps, Mapping):
-        spec = {str(name): _as_path(path) for name, path in taps.items()}
+        items = [(str(name), _as_path(path)) for name, path in taps.items()]
     elif isinstance(taps, str):
-        spec = {"/".join(_as_path(taps)): _as_path(taps)}
+        items = [(None, _as_path(taps))]
     elif isinstance(taps, Sequence):
-        spec = {}
-        for path in taps:
-            parts = _as_path(path)
-            if "/".join(parts) in spec:
-                raise ValueError(f"taps name the same submodule more than once: {taps!r}")
-            spec["/".join(parts)] = parts
+        items = [(None, _as_path(path)) for path in taps]
     else:
         raise ValueError(
             f"taps must be a path, a sequence of paths or a mapping name -> path, got {taps!r}"
         )
-    if not spec:
+    if not items:
         raise ValueError("taps must name at least one submodule path, got none")
-    paths = list(spec.values())
+    paths = [path for _, path in items]
     dup = sorted({"/".join(p) for p in paths if paths.count(p) > 1})
     if dup:
         raise ValueError(f"taps name the same submodule more than once: {dup}")
-    return spec
+    return {"/".join(path) if name is None else name: path for name, path in items}
 
 
 def for_model(model: Any, layers: Any) -> dict[str, Path]:
@@ -391,9 +386,5 @@ def vjp(
 
     out, raw_vjp, (acts, aux, new_rest) = jax.vjp(with_taps, *split, zeros, has_aux=True)
     _write_back(nnx_info, new_rest)
-
-    def vjp_fn(cotangent):
-        *grads, tap_grads = raw_vjp(cotangent)
-        return (*grads, tap_grads)
-
-    return (out, vjp_fn, acts, aux) if has_aux else (out, vjp_fn, acts)
+    # The perturbations are the last primal: raw_vjp returns (*primal_cts, tap_cts) as documented.
+    return (out, raw_vjp, acts, aux) if has_aux else (out, raw_vjp, acts)

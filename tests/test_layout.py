@@ -44,7 +44,7 @@ def test_import_gradmix_jax_stays_light():
 
 
 def test_validation_checks_the_library_constants():
-    from gradmix_jax import attribution, augment, mixing
+    from gradmix_jax import attribution, augment, losses, mixing
     from gradmix_jax.training import objectives, openset_eval, validation
 
     choices = validation.CHOICES
@@ -54,7 +54,7 @@ def test_validation_checks_the_library_constants():
     assert choices["gradmix.ratio_of"] is mixing.RATIO_OF
     assert choices["gradmix.ratio_per"] is mixing.RATIO_PER
     assert choices["gradmix.normalize"] is attribution.NORMALIZE_MODES
-    assert choices["gradmix.loss_weight"] is objectives.LOSS_WEIGHTS
+    assert choices["gradmix.loss_weight"] is losses.LOSS_WEIGHTS
     assert choices["gradmix.attribution_loss"] is objectives.ATTRIBUTION_LOSSES
     assert choices["augment.preset"] is augment.PRESETS
     assert choices["eval.features"] is openset_eval.FEATURES

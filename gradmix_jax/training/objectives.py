@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 
 from gradmix_jax import losses
-from gradmix_jax.losses import LOSS_WEIGHTS  # noqa: F401  (gradmix.loss_weight's choices)
 from gradmix_jax.models import DEFAULT_TAPS
 
 OBJECTIVES: tuple[str, ...] = ("ce", "ce_ssl", "supcon", "supcon_ssl", "simclr", "moco")

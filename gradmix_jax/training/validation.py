@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gradmix_jax import attribution, augment, mixing
+from gradmix_jax import attribution, augment, losses, mixing
 from gradmix_jax.data import VALIDATION_PROTOCOLS
 from gradmix_jax.data.protocols import (
     CLOSED_SET_CLASSES,
@@ -14,7 +14,7 @@ from gradmix_jax.data.protocols import (
     resolve_known_classes,
 )
 from gradmix_jax.models import ARCHITECTURES, DTYPES, STEMS, validate_taps
-from gradmix_jax.training.objectives import ATTRIBUTION_LOSSES, LOSS_WEIGHTS, OBJECTIVES
+from gradmix_jax.training.objectives import ATTRIBUTION_LOSSES, OBJECTIVES
 from gradmix_jax.training.openset_eval import FEATURES
 
 MIXING_METHODS = mixing.METHODS
@@ -31,7 +31,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "gradmix.placement": mixing.PLACEMENTS,
     "gradmix.normalize": attribution.NORMALIZE_MODES,
     "gradmix.attribution_loss": ATTRIBUTION_LOSSES,
-    "gradmix.loss_weight": LOSS_WEIGHTS,
+    "gradmix.loss_weight": losses.LOSS_WEIGHTS,
     "eval.features": FEATURES,
 }
 
