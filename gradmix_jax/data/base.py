@@ -9,11 +9,13 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class OpenSetData:
-    """Host arrays of one open-set split. Images are uint8 NHWC.
+    """One open-set split. Images are uint8 NHWC: arrays in host memory, or lazy image sources
+    of that shape (``gradmix_jax.data.images``) that decode a record when it is read.
 
     train_images [N, H, W, C], train_labels [N] in 0..K-1 (known classes only, remapped in the order
     of ``known_classes``); test_images [T, H, W, C], test_labels [T] in 0..K-1 for known samples and
-    -1 for unknown ones.
+    -1 for unknown ones. ``class_names``: the source's class names where it has them (image
+    folders), indexed like ``known_classes`` / ``unknown_classes``.
     """
 
     name: str
@@ -23,6 +25,7 @@ class OpenSetData:
     test_labels: np.ndarray
     known_classes: tuple[int, ...]
     unknown_classes: tuple[int, ...]
+    class_names: tuple[str, ...] = ()
 
     @property
     def num_known(self) -> int:

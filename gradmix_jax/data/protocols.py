@@ -20,8 +20,21 @@ PROTOCOLS: tuple[str, ...] = (
 )
 NUM_SPLITS = 5
 # Closed-set classification (Table 3): all classes of these datasets (TinyImageNet: the first 100).
-CLOSED_SET_CLASSES = {"cifar10": 10, "cifar100": 100, "tinyimagenet": 100}  # Table 3's defaults
-CLOSED_SET_SOURCE_CLASSES = {"cifar10": 10, "cifar100": 100, "tinyimagenet": 200}
+# ImageNet100 (Table 6) and image folders (every class folder) are closed-set datasets too.
+CLOSED_SET_CLASSES = {
+    "cifar10": 10,
+    "cifar100": 100,
+    "tinyimagenet": 100,  # Table 3's defaults
+    "imagenet100": 100,
+    "imagefolder": 0,
+}
+CLOSED_SET_SOURCE_CLASSES = {
+    "cifar10": 10,
+    "cifar100": 100,
+    "tinyimagenet": 200,
+    "imagenet100": 100,
+    "imagefolder": 0,
+}
 
 
 # Fashion-MNIST is not among the published OSR benchmarks; this project's 6 known / 4 unknown

@@ -45,6 +45,13 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.data.closed_set = False  # True: train/test on all classes (Table 3); protocol = the dataset
     # Closed set: the first N classes of the dataset; 0 = Table 3's (10, 100, TinyImageNet 100 of 200).
     c.data.closed_set_classes = 0
+    # Input path: device (split on every device as uint8) | stream (Grain reads each step's batch
+    # on the host, each process its shard) | auto (device when the decoded training split fits
+    # device_budget_mb, else stream).
+    c.data.pipeline = "auto"
+    c.data.device_budget_mb = 4096.0
+    c.data.num_threads = 16  # Grain reader threads that read/decode records (stream, evaluation)
+    c.data.num_workers = 0  # > 0: Grain worker processes besides the threads (stream path)
 
     # SimCLR view augmentation (gradmix_jax.augment.AugmentParams); preset 'rgb' or 'digits',
     # any field below that is not None overrides the preset.

@@ -12,6 +12,7 @@ import numpy as np
 
 from gradmix_jax import augment, metrics, osr
 from gradmix_jax.data import OpenSetData
+from gradmix_jax.data import images as image_sources
 from gradmix_jax.training import parallel
 
 #: The features the k-NN rule scores: the pooled encoder output or the normalised projection z.
@@ -38,25 +39,40 @@ def make_eval_fn(model: nn.Module, out_size: tuple[int, int], which: str = "enco
     return outputs
 
 
-def extract_features(feature_fn, variables: dict, images: np.ndarray, batch_size: int, mesh):
+def extract_features(
+    feature_fn, variables: dict, images, batch_size: int, mesh, num_threads: int = 16
+):
     """``feature_fn`` on ``images`` in fixed-size (padded) batches: one compilation for any length.
 
-    ``variables = {'params', 'batch_stats'}``.
+    ``variables = {'params', 'batch_stats'}``. ``images``: a uint8 array or a lazy image source
+    (``gradmix_jax.data.images``), read in batches on ``num_threads`` threads, so a split of any
+    size is evaluated in bounded host memory; each process reads only its rows of each batch.
     ``feature_fn(params, batch_stats, images)`` returns an array or a dict of arrays (batch-major);
-    the result has the same structure as NumPy.
+    the result has the same structure as NumPy, on every process.
     """
     n = len(images)
     batch_size = min(batch_size, max(n, 1))
     batch_size += (-batch_size) % mesh.size  # every device (and process) gets an equal share
+    rows = batch_size // jax.process_count()
+    first = jax.process_index() * rows
+    num_batches = -(-n // batch_size)
+    # This process's rows of every padded batch; padding rows repeat record 0 and are dropped.
+    local = np.arange(num_batches * batch_size).reshape(num_batches, batch_size)
+    local = local[:, first : first + rows].reshape(-1)
+    local = np.where(local < n, local, 0)
+    sharding = parallel.batch_sharded(mesh)
     out = []
-    for start in range(0, n, batch_size):
-        chunk = images[start : start + batch_size]
-        pad = batch_size - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-        chunk = parallel.global_batch_array(chunk, parallel.batch_sharded(mesh))
+    chunks = image_sources.iter_batches(images, local, rows, num_threads)
+    for b, chunk in enumerate(chunks):
+        valid = min(batch_size, n - b * batch_size)
+        if jax.process_count() == 1:
+            chunk = jax.device_put(chunk, sharding)
+        else:
+            chunk = jax.make_array_from_process_local_data(
+                sharding, chunk, (batch_size, *chunk.shape[1:])
+            )
         outputs = feature_fn(variables["params"], variables["batch_stats"], chunk)
-        out.append(jax.tree.map(lambda a: parallel.to_host(a)[: len(chunk) - pad], outputs))
+        out.append(jax.tree.map(lambda a, v=valid: parallel.to_host(a)[:v], outputs))
     return jax.tree.map(lambda *parts: np.concatenate(parts), *out)
 
 
@@ -81,8 +97,13 @@ def evaluate(eval_fn, variables: dict, data: OpenSetData, config, mesh) -> dict[
     models with a classifier head (else None), and 'intrinsic_dimension' (TwoNN on up to
     eval.id_samples training features).
     """
-    train = extract_features(eval_fn, variables, data.train_images, config.eval.batch_size, mesh)
-    test = extract_features(eval_fn, variables, data.test_images, config.eval.batch_size, mesh)
+    threads = config.data.num_threads
+    train = extract_features(
+        eval_fn, variables, data.train_images, config.eval.batch_size, mesh, threads
+    )
+    test = extract_features(
+        eval_fn, variables, data.test_images, config.eval.batch_size, mesh, threads
+    )
     train_f, test_f = train["features"], test["features"]
     scores, preds = osr.knn_scores(
         jnp.asarray(train_f),

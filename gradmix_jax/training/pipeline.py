@@ -1,12 +1,24 @@
-"""The input pipeline: the split in host memory, on the device as uint8, and per-step batches.
+"""The input pipeline: which path a run takes, and its per-step batches.
 
-The data order is a pure function of (seed, step): each epoch is a permutation seeded by
-(seed, epoch), so a resumed run sees exactly the batches an uninterrupted one would. The epoch's
-index matrix goes to the device once per epoch; the step picks its row on the device.
+Two paths, one data order. The order is a pure function of (seed, step): each epoch is a
+permutation seeded by (seed, epoch), so a resumed run, after a kill too, sees exactly the batches
+an uninterrupted one would, and both paths see the same batches.
+
+- ``device``: the training split lives on every device as uint8; the epoch's index matrix goes to
+  the device once per epoch and the step picks its row there (no per-step host work).
+- ``stream``: the split stays where it is (array_record files, image folders, host memory); Grain
+  reads step ``s``'s records, ``batch_indices(seed, s)``, on reader threads (and optionally worker
+  processes), each process only its rows of the global batch, which
+  ``jax.make_array_from_process_local_data`` assembles. No iterator state needs saving: the
+  stream of a resumed run starts at its step.
+
+``data.pipeline='auto'`` takes the device path when the decoded training split fits
+``data.device_budget_mb`` and streams otherwise.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -14,6 +26,7 @@ import numpy as np
 
 from gradmix_jax import augment
 from gradmix_jax.data import OpenSetData, load_closed_set, load_openset
+from gradmix_jax.data import images as image_sources
 from gradmix_jax.training.validation import ConfigError
 
 
@@ -34,10 +47,20 @@ def augment_params(config) -> augment.AugmentParams:
 
 
 def load_data(config) -> OpenSetData:
-    """``config.data``'s split in host memory (closed-set data when ``data.closed_set``)."""
+    """``config.data``'s split (closed-set data when ``data.closed_set``).
+
+    With ``data.pipeline='stream'`` TFDS splits stay lazy (read from their array_record files);
+    image folders and ImageNet100 are always lazy (decoded to ``data.image_size``); everything else
+    is in host memory.
+    """
+    lazy = config.data.pipeline == "stream"
     if config.data.closed_set:
         return load_closed_set(
-            config.data.protocol, config.data.data_dir or None, config.data.closed_set_classes
+            config.data.protocol,
+            config.data.data_dir or None,
+            config.data.closed_set_classes,
+            image_size=config.data.image_size,
+            lazy=lazy,
         )
     return load_openset(
         config.data.protocol,
@@ -45,6 +68,31 @@ def load_data(config) -> OpenSetData:
         tuple(config.data.known_classes),
         config.data.data_dir or None,
         validation=config.data.validation,
+        image_size=config.data.image_size,
+        lazy=lazy,
+    )
+
+
+def choose_pipeline(config, data: OpenSetData) -> tuple[str, str]:
+    """('device' | 'stream', why): ``data.pipeline``, or for 'auto' the decoded training split's
+    size against ``data.device_budget_mb`` (every device holds the whole split on the device
+    path)."""
+    mib = image_sources.nbytes(data.train_images) / 2**20
+    budget = config.data.device_budget_mb
+    if config.data.pipeline != "auto":
+        return config.data.pipeline, f"data.pipeline={config.data.pipeline!r}"
+    if mib <= budget:
+        return "device", f"training split {mib:.1f} MiB <= data.device_budget_mb={budget:g}"
+    return "stream", f"training split {mib:.1f} MiB > data.device_budget_mb={budget:g}"
+
+
+def for_device_path(data: OpenSetData, num_threads: int) -> OpenSetData:
+    """``data`` with its training images in host memory (the device path puts them on the
+    devices); lazy test images stay lazy: evaluation reads them in batches."""
+    if not image_sources.is_lazy(data.train_images):
+        return data
+    return dataclasses.replace(
+        data, train_images=image_sources.as_array(data.train_images, num_threads)
     )
 
 
@@ -98,3 +146,84 @@ def on_device_batches(train_step, steps_per_epoch: int):
         return train_step(state, images, labels, idx)
 
     return step
+
+
+class _StepRecords:
+    """Record ``j`` of a process's stream: row ``offset + j % rows`` of step
+    ``first_step + j // rows``'s batch, as (image uint8 [H, W, C], label int32). Picklable, so
+    Grain can hand it to worker processes."""
+
+    def __init__(self, images, labels, seed, batch_size, first_step, num_steps, rows, offset):
+        self.images, self.labels = images, np.asarray(labels, np.int32)
+        self.seed, self.batch_size, self.first_step = seed, batch_size, first_step
+        self.num_steps, self.rows, self.offset = num_steps, rows, offset
+
+    def __len__(self) -> int:
+        return self.num_steps * self.rows
+
+    def __getitem__(self, j: int):
+        step, row = divmod(int(j), self.rows)
+        index = batch_indices(self.seed, self.first_step + step, len(self.labels), self.batch_size)
+        i = int(index[self.offset + row])
+        return np.asarray(self.images[i], np.uint8), self.labels[i]
+
+
+def process_rows(batch_size: int) -> tuple[int, int]:
+    """(rows per process, this process's first row) of a global batch: process ``p`` holds rows
+    ``[p * rows, (p + 1) * rows)``, as ``parallel.global_batch_array`` hands them over."""
+    rows = batch_size // jax.process_count()
+    return rows, jax.process_index() * rows
+
+
+def stream_batches(
+    images,
+    labels: np.ndarray,
+    *,
+    seed: int,
+    batch_size: int,
+    start_step: int,
+    num_steps: int,
+    num_threads: int = 16,
+    num_workers: int = 0,
+    prefetch_batches: int = 4,
+):
+    """This process's rows of steps ``start_step .. start_step + num_steps - 1``, as a Grain
+    iterator of (images uint8 [rows, H, W, C], labels int32 [rows]), rows = batch_size / processes.
+
+    Step ``s``'s global batch is ``images[batch_indices(seed, s, N, batch_size)]``: the device
+    path's batch, so the two paths train on the same data, and a stream started at a resumed
+    run's step continues exactly. Records are read by ``num_threads`` Grain threads
+    (``prefetch_batches`` batches ahead); ``num_workers > 0`` adds that many worker processes.
+    """
+    import grain
+
+    rows, offset = process_rows(batch_size)
+    records = _StepRecords(images, labels, seed, batch_size, start_step, num_steps, rows, offset)
+    dataset = (
+        grain.MapDataset.source(records)
+        .batch(rows, drop_remainder=True, batch_fn=_stack_pairs)
+        .to_iter_dataset(
+            grain.ReadOptions(
+                num_threads=max(num_threads, 1),
+                prefetch_buffer_size=max(prefetch_batches * rows, 1),
+            )
+        )
+    )
+    if num_workers > 0:
+        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return iter(dataset)
+
+
+def _stack_pairs(pairs):
+    return np.stack([p[0] for p in pairs]), np.asarray([p[1] for p in pairs], np.int32)
+
+
+def global_batch(local_images, local_labels, sharding, batch_size: int):
+    """Every process's rows -> the global batch arrays, sharded over the batch axis."""
+    shape = (batch_size, *local_images.shape[1:])
+    if jax.process_count() == 1:
+        return jax.device_put(local_images, sharding), jax.device_put(local_labels, sharding)
+    return (
+        jax.make_array_from_process_local_data(sharding, local_images, shape),
+        jax.make_array_from_process_local_data(sharding, local_labels, (batch_size,)),
+    )

@@ -386,6 +386,27 @@ def apply_gradients(
     ), metrics
 
 
+def make_batch_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    aug_params: augment.AugmentParams,
+    cfg: StepConfig,
+    schedule: Callable | None = None,
+) -> Callable:
+    """Returns ``train_step(state, images, labels) -> (state, metrics)`` (not yet jitted) on the
+    batch itself: images [N, H, W, C] uint8, labels [N] int32 (the streaming input path).
+    metrics: dict of scalars. The step's key is ``fold_in(state.key, state.step)``.
+    """
+    grad_fn = make_grad_fn(model, aug_params, cfg)
+
+    def train_step(state: TrainState, images: jax.Array, labels: jax.Array):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+        param_grads, updates, metrics = grad_fn(state, images, labels, key)
+        return apply_gradients(tx, schedule, state, param_grads, updates, metrics)
+
+    return train_step
+
+
 def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -396,14 +417,11 @@ def make_train_step(
     """Returns ``train_step(state, images, labels, idx) -> (state, metrics)`` (not yet jitted).
 
     images: [M, H, W, C] uint8 training split (device resident); labels: [M] int32;
-    idx: [N] int32 batch indices. metrics: dict of scalars. The step's key is
-    ``fold_in(state.key, state.step)``.
+    idx: [N] int32 batch indices: ``make_batch_train_step``'s step on ``images[idx]``.
     """
-    grad_fn = make_grad_fn(model, aug_params, cfg)
+    batch_step = make_batch_train_step(model, tx, aug_params, cfg, schedule)
 
     def train_step(state: TrainState, images: jax.Array, labels: jax.Array, idx: jax.Array):
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
-        param_grads, updates, metrics = grad_fn(state, images[idx], labels[idx], key)
-        return apply_gradients(tx, schedule, state, param_grads, updates, metrics)
+        return batch_step(state, images[idx], labels[idx])
 
     return train_step

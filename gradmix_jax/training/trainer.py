@@ -1,8 +1,10 @@
 """The training program: ``train_and_evaluate(config, workdir) -> summary``.
 
-A run is a sequence of named stages: check the config and the workdir, load the data, build the
-model and the compiled step (restoring the newest checkpoint), train, evaluate, write the records.
-The split lives on the device as uint8; each step sends only [N] batch indices (``pipeline``).
+A run is a sequence of named stages: check the config and the workdir, load the data, choose
+the input path, build the model and the compiled step (restoring the newest checkpoint), train,
+evaluate, write the records. On the device path the split lives on the device as uint8 and each
+step sends only [N] batch indices; on the stream path Grain reads each step's batch on the host
+(``pipeline``).
 """
 
 from __future__ import annotations
@@ -28,15 +30,20 @@ from gradmix_jax.training.openset_eval import evaluate, extract_features, knn_au
 from gradmix_jax.training.pipeline import (  # noqa: F401
     augment_params,
     batch_indices,
+    choose_pipeline,
     epoch_index_matrix,
+    for_device_path,
+    global_batch,
     load_data,
     num_train_steps,
     on_device_batches,
     steps_per_epoch_of,
+    stream_batches,
 )
 from gradmix_jax.training.train_step import (
     StepConfig,
     init_state,
+    make_batch_train_step,
     make_eval_fn,
     make_optimizer,
     make_train_step,
@@ -93,17 +100,28 @@ def build_jitted(
     steps_per_epoch: int,
     image_shape: tuple[int, int, int],
     seed: int,
+    stream: bool = False,
 ):
-    """(initial state, jitted donated step) on ``mesh``: state replicated, index rows sharded.
+    """(initial state, jitted donated step) on ``mesh``: state replicated, batch sharded.
 
-    The step is ``step(state, images, labels, epoch_indices [steps_per_epoch, batch])``.
-    Returns (state, step, rows_sharding).
+    Device path: ``step(state, images, labels, epoch_indices [steps_per_epoch, batch])`` with the
+    index rows sharded. ``stream=True``: ``step(state, images [batch, ...], labels [batch])``
+    with the batch sharded. Returns (state, step, sharding of the per-step input).
     """
     repl = parallel.replicated(mesh)
     rows_sharded = parallel.batch_sharded(mesh, axis=1)
     state = jax.jit(lambda k: init_state(model, tx, k, image_shape, step_cfg), out_shardings=repl)(
         jax.random.key(seed)
     )
+    if stream:
+        batch_sharded = parallel.batch_sharded(mesh)
+        step = jax.jit(
+            make_batch_train_step(model, tx, aug_params, step_cfg, schedule),
+            in_shardings=(repl, batch_sharded, batch_sharded),
+            out_shardings=(repl, repl),
+            donate_argnums=(0,),
+        )
+        return state, step, batch_sharded
     step = jax.jit(
         on_device_batches(
             make_train_step(model, tx, aug_params, step_cfg, schedule), steps_per_epoch
@@ -204,20 +222,18 @@ def _train_loop(
     workdir,
     train_step,
     state,
-    images,
-    labels,
+    feed,
     saver,
     scalars,
     bar,
     sigterm,
     start_step: int,
     total_steps: int,
-    steps_per_epoch: int,
-    num_train: int,
-    rows_sharded,
     record: _Record,
 ):
     """Runs steps start_step..total_steps-1; logs, checks the loss, checkpoints, handles preemption.
+
+    ``feed(step)`` returns the step's inputs after the state (``_device_feed`` / ``_stream_feed``).
 
     Returns (state, last logged loss, wall time after the first compiled step, logged history).
     Metrics are fetched from the device only on log/checkpoint steps, and one step late: the
@@ -230,7 +246,6 @@ def _train_loop(
     history: list[dict[str, float]] = []
     t_first = None  # wall time when the first (compiling) step finished
     t_window, window_start = time.perf_counter(), start_step  # images/s since the last log
-    epoch_indices, loaded_epoch = None, None
     pending = None  # (step, metrics, snapshot or None, force) of a log step not yet read
 
     def finish(done, step_metrics, snapshot, force):
@@ -260,15 +275,7 @@ def _train_loop(
         )
 
     for step in range(start_step, total_steps):
-        epoch = step // steps_per_epoch
-        if epoch != loaded_epoch:
-            epoch_indices = parallel.global_batch_array(
-                epoch_index_matrix(config.seed, epoch, num_train, config.batch_size),
-                rows_sharded,
-                axis=1,
-            )
-            loaded_epoch = epoch
-        state, step_metrics = train_step(state, images, labels, epoch_indices)
+        state, step_metrics = train_step(state, *feed(step))
         done = step + 1
         if t_first is None:
             jax.block_until_ready(state)
@@ -293,6 +300,53 @@ def _train_loop(
     return state, last_loss, t_first, history
 
 
+def _device_feed(config, data: OpenSetData, mesh, rows_sharded, steps_per_epoch: int):
+    """Device path: the split on every device once; per epoch, its [steps, batch] index matrix."""
+    repl = parallel.replicated(mesh)
+    images = parallel.replicate(data.train_images, repl)
+    labels = parallel.replicate(data.train_labels.astype(np.int32), repl)
+    num_train = len(data.train_images)
+    loaded = {}
+
+    def feed(step: int):
+        epoch = step // steps_per_epoch
+        if epoch not in loaded:
+            loaded.clear()
+            loaded[epoch] = parallel.global_batch_array(
+                epoch_index_matrix(config.seed, epoch, num_train, config.batch_size),
+                rows_sharded,
+                axis=1,
+            )
+        return images, labels, loaded[epoch]
+
+    return feed
+
+
+def _stream_feed(config, data: OpenSetData, batch_sharding, start_step: int, total_steps: int):
+    """Stream path: Grain reads each step's rows of this process; ``feed(step)`` checks that the
+    stream and the loop agree on the step."""
+    batches = stream_batches(
+        data.train_images,
+        data.train_labels,
+        seed=config.seed,
+        batch_size=config.batch_size,
+        start_step=start_step,
+        num_steps=total_steps - start_step,
+        num_threads=config.data.num_threads,
+        num_workers=config.data.num_workers,
+    )
+    expected = [start_step]
+
+    def feed(step: int):
+        if step != expected[0]:  # the stream is positional: steps must come in order
+            raise RuntimeError(f"stream at step {expected[0]}, loop at step {step}")
+        expected[0] += 1
+        local_images, local_labels = next(batches)
+        return global_batch(local_images, local_labels, batch_sharding, config.batch_size)
+
+    return feed
+
+
 @dataclasses.dataclass
 class _Run:
     """What the stages of one run share: the model, the compiled step and where it resumes."""
@@ -308,6 +362,7 @@ class _Run:
     total_steps: int
     steps_per_epoch: int
     start_step: int
+    pipeline: str  # 'device' | 'stream'
 
 
 @dataclasses.dataclass
@@ -330,7 +385,7 @@ def _check_workdir(workdir: str) -> None:
         raise ConfigError(str(e)) from None
 
 
-def _build(config, data: OpenSetData, aug_params, mesh, workdir: str) -> _Run:
+def _build(config, data: OpenSetData, aug_params, mesh, workdir: str, pipeline: str) -> _Run:
     """Model, optimizer, compiled step and initial state, restored from the newest checkpoint."""
     total_steps, steps_per_epoch = num_train_steps(config, len(data.train_images))
     with_head = config.objective in ("ce", "ce_ssl")
@@ -349,6 +404,7 @@ def _build(config, data: OpenSetData, aug_params, mesh, workdir: str) -> _Run:
         steps_per_epoch,
         image_shape,
         config.seed,
+        stream=pipeline == "stream",
     )
     manager = checkpoint.make_manager(workdir, config.max_to_keep)
     restored = checkpoint.restore_latest(manager, state)
@@ -368,14 +424,16 @@ def _build(config, data: OpenSetData, aug_params, mesh, workdir: str) -> _Run:
         total_steps,
         steps_per_epoch,
         int(state.step),
+        pipeline,
     )
 
 
 def _train(config, workdir: str, run: _Run, data: OpenSetData) -> _Trained:
     """Steps ``run.start_step`` .. ``run.total_steps`` with progress, records and checkpoints."""
-    repl = parallel.replicated(run.mesh)
-    images = parallel.replicate(data.train_images, repl)
-    labels = parallel.replicate(data.train_labels.astype(np.int32), repl)
+    if run.pipeline == "stream":
+        feed = _stream_feed(config, data, run.rows_sharded, run.start_step, run.total_steps)
+    else:
+        feed = _device_feed(config, data, run.mesh, run.rows_sharded, run.steps_per_epoch)
     record = _Record(workdir, run.start_step)
     scalars = _Scalars(workdir)
     bar = _Progress(
@@ -389,17 +447,13 @@ def _train(config, workdir: str, run: _Run, data: OpenSetData) -> _Trained:
                 workdir,
                 run.train_step,
                 run.state,
-                images,
-                labels,
+                feed,
                 saver,
                 scalars,
                 bar,
                 sigterm,
                 run.start_step,
                 run.total_steps,
-                run.steps_per_epoch,
-                len(data.train_images),
-                run.rows_sharded,
                 record,
             )
     finally:
@@ -460,6 +514,7 @@ def _summary(
         "unknown_classes": list(data.unknown_classes),
         "openness": openness(len(data.known_classes), len(data.unknown_classes)),
         "num_train_images": int(len(data.train_images)),
+        "input_pipeline": run.pipeline,
         "image_shape": list(run.image_shape),
         "num_known_classes": data.num_known,
         # Outputs of the classifier head (ce / ce_ssl objectives); 0 = no head (contrastive only).
@@ -509,8 +564,13 @@ def train_and_evaluate(
     _check_workdir(workdir)
     data = load_data(config)
     validate_data_dependent(config, data.min_class_count(), len(data.train_images))
+    pipeline, why = choose_pipeline(config, data)
+    if jax.process_index() == 0:
+        print(f"input pipeline: {pipeline} ({why})", flush=True)
+    if pipeline == "device":
+        data = for_device_path(data, config.data.num_threads)
     records.as_path(workdir).mkdir(parents=True, exist_ok=True)
-    run = _build(config, data, aug_params, mesh, workdir)
+    run = _build(config, data, aug_params, mesh, workdir, pipeline)
     trained = _train(config, workdir, run, data)
     results, eval_seconds = _evaluate(config, run, trained.state, data)
     summary = _summary(config, run, trained, data, results, eval_seconds)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+
 from gradmix_jax import attribution, augment, losses, mixing
 from gradmix_jax.data import VALIDATION_PROTOCOLS
 from gradmix_jax.data.protocols import (
@@ -17,12 +19,19 @@ from gradmix_jax.models import ARCHITECTURES, DTYPES, STEMS, validate_taps
 from gradmix_jax.training.objectives import ATTRIBUTION_LOSSES, OBJECTIVES
 from gradmix_jax.training.openset_eval import FEATURES
 
+#: Datasets trained on as a whole (``data.closed_set=True``) only.
+CLOSED_SET_ONLY: tuple[str, ...] = ("cifar100", "imagenet100")
+#: Protocols whose classes come from the data itself (folder names), not from a split table.
+FOLDER_PROTOCOLS: tuple[str, ...] = ("imagefolder",)
+PIPELINES: tuple[str, ...] = ("auto", "device", "stream")  # data.pipeline
+
 MIXING_METHODS = mixing.METHODS
 CHOICES: dict[str, tuple[Any, ...]] = {
     "model.name": tuple(sorted(ARCHITECTURES)),
     "model.stem": STEMS,
     "model.dtype": DTYPES,
-    "data.protocol": PROTOCOLS + ("cifar100",),
+    "data.protocol": PROTOCOLS + CLOSED_SET_ONLY + FOLDER_PROTOCOLS,
+    "data.pipeline": PIPELINES,
     "augment.preset": augment.PRESETS,
     "mixing.method": mixing.METHODS,
     "gradmix.ratio_of": mixing.RATIO_OF,
@@ -70,6 +79,11 @@ def validate_config(config, num_devices: int = 1) -> None:
                 f"data.closed_set=True, got {config.data.protocol!r}"
             )
         total = CLOSED_SET_SOURCE_CLASSES[config.data.protocol]
+        if config.data.protocol in FOLDER_PROTOCOLS and config.data.closed_set_classes:
+            raise ConfigError(
+                "data.closed_set_classes must be 0 for data.protocol='imagefolder' "
+                f"(every class folder under train/ is used), got {config.data.closed_set_classes}"
+            )
         if config.data.closed_set_classes and not 2 <= config.data.closed_set_classes <= total:
             raise ConfigError(
                 f"data.closed_set_classes must be 0 (default) or in [2, {total}] for "
@@ -80,10 +94,15 @@ def validate_config(config, num_devices: int = 1) -> None:
                 "data.known_classes must be empty when data.closed_set=True "
                 "(closed-set training uses every class)"
             )
-    elif config.data.protocol == "cifar100":
+    elif config.data.protocol in CLOSED_SET_ONLY:
         raise ConfigError(
-            "data.protocol='cifar100' is a closed-set dataset only; "
-            "set data.closed_set=True or use one of " + str(list(PROTOCOLS))
+            f"data.protocol={config.data.protocol!r} is a closed-set dataset only; "
+            "set data.closed_set=True or use one of " + str(list(PROTOCOLS + FOLDER_PROTOCOLS))
+        )
+    if config.data.protocol in FOLDER_PROTOCOLS and not config.data.data_dir:
+        raise ConfigError(
+            "data.data_dir must be the image folder (with train/<class>/ and test/<class>/ or "
+            "val/<class>/) for data.protocol='imagefolder', got ''"
         )
     if config.data.validation and (
         config.data.closed_set or config.data.protocol not in VALIDATION_PROTOCOLS
@@ -95,7 +114,7 @@ def validate_config(config, num_devices: int = 1) -> None:
     try:
         validate_taps(config.gradmix.layers)
         check_split(config.data.split)
-        if not config.data.closed_set:
+        if not config.data.closed_set and config.data.protocol not in FOLDER_PROTOCOLS:
             resolve_known_classes(
                 config.data.protocol, config.data.split, config.data.known_classes
             )
@@ -120,12 +139,23 @@ def validate_config(config, num_devices: int = 1) -> None:
         "eval.k": config.eval.k,
         "eval.batch_size": config.eval.batch_size,
         "data.image_size": config.data.image_size,
+        "data.device_budget_mb": config.data.device_budget_mb,
+        "data.num_threads": config.data.num_threads,
         "log_every_steps": config.log_every_steps,
         "checkpoint_every_steps": config.checkpoint_every_steps,
     }
     for field, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{field} must be > 0, got {value!r}")
+    if not (isinstance(config.data.num_workers, int) and config.data.num_workers >= 0):
+        raise ConfigError(
+            f"data.num_workers must be an integer >= 0, got {config.data.num_workers!r}"
+        )
+    if config.data.pipeline == "stream" and config.batch_size % max(jax.process_count(), 1):
+        raise ConfigError(
+            f"batch_size must be divisible by the number of processes ({jax.process_count()}) "
+            f"for data.pipeline='stream', got {config.batch_size}"
+        )
     if not 0 <= config.label_smoothing < 1:
         raise ConfigError(f"label_smoothing must be in [0, 1), got {config.label_smoothing!r}")
     if not (config.eval.id_samples == 0 or config.eval.id_samples >= 3):
