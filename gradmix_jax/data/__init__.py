@@ -231,7 +231,7 @@ def load_imagefolder(
     x_test, y_test_pos = list_split(data_dir, test_name, test_classes, image_size)
     known_pos = {c: i for i, c in enumerate(known)}
     lut = np.asarray([known_pos.get(c, -1) for c in test_classes], np.int32)
-    unknown = [c for c in test_names if c not in known_pos]
+    unknown = [c for c in test_classes if c not in known_pos]
     return OpenSetData(
         name="imagefolder" + ("-closed" if closed_set else ""),
         train_images=x_train,

@@ -210,6 +210,10 @@ def stream_batches(
         )
     )
     if num_workers > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags (defaults outside a CLI)
+            flags.FLAGS.mark_as_parsed()
         dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return iter(dataset)
 
