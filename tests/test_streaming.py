@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gradmix_jax.data import load_imagefolder, load_openset
 from gradmix_jax.data import images as image_sources
+from gradmix_jax.data import load_imagefolder, load_openset
 from gradmix_jax.data.folder import FolderNotFoundError
 from gradmix_jax.training import parallel, pipeline, trainer
 from gradmix_jax.training.openset_eval import extract_features
