@@ -51,15 +51,10 @@ class Cell:
 
 
 def cell_data(config):
-    """The split the cell was trained on (same loaders and arguments as the trainer)."""
-    from gradmix_jax.data import load_closed_set, load_openset
+    """The split the cell was trained on (the trainer's own loader: lazy where it streams)."""
+    from gradmix_jax.training.pipeline import load_data
 
-    data_dir = config.data.data_dir or None
-    if config.data.closed_set:
-        return load_closed_set(config.data.protocol, data_dir)
-    return load_openset(
-        config.data.protocol, config.data.split, tuple(config.data.known_classes), data_dir
-    )
+    return load_data(config)
 
 
 def write_json(path: str, payload: dict) -> None:

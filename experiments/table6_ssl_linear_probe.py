@@ -1,6 +1,8 @@
 """Regenerates the paper's Table 6 / Fig. 6 (linear probe of self-supervised encoders).
 
     python -m experiments.table6_ssl_linear_probe --out runs/table6          # TinyImageNet, 24 cells
+    python -m experiments.table6_ssl_linear_probe --out runs/t6 --dataset imagenet100 \
+        --archs resnet18 --set data.data_dir=/path/to/imagenet              # Table 6 itself, 8 cells
     python -m experiments.table6_ssl_linear_probe --out runs/t6 --objectives simclr --archs resnet18
     python -m experiments.table6_ssl_linear_probe --out runs/t6 --smoke     # digits, ~1-2 minutes
 
@@ -8,12 +10,15 @@ Paper setting (§4.5, App. G): SimCLR and MoCo v1 (queue 4096, momentum 0.999), 
 output dimension 128, 200 epochs, batch 256, trained without extra mixing and with Mixup, CutMix
 or GradMix (L = L_ssl + γ²·L_ssl^aug); then a linear classifier on the frozen encoder features
 (top-1 / top-5). Fig. 6 is TinyImageNet (no numbers in the text); Table 6 is ImageNet100 with
-ResNet18 (not available here), so the paper columns are the ImageNet100 numbers, shown on the
-ResNet18 rows for reference only.
+ResNet18: the paper columns are its numbers, the same setting for ``--dataset imagenet100``, for
+reference only on the other datasets.
 
 Data: full TinyImageNet (``data.closed_set=True``, ``data.closed_set_classes=200``, as App. G);
-training images for both SSL and the probe, the 10,000 validation images as test set. ``--smoke``: digits
-(known classes of split 0), tiny model, 3 steps.
+training images for both SSL and the probe, the 10,000 validation images as test set.
+``--dataset imagenet100``: ``configs/imagenet100_ssl.py`` (CMC's 100 classes, 224 px, ImageNet
+stem, 100 epochs; streamed from an ImageNet folder or TFDS imagenet2012 in ``data.data_dir``;
+ImageNet's 5,000 validation images of those classes as test set). ``--smoke``: digits (known
+classes of split 0), tiny model, 3 steps.
 
 Linear probe (gradmix_jax.evaluation.linear_probe): standardised pooled encoder features, SGD with
 momentum 0.9 and cosine decay, ``--probe-*`` flags. Each cell trains in
@@ -53,13 +58,15 @@ PAPER_TABLE6 = {
 OBJECTIVES = ("simclr", "moco")
 ARCHS = ("resnet18", "resnet34", "resnet50")
 MIXINGS = ("none", "mixup", "cutmix", "gradmix")
-DATASETS = ("tinyimagenet", "digits")
+DATASETS = ("tinyimagenet", "imagenet100", "digits")
 MIXING_LABEL = {"none": "-", "mixup": "+ Mixup", "cutmix": "+ CutMix", "gradmix": "+ GradMix"}
 SSL_EPOCHS = 200  # App. G, Table 9 (TinyImageNet, every architecture)
+# The config file of each dataset (configs/<name>.py); imagenet100_ssl sets Table 9 itself.
+CONFIGS = {"tinyimagenet": "tinyimagenet", "imagenet100": "imagenet100_ssl", "digits": "digits"}
 
 
 def cell_config(dataset: str, objective: str, arch: str, mixing: str, overrides: dict):
-    config = load_config(dataset)
+    config = load_config(CONFIGS[dataset])
     config.objective = objective
     config.model.name = arch
     config.mixing.method = mixing
@@ -77,7 +84,9 @@ def cell_config(dataset: str, objective: str, arch: str, mixing: str, overrides:
 
 def probe(cell: Cell, args, key_seed: int) -> dict:
     import jax
+    import numpy as np
 
+    from gradmix_jax.data import images as image_sources
     from gradmix_jax.evaluation import linear_probe
 
     data = cell_data(cell.config)
@@ -85,7 +94,7 @@ def probe(cell: Cell, args, key_seed: int) -> dict:
     result = linear_probe(
         cell.features(data.train_images, args.features),
         data.train_labels,
-        cell.features(data.test_images[known], args.features),
+        cell.features(image_sources.take(data.test_images, np.flatnonzero(known)), args.features),
         data.test_labels[known],
         data.num_known,
         key=jax.random.key(key_seed),
@@ -235,8 +244,13 @@ def main(argv=None, *, train_fn=None, load_fn=None) -> int:
     notes = [
         f"Linear probe on {dataset} ({first['num_classes']} classes, {first['num_train']} train / "
         f"{first['num_test']} test images), {args.features} features, settings {settings}.",
-        "Paper columns: Table 6 = ImageNet100, ResNet18 (Fig. 6's TinyImageNet values are not "
-        "given as numbers); reference only, not the same dataset.",
+        "Paper columns: Table 6 = ImageNet100, ResNet18"
+        + (
+            ", the same setting."
+            if dataset == "imagenet100"
+            else " (Fig. 6's TinyImageNet values are not given as numbers); reference only, "
+            "not the same dataset."
+        ),
     ]
     if first["num_classes"] < 5:
         notes.append(

@@ -39,18 +39,21 @@ def wait_for_checkpoint(proc, workdir, step, timeout=300):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, run_cli, start_cli):
+@pytest.mark.parametrize("pipeline", ["device", "stream"])
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, run_cli, start_cli, pipeline):
+    args = (*LONG, f"--config.data.pipeline={pipeline}")
     full = tmp_path / "full"
-    run_cli(full, *LONG)
+    run_cli(full, *args)
     want = json.loads((full / "results.json").read_text())
+    assert want["input_pipeline"] == pipeline
 
     killed = tmp_path / "killed"
-    proc = start_cli(killed, *LONG)
+    proc = start_cli(killed, *args)
     wait_for_checkpoint(proc, killed, 40)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "results.json").exists()
-    run_cli(killed, *LONG)
+    run_cli(killed, *args)
     got = json.loads((killed / "results.json").read_text())
     assert 40 <= got["resumed_from_step"] < 160
     assert got["final_train_loss"] == pytest.approx(want["final_train_loss"], rel=1e-5)

@@ -36,22 +36,10 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_match_one_process(tmp_path):
-    """2 processes x 2 CPU devices (jax.distributed over localhost) = 1 process x 4 devices."""
+def _two_processes_then_one(tmp_path, args, single_args=()):
+    """Runs the train CLI with ``args`` as 2 processes x 2 CPU devices (jax.distributed over
+    localhost) and as 1 process x 4 devices (plus ``single_args``); returns both results.json."""
     root = os.path.dirname(HERE)
-    args = [
-        "-m",
-        "gradmix_jax.train",
-        "--config",
-        os.path.join(root, "configs", "digits.py"),
-        "--config.num_steps=4",
-        "--config.model.width=4",
-        "--config.data.image_size=8",
-        "--config.batch_size=32",
-        "--config.progress_bar=False",
-        "--config.checkpoint_every_steps=2",
-    ]
 
     def env_with(devices):
         env = dict(os.environ)
@@ -87,7 +75,7 @@ def test_two_processes_match_one_process(tmp_path):
         "open-set AUROC" in outs[0][0] and "open-set AUROC" not in outs[1][0]
     )  # process 0 reports
     single = subprocess.run(
-        [sys.executable, *args, "--workdir", str(tmp_path / "single")],
+        [sys.executable, *args, *single_args, "--workdir", str(tmp_path / "single")],
         env=env_with(4),
         cwd=root,
         capture_output=True,
@@ -98,6 +86,43 @@ def test_two_processes_match_one_process(tmp_path):
     a = json.loads((tmp_path / "multi" / "results.json").read_text())
     b = json.loads((tmp_path / "single" / "results.json").read_text())
     assert a["num_devices"] == b["num_devices"] == 4
+    return a, b
+
+
+def _cli_args(config, *extra):
+    return ["-m", "gradmix_jax.train", "--config", config, "--config.progress_bar=False", *extra]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+    """2 processes x 2 CPU devices (jax.distributed over localhost) = 1 process x 4 devices."""
+    config = os.path.join(os.path.dirname(HERE), "configs", "digits.py")
+    args = _cli_args(config, "--config.num_steps=4", "--config.model.width=4",
+                     "--config.data.image_size=8", "--config.batch_size=32",
+                     "--config.checkpoint_every_steps=2")  # fmt: skip
+    a, b = _two_processes_then_one(tmp_path, args)
     np.testing.assert_allclose(a["final_train_loss"], b["final_train_loss"], rtol=1e-5)
     np.testing.assert_allclose(a["auroc"], b["auroc"], atol=1e-6)
     assert (tmp_path / "multi" / "checkpoints" / "4").is_dir()
+
+
+@pytest.mark.slow
+def test_two_processes_stream_an_image_folder(tmp_path):
+    """An image folder over the device budget, streamed by 2 processes (each reading only its
+    rows of every batch and of every evaluation batch), trains and evaluates as one process
+    with the whole split on its devices."""
+    from test_streaming import LAYOUT, write_image_folder
+
+    folder = write_image_folder(tmp_path / "images", LAYOUT)
+    config = os.path.join(os.path.dirname(HERE), "configs", "digits.py")
+    args = _cli_args(config, "--config.data.protocol=imagefolder",
+                     f"--config.data.data_dir={folder}", "--config.augment.preset=rgb",
+                     "--config.num_steps=4", "--config.model.width=4",
+                     "--config.data.image_size=8", "--config.batch_size=8",
+                     "--config.eval.batch_size=8", "--config.data.num_threads=2",
+                     "--config.checkpoint_every_steps=2", "--config.data.device_budget_mb=0.001")  # fmt: skip
+    a, b = _two_processes_then_one(tmp_path, args, ["--config.data.pipeline=device"])
+    assert a["input_pipeline"] == "stream" and b["input_pipeline"] == "device"
+    np.testing.assert_allclose(a["final_train_loss"], b["final_train_loss"], rtol=1e-5)
+    np.testing.assert_allclose(a["auroc"], b["auroc"], atol=1e-6)
+    assert a["num_test_unknown"] == 8

@@ -247,7 +247,7 @@ def test_closed_set_config_checks():
     c.data.protocol = "svhn"
     with pytest.raises(
         ConfigError,
-        match=r"data.protocol must be one of \['cifar10', 'cifar100', 'tinyimagenet'\] when data.closed_set=True",
+        match=r"data.protocol must be one of \['cifar10', 'cifar100', 'tinyimagenet', 'imagenet100', 'imagefolder'\] when data.closed_set=True",
     ):
         validate_config(c)
     c.data.protocol = "tinyimagenet"

@@ -262,3 +262,32 @@ def test_imagefolder_config_errors_are_one_line(tmp_path, make_digits_config):
         validate_config(config)
     config.data.closed_set = True
     validate_config(config)  # fine before any data is looked at
+
+
+def test_table6_runs_imagenet100_with_table9s_setting(tmp_path, repo_root):
+    import subprocess
+    import sys
+
+    from experiments import table6_ssl_linear_probe as t6
+
+    c = t6.cell_config("imagenet100", "moco", "resnet18", "gradmix", {})
+    assert (c.data.protocol, c.data.closed_set, c.data.image_size) == ("imagenet100", True, 224)
+    assert (c.model.name, c.model.stem, c.model.feature_dim) == ("resnet18", "imagenet", 128)
+    assert (c.num_epochs, c.batch_size, c.moco.queue_size, c.moco.momentum) == (
+        100,
+        256,
+        4096,
+        0.999,
+    )
+    assert (c.objective, c.mixing.method) == ("moco", "gradmix")
+    # Without the data: one line naming where it was looked for and how to prepare it, exit 2.
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.table6_ssl_linear_probe", "--out", str(tmp_path),
+         "--dataset", "imagenet100", "--archs", "resnet18", "--objectives", "simclr",
+         "--mixings", "none", "--set", f"data.data_dir={tmp_path / 'nothing'}"],
+        capture_output=True, text=True, cwd=repo_root, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 2
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "ImageNet-100 not found" in errors[0]
+    assert str(tmp_path / "nothing" / "imagenet100") in errors[0] and "tfds build" in errors[0]

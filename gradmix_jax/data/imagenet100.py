@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.resources
 
 import numpy as np
+from etils import epath
 
 from gradmix_jax.data import folder, images
 from gradmix_jax.data.sources import (
@@ -26,7 +27,6 @@ from gradmix_jax.data.sources import (
     tfds_label_names,
     tfds_split,
 )
-from gradmix_jax.training.workdir import as_path
 
 #: Folders under ``data_dir`` (besides ``data_dir`` itself) searched for the ImageNet layout.
 FOLDER_NAMES: tuple[str, ...] = ("imagenet100", "imagenet")
@@ -52,7 +52,7 @@ CLASSES: tuple[str, ...] = tuple(sorted(IMAGENET100_WNIDS))
 def _folder_root(data_dir: str):
     """The first of ``data_dir``, ``data_dir/imagenet100``, ``data_dir/imagenet`` holding a
     ``train/`` or ``val/`` folder, or None."""
-    base = as_path(data_dir)
+    base = epath.Path(data_dir)
     for root in (base, *(base / name for name in FOLDER_NAMES)):
         if (root / "train").is_dir() or (root / "val").is_dir():
             return root
@@ -107,7 +107,7 @@ def load_imagenet100_split(split: str, data_dir: str | None, size: int):
     try:
         return _from_tfds(tfds_name, data_dir, size)
     except DatasetNotPreparedError as e:
-        base = as_path(data_dir)
+        base = epath.Path(data_dir)
         looked = ", ".join(str(p) for p in (base, *(base / n for n in FOLDER_NAMES)))
         raise DatasetNotPreparedError(
             f"ImageNet-100 not found: no train/ or val/ class folders in {looked}, and no TFDS "
