@@ -152,3 +152,21 @@ def write_mock_imagenet2012(data_dir, train_wnids, validation_wnids, seed: int =
         return {"file_name": f"{names[splits[split][1][i]]}_{i}.JPEG"}
 
     return _write(data_dir, "imagenet2012", version, features, splits, file_name, fmt="JPEG")
+
+
+def write_mock_cifar10(data_dir, num_train: int = 60, num_test: int = 30, seed: int = 0):
+    """Writes a TFDS ``cifar10`` read by TFDS's own builder (its version and features: 32x32x3
+    PNG image, 10-class label, id), random images and labels cycling through the 10 classes.
+    Returns {split: (images, labels)} in record order; PNG is lossless."""
+    version = str(tfds.builder_cls("cifar10").VERSION)
+    rng = np.random.default_rng(seed)
+    splits = {
+        s: (_random_images(rng, n, (32, 32, 3)), np.arange(n) % 10)
+        for s, n in (("train", num_train), ("test", num_test))
+    }
+    features = {
+        "id": tfds.features.Text(),
+        "image": tfds.features.Image(shape=(32, 32, 3)),
+        "label": tfds.features.ClassLabel(num_classes=10),
+    }
+    return _write(data_dir, "cifar10", version, features, splits, lambda s, i: {"id": f"{s}_{i}"})
