@@ -13,7 +13,8 @@ batch of each cell is dropped as warm-up; batches are then timed until ``--secon
 (at least ``--min_batches``). The files are read from the page cache after the first pass.
 
 The JSON report (default ``DIR/input_throughput.json``) holds every batch's arrival time, the
-config, the jax/grain/Pillow versions, the CPU model, ``os.cpu_count()``, the date and the git
+CPU seconds of each timed window (the machine's, this process's with its workers', and the
+difference: what other processes took, from /proc), the config, the jax/grain/Pillow versions, the CPU model, ``os.cpu_count()``, the date and the git
 commit. ``--wait_quiet`` first waits until no ``pytest`` or ``gradmix_jax.train`` process runs.
 """
 
@@ -55,16 +56,16 @@ def photo_like_jpeg(rng: np.random.Generator, width: int, height: int, quality: 
 def write_jpegs(
     folder, count: int, *, width: int = 500, height: int = 375, quality: int = 90, seed: int = 0
 ) -> list[str]:
-    """``count`` photo-like JPEGs ``folder/img_00000.jpg ...`` (existing files are kept)."""
+    """``count`` photo-like JPEGs ``folder/img_00000.jpg ...``; image ``i`` is drawn from the
+    seed ``(seed, i)``, and files that exist are kept."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
     paths = []
     for i in range(count):
         path = folder / f"img_{i:05d}.jpg"
-        data = photo_like_jpeg(rng, width, height, quality)  # drawn even if the file exists
         if not path.exists():
-            path.write_bytes(data)
+            rng = np.random.default_rng([seed, i])
+            path.write_bytes(photo_like_jpeg(rng, width, height, quality))
         paths.append(str(path))
     return paths
 
@@ -93,6 +94,41 @@ def wait_until_quiet(max_seconds: float = 900, poll_seconds: float = 20) -> dict
         if not busy or waited >= max_seconds:
             return {"quiet": not busy, "waited_s": round(waited, 1), "busy": busy}
         time.sleep(poll_seconds)
+
+
+def cpu_seconds() -> dict:
+    """CPU seconds so far: the whole machine's busy time (/proc/stat, all CPUs) and this process's
+    with its live descendants (Grain workers) (/proc/<pid>/stat utime + stime). Their difference
+    over an interval is the CPU time other processes took; {} where /proc is not readable."""
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        parents, own = {}, {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            rest = stat[stat.rindex(")") + 2 :].split()  # the fields after "(comm)"
+            parents[int(entry.name)] = int(rest[1])
+            own[int(entry.name)] = (int(rest[11]) + int(rest[12])) / tick
+    except (OSError, ValueError, IndexError):
+        return {}
+    tree, frontier = {os.getpid()}, [os.getpid()]
+    while frontier:
+        pid = frontier.pop()
+        children = [c for c, p in parents.items() if p == pid and c not in tree]
+        tree.update(children)
+        frontier += children
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    steal = fields[7] if len(fields) > 7 else 0
+    return {
+        "machine_busy_s": (sum(fields[:8]) - idle - steal) / tick,
+        "steal_s": steal / tick,
+        "own_tree_s": sum(own.get(pid, 0.0) for pid in tree),
+    }
 
 
 def time_stream(
@@ -127,6 +163,7 @@ def time_stream(
     )
     try:
         first, _ = next(iterator)
+        cpu_start = cpu_seconds()
         t_start = time.perf_counter()
         arrivals, count = [], 0
         while True:
@@ -137,10 +174,14 @@ def time_stream(
                 arrivals
             ) >= max_batches:
                 break
+        cpu_end = cpu_seconds()
     finally:
         if hasattr(iterator, "close"):
             iterator.close()
     elapsed = arrivals[-1]
+    cpu = {k: cpu_end[k] - cpu_start[k] for k in cpu_start if k in cpu_end}
+    if cpu:
+        cpu["other_s"] = cpu["machine_busy_s"] - cpu["own_tree_s"]
     return {
         "first_batch_s": t_start - t0,
         "batch_shape": list(first.shape),
@@ -148,6 +189,8 @@ def time_stream(
         "timed_images": count,
         "timed_s": elapsed,
         "images_per_s": count / elapsed,
+        # CPU seconds in the timed window: machine, this process + workers, everything else.
+        "cpu_s": cpu,
         "arrival_s": [round(a, 6) for a in arrivals],
     }
 
