@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -36,18 +37,18 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _two_processes_then_one(tmp_path, args, single_args=()):
-    """Runs the train CLI with ``args`` as 2 processes x 2 CPU devices (jax.distributed over
-    localhost) and as 1 process x 4 devices (plus ``single_args``); returns both results.json."""
+def _env_with(devices):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+    ).strip()
+    return env
+
+
+def _two_processes(workdir, args):
+    """The train CLI with ``args`` as 2 processes x 2 CPU devices (jax.distributed over
+    localhost) in ``workdir``; returns its results.json."""
     root = os.path.dirname(HERE)
-
-    def env_with(devices):
-        env = dict(os.environ)
-        env["XLA_FLAGS"] = (
-            env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
-        ).strip()
-        return env
-
     port = _free_port()
     procs = [
         subprocess.Popen(
@@ -55,12 +56,12 @@ def _two_processes_then_one(tmp_path, args, single_args=()):
                 sys.executable,
                 *args,
                 "--workdir",
-                str(tmp_path / "multi"),
+                str(workdir),
                 f"--coordinator_address=localhost:{port}",
                 "--num_processes=2",
                 f"--process_id={i}",
             ],
-            env=env_with(2),
+            env=_env_with(2),
             cwd=root,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -74,16 +75,23 @@ def _two_processes_then_one(tmp_path, args, single_args=()):
     assert (
         "open-set AUROC" in outs[0][0] and "open-set AUROC" not in outs[1][0]
     )  # process 0 reports
+    return json.loads((workdir / "results.json").read_text())
+
+
+def _two_processes_then_one(tmp_path, args, single_args=()):
+    """Runs the train CLI with ``args`` as 2 processes x 2 CPU devices and as 1 process x 4
+    devices (plus ``single_args``); returns both results.json."""
+    root = os.path.dirname(HERE)
+    a = _two_processes(tmp_path / "multi", args)
     single = subprocess.run(
         [sys.executable, *args, *single_args, "--workdir", str(tmp_path / "single")],
-        env=env_with(4),
+        env=_env_with(4),
         cwd=root,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert single.returncode == 0, single.stderr[-3000:]
-    a = json.loads((tmp_path / "multi" / "results.json").read_text())
     b = json.loads((tmp_path / "single" / "results.json").read_text())
     assert a["num_devices"] == b["num_devices"] == 4
     return a, b
@@ -126,3 +134,11 @@ def test_two_processes_stream_an_image_folder(tmp_path):
     np.testing.assert_allclose(a["final_train_loss"], b["final_train_loss"], rtol=1e-5)
     np.testing.assert_allclose(a["auroc"], b["auroc"], atol=1e-6)
     assert a["num_test_unknown"] == 8
+    # Lose what followed the step-2 checkpoint, as a kill would: both processes resume there.
+    multi = tmp_path / "multi"
+    (multi / "results.json").unlink()
+    shutil.rmtree(multi / "checkpoints" / "4")
+    c = _two_processes(multi, args)
+    assert c["resumed_from_step"] == 2 and c["input_pipeline"] == "stream"
+    np.testing.assert_allclose(c["final_train_loss"], a["final_train_loss"], rtol=1e-6)
+    np.testing.assert_allclose(c["auroc"], a["auroc"], atol=1e-6)

@@ -117,8 +117,8 @@ def iter_batches(
     """``images[indices]`` in consecutive batches of ``batch_size`` (the last may be shorter).
 
     Arrays are sliced; sources are read by ``num_threads`` Grain reader threads (decoding in
-    PIL releases the GIL, so threads scale with cores) in order, a bounded number of records
-    ahead, so memory stays at a few batches whatever the split's size.
+    PIL releases the GIL, so threads scale with cores) in order, at most two batches ahead, so
+    memory stays at a few batches whatever the split's size.
     """
     indices = np.asarray(indices, np.int64)
     if not is_lazy(images):
@@ -129,11 +129,12 @@ def iter_batches(
         return
     import grain
 
-    dataset = grain.MapDataset.source(Subset(images, indices)).batch(batch_size, batch_fn=np.stack)
+    # Threads read single records in order, at most two batches ahead.
     options = grain.ReadOptions(
-        num_threads=max(num_threads, 1), prefetch_buffer_size=max(2 * num_threads, 2)
+        num_threads=max(num_threads, 1), prefetch_buffer_size=max(2 * batch_size, 1)
     )
-    yield from dataset.to_iter_dataset(options)
+    dataset = grain.MapDataset.source(Subset(images, indices)).to_iter_dataset(options)
+    yield from dataset.batch(batch_size, batch_fn=np.stack)
 
 
 def read(images, indices, num_threads: int = 16) -> np.ndarray:

@@ -193,28 +193,39 @@ def stream_batches(
     Step ``s``'s global batch is ``images[batch_indices(seed, s, N, batch_size)]``: the device
     path's batch, so the two paths train on the same data, and a stream started at a resumed
     run's step continues exactly. Records are read by ``num_threads`` Grain threads
-    (``prefetch_batches`` batches ahead); ``num_workers > 0`` adds that many worker processes.
+    (``prefetch_batches`` batches ahead); ``num_workers > 0`` makes that many worker processes
+    read whole batches instead, each with ``num_threads`` threads.
     """
     import grain
 
     rows, offset = process_rows(batch_size)
     records = _StepRecords(images, labels, seed, batch_size, start_step, num_steps, rows, offset)
-    dataset = (
-        grain.MapDataset.source(records)
-        .batch(rows, drop_remainder=True, batch_fn=_stack_pairs)
-        .to_iter_dataset(
-            grain.ReadOptions(
-                num_threads=max(num_threads, 1),
-                prefetch_buffer_size=max(prefetch_batches * rows, 1),
-            )
+    source = grain.MapDataset.source(records)
+    if num_workers == 0:
+        # Threads read single records in order, a bounded window ahead; memory: about
+        # prefetch_batches batches of this process's rows.
+        options = grain.ReadOptions(
+            num_threads=max(num_threads, 1), prefetch_buffer_size=max(prefetch_batches * rows, 1)
         )
-    )
-    if num_workers > 0:
+        dataset = source.to_iter_dataset(options).batch(
+            rows, drop_remainder=True, batch_fn=_stack_pairs
+        )
+    else:
+        # Worker processes take whole batches (Grain hands elements to workers round-robin, so
+        # the element must be the batch for each batch to hold its step's rows); each worker's
+        # threads read one batch each, so memory is about num_workers * num_threads batches.
         from absl import flags
 
         if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags (defaults outside a CLI)
             flags.FLAGS.mark_as_parsed()
-        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        options = grain.ReadOptions(
+            num_threads=max(num_threads, 1), prefetch_buffer_size=max(num_threads, 1)
+        )
+        dataset = (
+            source.batch(rows, drop_remainder=True, batch_fn=_stack_pairs)
+            .to_iter_dataset(options)
+            .mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        )
     return iter(dataset)
 
 
