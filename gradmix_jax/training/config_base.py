@@ -51,7 +51,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.data.pipeline = "auto"
     c.data.device_budget_mb = 4096.0
     c.data.num_threads = 16  # Grain reader threads that read/decode records (stream, evaluation)
-    c.data.num_workers = 0  # > 0: Grain worker processes besides the threads (stream path)
+    c.data.num_workers = 0  # > 0: Grain worker processes, each reading whole batches (stream path)
 
     # SimCLR view augmentation (gradmix_jax.augment.AugmentParams); preset 'rgb' or 'digits',
     # any field below that is not None overrides the preset.
