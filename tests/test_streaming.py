@@ -149,10 +149,13 @@ def test_stream_with_worker_processes_equals_threads():
         np.testing.assert_array_equal(y0, y1)
 
 
-def test_each_process_reads_only_its_rows(monkeypatch):
+@pytest.mark.parametrize("lazy", [False, True])
+def test_each_process_reads_only_its_rows(monkeypatch, lazy):
     """Process p reads rows [p*rows, (p+1)*rows) of every global batch: disjoint shards whose
-    union, over an epoch, is every training record once."""
+    union, over an epoch, is every training record once (in host memory and through Grain)."""
     images = np.arange(48, dtype=np.uint8).reshape(48, 1, 1, 1) * np.ones((1, 2, 2, 3), np.uint8)
+    if lazy:
+        images = image_sources.Subset(images, np.arange(48))
     labels = np.arange(48)
     per_process = []
     for p in range(2):
@@ -162,11 +165,12 @@ def test_each_process_reads_only_its_rows(monkeypatch):
     monkeypatch.undo()
     epoch = []
     for step in range(3):
-        a, b = per_process[0][step][1], per_process[1][step][1]
+        (xa, a), (xb, b) = per_process[0][step], per_process[1][step]
         assert len(a) == len(b) == 8 and not set(a) & set(b)
         np.testing.assert_array_equal(
             np.concatenate([a, b]), pipeline.batch_indices(5, step, 48, 16)
         )
+        np.testing.assert_array_equal(np.concatenate([xa, xb])[:, 0, 0, 0], np.concatenate([a, b]))
         epoch += [*a, *b]
     assert sorted(epoch) == list(range(48))
 
