@@ -12,7 +12,8 @@ over an in-memory uint8 array of the same shape (the copy and batching cost only
 batch of each cell is dropped as warm-up; batches are then timed until ``--seconds`` have passed
 (at least ``--min_batches``). The files are read from the page cache after the first pass.
 
-The JSON report (default ``DIR/input_throughput.json``) holds every batch's arrival time, the
+The JSON report (default ``DIR/input_throughput.json``) holds the batches' arrival times (every
+batch's, or every k-th when a cell timed more than ``MAX_ARRIVALS`` batches), the
 CPU seconds of each timed window (the machine's, this process's with its workers', and the
 difference: what other processes took, from /proc), the config, the jax/grain/Pillow versions, the CPU model, ``os.cpu_count()``, the date and the git
 commit. ``--wait_quiet`` first waits until no ``pytest`` or ``gradmix_jax.train`` process runs.
@@ -33,8 +34,20 @@ from pathlib import Path
 
 import numpy as np
 
+#: Arrival times kept per cell: every k-th batch's beyond this (an in-memory split yields batches
+#: in microseconds; a full list would take megabytes).
+MAX_ARRIVALS = 2000
 #: Processes whose presence makes a measurement noisy (``pgrep -f`` pattern).
 BUSY_PATTERN = "pytest|gradmix_jax.train"
+
+
+def thin_arrivals(arrivals) -> dict:
+    """{'arrival_s': every ``stride``-th arrival time (the last one included), 'arrival_stride'}."""
+    stride = max(1, -(-len(arrivals) // MAX_ARRIVALS))
+    kept = list(arrivals[::stride])
+    if arrivals and (len(arrivals) - 1) % stride:
+        kept.append(arrivals[-1])
+    return {"arrival_s": [round(a, 6) for a in kept], "arrival_stride": stride}
 
 
 def photo_like_jpeg(rng: np.random.Generator, width: int, height: int, quality: int) -> bytes:
@@ -191,7 +204,7 @@ def time_stream(
         "images_per_s": count / elapsed,
         # CPU seconds in the timed window: machine, this process + workers, everything else.
         "cpu_s": cpu,
-        "arrival_s": [round(a, 6) for a in arrivals],
+        **thin_arrivals(arrivals),
     }
 
 
