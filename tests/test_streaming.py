@@ -324,3 +324,16 @@ def test_cifar10_streams_from_array_record_files(tmp_path, make_digits_config):
     keep = np.flatnonzero(np.isin(train_labels, known))
     got = image_sources.read(lazy, np.arange(len(lazy)), num_threads=2)
     np.testing.assert_array_equal(got, train_images[keep])
+
+
+def test_image_folder_in_a_bucket_streams(fake_gcs):
+    """A ``gs://`` image folder is listed and read through etils.epath, also by Grain threads."""
+    local = write_image_folder(fake_gcs / "bucket" / "images", LAYOUT)
+    d = load_imagefolder("gs://bucket/images", (), image_size=8)
+    assert d.train_images.paths[0].startswith("gs://bucket/images/train/cat/")
+    here = load_imagefolder(local, (), image_size=8)
+    np.testing.assert_array_equal(d.train_labels, here.train_labels)
+    (x, y), = _stream(d.train_images, d.train_labels, 2, 1)  # fmt: skip
+    (x_here, y_here), = _stream(here.train_images, here.train_labels, 2, 1)  # fmt: skip
+    np.testing.assert_array_equal(x, x_here)
+    np.testing.assert_array_equal(y, y_here)
