@@ -29,7 +29,11 @@ def test_input_benchmark_report(tmp_path):
     for cell in report["cells"]:
         assert cell["batch_shape"] == [8, 32, 32, 3]
         assert cell["images_per_s"] > 0 and cell["timed_batches"] >= 2
-        assert len(cell["arrival_s"]) == cell["timed_batches"]
+        stride = cell["arrival_stride"]  # every batch's time, or every k-th (and the last)
+        assert len(cell["arrival_s"]) == -(-cell["timed_batches"] // stride) + (
+            (cell["timed_batches"] - 1) % stride > 0
+        )
+        assert len(cell["arrival_s"]) <= input_benchmark.MAX_ARRIVALS + 1
         assert set(cell["cpu_s"]) >= {"machine_busy_s", "own_tree_s", "other_s"}
         assert cell["timed_images"] == 8 * cell["timed_batches"]
     assert "| 32 | 0 | 1 |" in input_benchmark.table(report)
