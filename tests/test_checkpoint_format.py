@@ -174,15 +174,14 @@ def test_train_loop_never_writes_a_non_finite_state(tmp_path):
 
     import ml_collections
 
-    from gradmix_jax.training import parallel, trainer
+    from gradmix_jax.training import trainer
 
     @jax.jit
-    def step_fn(state, images, labels, indices):
+    def step_fn(state, batch):
         step = state["step"] + 1
         w = jnp.where(step >= 6, jnp.nan, state["w"] + 1.0)
         return {"step": step, "w": w}, {"loss": jnp.sum(w)}
 
-    mesh = parallel.make_mesh()
     state = {"step": jnp.zeros((), jnp.int32), "w": jnp.zeros((3,), jnp.float32)}
     saver = checkpoint.BackgroundSaver(checkpoint.make_manager(str(tmp_path)), state)
     config = ml_collections.ConfigDict(
@@ -195,17 +194,13 @@ def test_train_loop_never_writes_a_non_finite_state(tmp_path):
             str(tmp_path),
             step_fn,
             state,
-            None,
-            None,
+            lambda step: (jnp.zeros((2,)),),  # the step's inputs after the state
             saver,
             scalars,
             trainer._Progress(False, 10, 0),
             types.SimpleNamespace(requested=False),
             0,
             10,
-            5,
-            10,
-            parallel.batch_sharded(mesh, axis=1),
             trainer._Record(str(tmp_path), 0),
         )
     saver.wait_until_finished()
