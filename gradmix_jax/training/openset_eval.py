@@ -53,8 +53,7 @@ def extract_features(
     n = len(images)
     batch_size = min(batch_size, max(n, 1))
     batch_size += (-batch_size) % mesh.size  # every device (and process) gets an equal share
-    rows = batch_size // jax.process_count()
-    first = jax.process_index() * rows
+    rows, first = parallel.process_rows(batch_size)
     num_batches = -(-n // batch_size)
     # This process's rows of every padded batch; padding rows repeat record 0 and are dropped.
     local = np.arange(num_batches * batch_size).reshape(num_batches, batch_size)
@@ -65,12 +64,7 @@ def extract_features(
     chunks = image_sources.iter_batches(images, local, rows, num_threads)
     for b, chunk in enumerate(chunks):
         valid = min(batch_size, n - b * batch_size)
-        if jax.process_count() == 1:
-            chunk = jax.device_put(chunk, sharding)
-        else:
-            chunk = jax.make_array_from_process_local_data(
-                sharding, chunk, (batch_size, *chunk.shape[1:])
-            )
+        chunk = parallel.from_process_rows(chunk, sharding, (batch_size, *chunk.shape[1:]))
         outputs = feature_fn(variables["params"], variables["batch_stats"], chunk)
         out.append(jax.tree.map(lambda a, v=valid: parallel.to_host(a)[:v], outputs))
     return jax.tree.map(lambda *parts: np.concatenate(parts), *out)

@@ -54,16 +54,28 @@ def maybe_initialize_distributed(
         )
 
 
+def process_rows(batch_size: int) -> tuple[int, int]:
+    """(rows per process, this process's first row) of a global batch of ``batch_size``: process
+    ``p`` holds rows ``[p * rows, (p + 1) * rows)``."""
+    rows = batch_size // jax.process_count()
+    return rows, jax.process_index() * rows
+
+
+def from_process_rows(local: np.ndarray, sharding: NamedSharding, global_shape) -> jax.Array:
+    """The global array whose ``process_rows`` block along the sharded axis is each process's
+    ``local`` (``jax.make_array_from_process_local_data``; one process: ``local`` itself)."""
+    if jax.process_count() == 1:
+        return jax.device_put(local, sharding)
+    return jax.make_array_from_process_local_data(sharding, local, tuple(global_shape))
+
+
 def global_batch_array(host_array: np.ndarray, sharding: NamedSharding, axis: int = 0) -> jax.Array:
     """A global array from a host array that every process computes identically (e.g. the
     epoch's batch indices): each process hands over only its own block along ``axis`` (the
-    batch axis), via ``jax.make_array_from_process_local_data``."""
-    if jax.process_count() == 1:
-        return jax.device_put(host_array, sharding)
-    per = host_array.shape[axis] // jax.process_count()
-    start = jax.process_index() * per
-    local = np.take(host_array, np.arange(start, start + per), axis=axis)
-    return jax.make_array_from_process_local_data(sharding, local, host_array.shape)
+    batch axis)."""
+    rows, first = process_rows(host_array.shape[axis])
+    local = np.take(host_array, np.arange(first, first + rows), axis=axis)
+    return from_process_rows(local, sharding, host_array.shape)
 
 
 def replicate(host_array: np.ndarray, sharding: NamedSharding) -> jax.Array:

@@ -27,6 +27,7 @@ import numpy as np
 from gradmix_jax import augment
 from gradmix_jax.data import OpenSetData, load_closed_set, load_openset
 from gradmix_jax.data import images as image_sources
+from gradmix_jax.training import parallel
 from gradmix_jax.training.validation import ConfigError
 
 
@@ -168,13 +169,6 @@ class _StepRecords:
         return np.asarray(self.images[i], np.uint8), self.labels[i]
 
 
-def process_rows(batch_size: int) -> tuple[int, int]:
-    """(rows per process, this process's first row) of a global batch: process ``p`` holds rows
-    ``[p * rows, (p + 1) * rows)``, as ``parallel.global_batch_array`` hands them over."""
-    rows = batch_size // jax.process_count()
-    return rows, jax.process_index() * rows
-
-
 def stream_batches(
     images,
     labels: np.ndarray,
@@ -198,7 +192,7 @@ def stream_batches(
     """
     import grain
 
-    rows, offset = process_rows(batch_size)
+    rows, offset = parallel.process_rows(batch_size)
     if not image_sources.is_lazy(images) and num_workers == 0:
         # A split in host memory needs no reader threads: one fancy index per step is several
         # times faster than Grain's per-record path.
@@ -246,10 +240,7 @@ def _stack_pairs(pairs):
 
 def global_batch(local_images, local_labels, sharding, batch_size: int):
     """Every process's rows -> the global batch arrays, sharded over the batch axis."""
-    shape = (batch_size, *local_images.shape[1:])
-    if jax.process_count() == 1:
-        return jax.device_put(local_images, sharding), jax.device_put(local_labels, sharding)
     return (
-        jax.make_array_from_process_local_data(sharding, local_images, shape),
-        jax.make_array_from_process_local_data(sharding, local_labels, (batch_size,)),
+        parallel.from_process_rows(local_images, sharding, (batch_size, *local_images.shape[1:])),
+        parallel.from_process_rows(local_labels, sharding, (batch_size,)),
     )
