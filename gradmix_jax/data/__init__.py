@@ -34,12 +34,13 @@ def _keep(images, labels, classes):
     return image_sources.take(images, np.flatnonzero(mask)), labels[mask]
 
 
-def _tfds_pair(name: str, folder: str, lazy: bool):
+def _tfds(name: str, split: str, folder: str, lazy: bool):
+    """(images, labels) of a TFDS split: a lazy source over its array_record files, or decoded."""
     if lazy:
         from gradmix_jax.data.sources import tfds_split
 
-        return tfds_split(name, "train", folder), tfds_split(name, "test", folder)
-    return load_tfds_split(name, "train", folder), load_tfds_split(name, "test", folder)
+        return tfds_split(name, split, folder)
+    return load_tfds_split(name, split, folder)
 
 
 def _source_splits(dataset: str, data_dir: str | None, lazy: bool = False, size: int = 0):
@@ -63,7 +64,7 @@ def _source_splits(dataset: str, data_dir: str | None, lazy: bool = False, size:
         )
     name = TFDS_NAMES[dataset]
     try:
-        return _tfds_pair(name, folder, lazy)
+        return _tfds(name, "train", folder, lazy), _tfds(name, "test", folder, lazy)
     except DatasetNotPreparedError:
         if dataset == "fashion_mnist":  # say where the IDX files were looked for, too
             raise not_found_error(dataset, data_dir) from None
@@ -159,8 +160,7 @@ def load_openset(
     x_train, y_train = _keep(*train, known)
     if protocol in ("cifar_plus10", "cifar_plus50"):
         x_known, y_known = _keep(*test, known)
-        cifar100_test = _tfds_pair("cifar100", data_dir or default_data_dir(), lazy)[1]
-        x_unk, _ = _keep(*cifar100_test, unknown)
+        x_unk, _ = _keep(*_tfds("cifar100", "test", data_dir or default_data_dir(), lazy), unknown)
         x_test = image_sources.concat([x_known, x_unk])
         y_test = np.concatenate([remap_labels(y_known, known), np.full(len(x_unk), -1, np.int32)])
     else:
@@ -237,7 +237,7 @@ def load_imagefolder(
         train_images=x_train,
         train_labels=y_train.astype(np.int32),
         test_images=x_test,
-        test_labels=lut[y_test_pos] if len(y_test_pos) else y_test_pos.astype(np.int32),
+        test_labels=lut[y_test_pos],  # list_split refuses an empty split
         known_classes=tuple(names.index(c) for c in known),
         unknown_classes=tuple(names.index(c) for c in unknown),
         class_names=tuple(names),
