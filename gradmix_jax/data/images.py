@@ -161,9 +161,10 @@ def as_array(images, num_threads: int = 16) -> np.ndarray:
 # ----------------------------------------------------------------------------- image files
 
 
-def decode_image(data: bytes, size: int | None, name: str) -> np.ndarray:
-    """Encoded bytes -> RGB uint8 ``[size, size, 3]``: the shorter side resized to ``size``
-    (antialiased bilinear), then the centre square; ``size=None`` keeps the decoded size.
+def decode_image(data: bytes, size: int | None, name: str, channels: int = 3) -> np.ndarray:
+    """Encoded bytes -> uint8 ``[size, size, channels]`` (RGB, or grayscale for ``channels=1``):
+    the shorter side resized to ``size`` (antialiased bilinear), then the centre square;
+    ``size=None`` keeps the decoded size.
 
     JPEGs are decoded at the smallest DCT scale that still covers ``size`` (PIL's ``draft``),
     which makes decoding a 500-px ImageNet photo for 224 px several times cheaper.
@@ -171,14 +172,15 @@ def decode_image(data: bytes, size: int | None, name: str) -> np.ndarray:
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    mode = {1: "L", 3: "RGB"}[channels]
     try:
         with Image.open(io.BytesIO(data)) as im:
             if size is not None:
-                im.draft("RGB", (size, size))
-            im = im.convert("RGB")
+                im.draft(mode, (size, size))
+            im = im.convert(mode)
             if size is not None and im.size != (size, size):
                 im = ImageOps.fit(im, (size, size), Image.Resampling.BILINEAR)
-            return np.asarray(im, np.uint8)
+            return np.asarray(im, np.uint8).reshape(im.size[1], im.size[0], channels)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"cannot decode image {name}: {e}") from None
 

@@ -149,17 +149,6 @@ def _open_data_source(name: str, split: str, data_dir: str):
         raise DatasetNotPreparedError(_prepare_hint(name, data_dir)) from e
 
 
-def _decode_gray(data: bytes, name: str) -> np.ndarray:
-    """Encoded bytes -> uint8 ``[H, W, 1]`` at the decoded size (single-channel datasets)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("L"), np.uint8)[..., None]
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise image_sources.DataError(f"cannot decode image {name}: {e}") from None
-
-
 class TfdsImages:
     """The images of a prepared TFDS split (array_record), decoded when a record is read.
 
@@ -222,10 +211,8 @@ class TfdsImages:
         index %= self._len
         data = self._source[index]["image"]
         where = f"{self.name}/{self.split}[{index}]"
-        if self.size is None and self._image_shape[-1] == 1:
-            image = _decode_gray(data, where)
-        else:
-            image = image_sources.decode_image(data, self.size, where)
+        channels = 1 if self.size is None and self._image_shape[-1] == 1 else 3
+        image = image_sources.decode_image(data, self.size, where, channels)
         if image.shape != self._image_shape:
             raise image_sources.DataError(
                 f"image {where} decodes to shape {image.shape}, expected {self._image_shape}"
