@@ -355,8 +355,18 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _ints(text: str) -> list[int]:
+def int_list(text: str) -> list[int]:
+    """``"32,224"`` -> ``[32, 224]`` (a comma-list flag)."""
     return [int(x) for x in text.split(",") if x.strip()]
+
+
+def write_report(report: dict, path, table_text: str) -> None:
+    """Writes the JSON report to ``path`` and prints the table and where the report is."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(table_text)
+    print(f"report: {path}")
 
 
 def main(argv=None) -> int:
@@ -365,9 +375,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--json", default=None, help="report path (default OUT/input_throughput.json)"
     )
-    parser.add_argument("--sizes", type=_ints, default=[32, 224])
-    parser.add_argument("--threads", type=_ints, default=[1, 2, 4])
-    parser.add_argument("--workers", type=_ints, default=[0, 2])
+    parser.add_argument("--sizes", type=int_list, default=[32, 224])
+    parser.add_argument("--threads", type=int_list, default=[1, 2, 4])
+    parser.add_argument("--workers", type=int_list, default=[0, 2])
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=5.0, help="timed seconds per cell")
@@ -392,11 +402,7 @@ def main(argv=None) -> int:
     )
     report["quiet_before"] = quiet
     report["busy_after"] = busy_processes()
-    path = Path(args.json or Path(args.out) / "input_throughput.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1) + "\n")
-    print(table(report))
-    print(f"report: {path}")
+    write_report(report, args.json or Path(args.out) / "input_throughput.json", table(report))
     return 0
 
 

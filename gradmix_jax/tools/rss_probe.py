@@ -24,7 +24,13 @@ import threading
 import time
 from pathlib import Path
 
-from gradmix_jax.tools.input_benchmark import machine_info, wait_until_quiet, write_jpegs
+from gradmix_jax.tools.input_benchmark import (
+    int_list,
+    machine_info,
+    wait_until_quiet,
+    write_jpegs,
+    write_report,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -204,15 +210,11 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="working folder (images, runs, logs)")
     parser.add_argument("--json", default=None, help="report path (default OUT/stream_rss.json)")
-    parser.add_argument("--train_images", type=_ints, default=[2000, 8000])
+    parser.add_argument("--train_images", type=int_list, default=[2000, 8000])
     parser.add_argument("--modes", default="stream,device")
     parser.add_argument("--test_per_class", type=int, default=25)
     parser.add_argument("--wait_quiet", type=float, default=900.0)
@@ -224,11 +226,7 @@ def main(argv=None) -> int:
         test_per_class=args.test_per_class,
         wait_quiet=args.wait_quiet,
     )
-    path = Path(args.json or Path(args.out) / "stream_rss.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1) + "\n")
-    print(table(report))
-    print(f"report: {path}")
+    write_report(report, args.json or Path(args.out) / "stream_rss.json", table(report))
     return 0
 
 
