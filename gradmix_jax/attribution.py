@@ -20,16 +20,23 @@ from gradmix_jax import _checks
 
 __all__ = [
     "NORMALIZE_MODES",
+    "NORMALIZE_AT",
     "NORM_EPS",
     "CAMS",
     "layercam",
     "gradcam",
+    "normalize_maps",
     "aggregate_maps",
     "tap_maps",
 ]
 
 #: Allowed values of ``aggregate_maps(normalize=...)``.
 NORMALIZE_MODES = ("image", "batch", "none")
+
+#: Allowed values of ``aggregate_maps(normalize_at=...)``: min-max normalise each layer's map
+#: after upsampling it to the image size (``'output'``) or at its own resolution, before
+#: upsampling (``'layer'``, the authors' code).
+NORMALIZE_AT = ("output", "layer")
 
 #: Added to the min-max denominator so a constant map normalises to 0 instead of NaN.
 NORM_EPS = 1e-8
@@ -47,7 +54,7 @@ def _check_pair(activation: jax.Array, gradient: jax.Array) -> None:
         )
 
 
-def layercam(activation: jax.Array, gradient: jax.Array) -> jax.Array:
+def layercam(activation: jax.Array, gradient: jax.Array, relu: bool = True) -> jax.Array:
     """LayerCAM map (Jiang et al. 2021; paper eqs. 6-7).
 
     map = ReLU( sum_c ReLU(gradient) * activation )
@@ -55,14 +62,16 @@ def layercam(activation: jax.Array, gradient: jax.Array) -> jax.Array:
     Args:
       activation: ``[B, h, w, C]`` forward feature map.
       gradient: ``[B, h, w, C]`` d loss / d activation.
+      relu: apply the outer ReLU (LayerCAM's definition). The authors' GradMix code does not
+        (``relu=False``); the two agree wherever the activations are >= 0 (post-ReLU taps).
 
     Returns:
-      ``[B, h, w]`` non-negative map.
+      ``[B, h, w]`` map, non-negative when ``relu``.
     """
     _check_pair(activation, gradient)
     # Per-location weights: only positive gradients count as evidence.
-    weighted = jnp.maximum(gradient, 0) * activation
-    return jnp.maximum(jnp.sum(weighted, axis=-1), 0)
+    summed = jnp.sum(jnp.maximum(gradient, 0) * activation, axis=-1)
+    return jnp.maximum(summed, 0) if relu else summed
 
 
 def gradcam(activation: jax.Array, gradient: jax.Array) -> jax.Array:
@@ -90,9 +99,29 @@ def _minmax(maps: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     return (maps - lo) / (hi - lo + NORM_EPS)
 
 
-def _check_normalize(normalize: str) -> None:
+def _check_normalize(normalize: str, normalize_at: str = "output") -> None:
     if normalize not in NORMALIZE_MODES:
         raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+    if normalize_at not in NORMALIZE_AT:
+        raise ValueError(f"normalize_at must be one of {NORMALIZE_AT}, got {normalize_at!r}")
+
+
+def normalize_maps(maps: jax.Array, normalize: str = "image") -> jax.Array:
+    """Min-max normalise ``[B, h, w]`` maps: ``(m - min) / (max - min + 1e-8)``.
+
+    Args:
+      maps: ``[B, h, w]`` maps.
+      normalize: ``'image'`` (one min/max per map), ``'batch'`` (one min/max over the whole
+        ``[B, h, w]`` block) or ``'none'`` (returned as float32, unchanged).
+
+    Returns:
+      ``[B, h, w]`` float32.
+    """
+    _check_normalize(normalize)
+    _check_layer_maps([maps])
+    maps = jnp.asarray(maps, jnp.float32)
+    axes = {"image": (1, 2), "batch": (0, 1, 2)}.get(normalize)
+    return maps if axes is None else _minmax(maps, axes)
 
 
 def _check_layer_maps(maps: Sequence[jax.Array]) -> None:
@@ -118,10 +147,11 @@ def aggregate_maps(
     maps: Sequence[jax.Array],
     size: tuple[int, int],
     normalize: str = "image",
+    normalize_at: str = "output",
 ) -> jax.Array:
     """Upsample per-layer maps to image size, min-max normalise each, and sum them.
 
-    Paper section 3.2: M_layercam = M_m + M_n + ... + M_k.
+    Paper section 3.2: M_layercam = M_m + M_n + ... + M_k. The sum itself is not normalised.
 
     Args:
       maps: non-empty sequence of ``[B, h_l, w_l]`` maps (one per layer; sizes may differ).
@@ -133,11 +163,14 @@ def aggregate_maps(
         map makes that image's whole aggregated map NaN (min/max propagate NaN), so the image's
         map is degenerate (``mixing.degenerate_maps``) and GradMix puts its box at a random
         position; with ``'batch'`` the whole batch's maps become NaN.
+      normalize_at: ``'output'`` (normalise each upsampled map) or ``'layer'`` (normalise each
+        map at its own resolution, then upsample: the authors' code, with ``'batch'`` over the
+        maps of both views).
 
     Returns:
       ``[B, H, W]`` float32 aggregated map.
     """
-    _check_normalize(normalize)
+    _check_normalize(normalize, normalize_at)
     if len(maps) == 0:
         raise ValueError("maps must be a non-empty sequence of [B, h, w] arrays, got an empty one")
     _check_layer_maps(maps)
@@ -147,12 +180,14 @@ def aggregate_maps(
     total = None
     for layer_map in maps:  # loop over layers (static count), not over samples
         layer_map = jnp.asarray(layer_map, jnp.float32)
+        if axes is not None and normalize_at == "layer":
+            layer_map = _minmax(layer_map, axes)
         # 'bilinear' with half-pixel centres == torch F.interpolate(bilinear, align_corners=False)
         # when upsampling; antialias=False keeps that match if a map is ever larger than size.
         up = jax.image.resize(
             layer_map, (layer_map.shape[0], height, width), "bilinear", antialias=False
         )
-        if axes is not None:
+        if axes is not None and normalize_at == "output":
             up = _minmax(up, axes)
         total = up if total is None else total + up
     return total
@@ -194,10 +229,12 @@ def tap_maps(
     *,
     normalize: str = "image",
     cam: str = "layercam",
+    normalize_at: str = "output",
+    relu: bool = True,
 ) -> jax.Array:
     """Attribution map per image from tapped layers: CAM per tap, then ``aggregate_maps``.
 
-    ``aggregate_maps([cam(a_t, g_t) for t in taps], size, normalize)`` with ``cam`` =
+    ``aggregate_maps([cam(a_t, g_t) for t in taps], size, normalize, normalize_at)`` with ``cam`` =
     ``layercam`` (paper eqs. 6-7) or ``gradcam`` (eqs. 4-5), computed in float32 (inputs are
     cast with ``.astype(jnp.float32)``, so bfloat16 taps give the same map as float32 ones up
     to their own rounding). Taps are summed in the order of ``activations``.
@@ -209,6 +246,8 @@ def tap_maps(
       size: static ``(H, W)`` image size to upsample to.
       normalize: ``'image'``, ``'batch'`` or ``'none'`` (see ``aggregate_maps``).
       cam: ``'layercam'`` or ``'gradcam'``.
+      normalize_at: ``'output'`` or ``'layer'`` (see ``aggregate_maps``).
+      relu: the CAM's outer ReLU (``layercam(relu=...)``; Grad-CAM always applies it).
 
     Returns:
       ``[B, H, W]`` float32.
@@ -222,10 +261,9 @@ def tap_maps(
     """
     if cam not in CAMS:
         raise ValueError(f"cam must be one of {CAMS}, got {cam!r}")
-    _check_normalize(normalize)
+    _check_normalize(normalize, normalize_at)
     height, width = (int(s) for s in size)
     items = _tap_items(activations, gradients)
-    fn = layercam if cam == "layercam" else gradcam
     maps = []
     for label, act, grad in items:
         a_shape, g_shape = tuple(jnp.shape(act)), tuple(jnp.shape(grad))
@@ -240,5 +278,6 @@ def tap_maps(
                 f"images of size {(height, width)}; taps must be NHWC [B, h, w, C]: transpose "
                 "with x.transpose(0, 2, 3, 1)"
             )
-        maps.append(fn(act.astype(jnp.float32), grad.astype(jnp.float32)))
-    return aggregate_maps(maps, (height, width), normalize)
+        act, grad = act.astype(jnp.float32), grad.astype(jnp.float32)
+        maps.append(layercam(act, grad, relu) if cam == "layercam" else gradcam(act, grad))
+    return aggregate_maps(maps, (height, width), normalize, normalize_at)

@@ -18,8 +18,12 @@ torchvision order)::
     RandomGrayscale(grayscale_prob)
     additive Gaussian noise(noise_std)      # optional
     clip to [0, 1]
+    Normalize(mean, std)                    # optional: only when AugmentParams.mean is set
 
-Normalisation (mean/std) is not done here; the model or train step does it.
+Without ``mean`` / ``std`` (the default, the paper recipe) the model sees images in [0, 1]; with
+them (the authors' recipe, whose models see torchvision-``Normalize``d inputs) the views and
+``eval_transform``'s images are ``(x - mean) / std`` per channel, so anything written into a view
+afterwards (GradMix's noise fill) lands in that normalised space.
 
 Colour-jitter semantics follow torchvision's ``ColorJitter`` rather than
 TensorFlow's (which is what ``dm_pix.adjust_brightness/contrast/saturation``
@@ -74,6 +78,7 @@ __all__ = [
     "augment_batch",
     "augment_image",
     "eval_transform",
+    "normalize",
     "sample_crop_box",
     "to_float",
     "two_views",
@@ -118,6 +123,8 @@ class AugmentParams:
       jitter_random_order: apply the colour-jitter ops in a random order per
         image (torchvision behaviour); False uses the fixed order brightness,
         contrast, saturation, hue.
+      mean, std: per-channel input normalisation ``(x - mean) / std`` applied last
+        (tuples of one value or one per channel, std > 0), or None for none.
     """
 
     out_size: tuple[int, int]
@@ -133,11 +140,13 @@ class AugmentParams:
     rotation_degrees: float = 0.0
     noise_std: float = 0.0
     jitter_random_order: bool = True
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         # Lists (e.g. from a config file) become tuples so the object stays hashable,
         # and numpy scalars become Python numbers.
-        for name in ("out_size", "crop_scale", "crop_ratio"):
+        for name in ("out_size", "crop_scale", "crop_ratio", "mean", "std"):
             object.__setattr__(self, name, _pair(getattr(self, name)))
         if isinstance(self.out_size, tuple) and all(
             isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in self.out_size
@@ -237,11 +246,50 @@ class AugmentParams:
             raise bad("rotation_degrees", "a number of degrees in [0, 180] (0 = off)")
         if not isinstance(self.jitter_random_order, bool):
             raise bad("jitter_random_order", "a bool")
+        if (self.mean is None) != (self.std is None):
+            raise bad(
+                "mean" if self.mean is None else "std", "set together with the other (or both None)"
+            )
+        if self.mean is not None:
+            for name in ("mean", "std"):
+                value = getattr(self, name)
+                if not (
+                    isinstance(value, tuple)
+                    and len(value) in (1, 3)
+                    and all(isinstance(v, numbers.Real) and math.isfinite(v) for v in value)
+                ):
+                    raise bad(name, "a tuple of 1 or 3 finite numbers (one per channel)")
+            if len(self.mean) != len(self.std) or not all(v > 0 for v in self.std):
+                raise bad("std", f"{len(self.mean)} numbers > 0, like mean")
 
 
 # --------------------------------------------------------------------------- #
 # Utilities
 # --------------------------------------------------------------------------- #
+
+
+def normalize(
+    images: Array, mean: tuple[float, ...] | None, std: tuple[float, ...] | None
+) -> Array:
+    """``(images - mean) / std`` over the last (channel) axis; unchanged when ``mean`` is None.
+
+    Args:
+      images: float [..., C].
+      mean, std: tuples of 1 or C numbers, or None.
+    Returns:
+      float32, the shape of ``images``.
+    """
+    if mean is None:
+        return images
+    channels = images.shape[-1]
+    if len(mean) not in (1, channels):
+        raise ValueError(
+            f"mean and std must hold 1 or {channels} values (one per channel of the images), "
+            f"got {len(mean)}"
+        )
+    mean_ = jnp.asarray(mean, jnp.float32)
+    std_ = jnp.asarray(std, jnp.float32)
+    return ((images - mean_) / std_).astype(jnp.float32)
 
 
 def to_float(images: Array) -> Array:
@@ -606,7 +654,7 @@ def augment_image(key: PRNGKey, image: Array, params: AugmentParams) -> Array:
         noise = math.sqrt(2.0) * jax.scipy.special.erfinv(z)
         image = image + params.noise_std * noise.reshape(image.shape)
 
-    return jnp.clip(image, 0.0, 1.0).astype(jnp.float32)
+    return normalize(jnp.clip(image, 0.0, 1.0).astype(jnp.float32), params.mean, params.std)
 
 
 def augment_batch(key: PRNGKey, images: Array, params: AugmentParams) -> Array:
@@ -617,7 +665,7 @@ def augment_batch(key: PRNGKey, images: Array, params: AugmentParams) -> Array:
       images: [B, H, W, C], uint8 or float in [0, 1], C in {1, 3}.
       params: static AugmentParams.
     Returns:
-      float32 [B, out_H, out_W, C] in [0, 1].
+      float32 [B, out_H, out_W, C] in [0, 1] (normalised when ``params.mean`` is set).
     """
     if images.ndim != 4:
         raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}")
@@ -634,7 +682,8 @@ def two_views(key: PRNGKey, images: Array, params: AugmentParams) -> tuple[Array
       images: [B, H, W, C], uint8 or float in [0, 1], C in {1, 3}.
       params: static AugmentParams.
     Returns:
-      (view1, view2), each float32 [B, out_H, out_W, C] in [0, 1].
+      (view1, view2), each float32 [B, out_H, out_W, C] in [0, 1] (normalised when
+      ``params.mean`` is set).
     """
     if images.ndim != 4:
         raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}")
@@ -648,14 +697,20 @@ def two_views(key: PRNGKey, images: Array, params: AugmentParams) -> tuple[Array
     return views[0], views[1]
 
 
-def eval_transform(images: Array, out_size: tuple[int, int]) -> Array:
-    """Deterministic evaluation transform: scale to [0, 1] and bilinear resize.
+def eval_transform(
+    images: Array,
+    out_size: tuple[int, int],
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> Array:
+    """Deterministic evaluation transform: scale to [0, 1], bilinear resize, then ``normalize``.
 
     Args:
       images: [B, H, W, C] (or a single [H, W, C]), uint8 or float in [0, 1].
       out_size: (out_H, out_W).
+      mean, std: the views' input normalisation (``AugmentParams.mean`` / ``std``) or None.
     Returns:
-      float32 [B, out_H, out_W, C] (or [out_H, out_W, C]) in [0, 1].
+      float32 [B, out_H, out_W, C] (or [out_H, out_W, C]) in [0, 1] (normalised with ``mean``).
     """
     images = to_float(images)
     if images.ndim not in (3, 4):
@@ -664,4 +719,4 @@ def eval_transform(images: Array, out_size: tuple[int, int]) -> Array:
     if images.shape[-3:-1] != (out_h, out_w):
         shape = (*images.shape[:-3], out_h, out_w, images.shape[-1])
         images = jax.image.resize(images, shape, method="bilinear", antialias=True)
-    return jnp.clip(images, 0.0, 1.0)
+    return normalize(jnp.clip(images, 0.0, 1.0), mean, std)

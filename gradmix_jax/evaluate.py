@@ -85,7 +85,9 @@ def evaluate_run(workdir: str, overrides: dict[str, Any] | None = None) -> dict[
     except ConfigError as e:
         raise EvaluateError(str(e)) from None
     mesh = parallel.make_mesh(jax.local_devices()[:1])
-    eval_fn = jax.jit(make_eval_fn(trained.model, trained.image_size, config.eval.features))
+    eval_fn = jax.jit(
+        make_eval_fn(trained.model, trained.image_size, config.eval.features, *trained.input_norm)
+    )
     results = trainer.evaluate(eval_fn, trained.variables, data, config, mesh)
     summary = {
         **results,

@@ -8,7 +8,10 @@ it equals the single-device loss on the global batch. Under plain ``jax.jit`` ov
 the trainer does) no axis name is needed: XLA sees the global batch.
 
 ``mixed_view_loss`` is the GradMix paper's eq. 8 mixed-view term (SimCLR between the mixed view
-1 and view 2, each sample weighted by ``mix_loss_weights``).
+1 and view 2, each sample weighted by ``mix_loss_weights``). ``clean_anchor_loss`` is the mixed
+term of the authors' code instead (SupContrast's ``SupConLoss`` with ``features_positive``: anchors
+and negatives from the clean pass, only the positives from the mixed pass), and
+``mixed_anchor_loss`` weights it per sample as ``mixed_view_loss`` does.
 
 The contrastive losses refuse a batch of one sample without ``axis_name``: with no other sample
 there are no negatives, so the loss is exactly 0 with zero gradient and training would silently
@@ -25,6 +28,9 @@ _REDUCTIONS = ("mean", "none")
 
 #: Allowed values of ``mix_loss_weights(loss_weight=...)`` / ``mixed_view_loss``.
 LOSS_WEIGHTS: tuple[str, ...] = ("area", "kept", "one")
+#: The train step's mixed-view term: ``mixed_view_loss`` (SimCLR between the mixed view 1 and
+#: view 2) or ``mixed_anchor_loss`` (clean anchors and negatives, mixed-pass positives).
+MIXED_LOSSES: tuple[str, ...] = ("simclr", "clean_anchors")
 
 _NO_NEGATIVES = (
     "with one sample and no axis_name there are no negatives: the loss is exactly 0 with zero "
@@ -128,16 +134,23 @@ def simclr_loss(
     temperature: float = 0.05,
     reduction: str = "mean",
     axis_name: str | None = None,
+    base_temperature: float | None = None,
 ) -> jax.Array:
     """SimCLR / NT-Xent loss: ``supcon_loss`` with ``labels=None``.
 
     Args:
       features: [batch, views, dim], L2-normalised; batch >= 2 unless ``axis_name``.
+      base_temperature: the loss is scaled by ``temperature / base_temperature`` (None: 1).
     Returns:
       scalar ('mean') or [batch, views] ('none').
     """
     return supcon_loss(
-        features, None, temperature=temperature, reduction=reduction, axis_name=axis_name
+        features,
+        None,
+        temperature=temperature,
+        base_temperature=base_temperature,
+        reduction=reduction,
+        axis_name=axis_name,
     )
 
 
@@ -166,6 +179,7 @@ def mixed_view_loss(
     temperature: float = 0.05,
     loss_weight: str = "area",
     axis_name: str | None = None,
+    base_temperature: float | None = None,
 ) -> jax.Array:
     """GradMix mixed-view term (paper eq. 8): weighted SimCLR between mixed view 1 and view 2.
 
@@ -184,6 +198,7 @@ def mixed_view_loss(
       axis_name: a pmap/shard_map axis: the inputs are this device's shard, negatives come
         from the global batch and the result is the global mean (``pmean``). Without it N must
         be >= 2.
+      base_temperature: the loss is scaled by ``temperature / base_temperature`` (None: 1).
 
     Returns:
       scalar.
@@ -210,9 +225,132 @@ def mixed_view_loss(
         temperature=temperature,
         reduction="none",
         axis_name=axis_name,
+        base_temperature=base_temperature,
     )  # [N, 2]
     loss = jnp.mean(weights * jnp.mean(per_anchor, axis=1))
     return loss if axis_name is None else jax.lax.pmean(loss, axis_name)
+
+
+def clean_anchor_loss(
+    features: jax.Array,
+    features_positive: jax.Array,
+    labels: jax.Array | None = None,
+    temperature: float = 0.05,
+    base_temperature: float | None = None,
+    reduction: str = "mean",
+) -> jax.Array:
+    """SupContrast's ``SupConLoss(features, labels, features_positive=...)`` as the authors'
+    GradMix code uses it for the mixed-view term (``contrast_mode='all'``).
+
+    With ``A`` the clean features and ``P`` the positives' features, both stacked view-major
+    (``[V*B, D]``): ``Sn = A A^T / T`` gives the denominator (every other anchor, self
+    excluded) and ``Sp = A P^T / T`` the positive logits. Each row is shifted by its own
+    detached maximum, ``mp_i = max_j Sp_ij`` and ``mn_i = max_j Sn_ij`` (diagonals included), as
+    that code does, so ``log_prob_ij = Sp_ij - mp_i - log sum_{k != i} exp(Sn_ik - mn_i)``: unlike
+    SupCon's own shift this one does not cancel, the value carries ``mn_i - mp_i`` while the
+    gradient does not. Positives: the other views of the same sample (same label with
+    ``labels``), self excluded; anchor ``i``'s loss is ``-(T / base_temperature)`` times the mean
+    of ``log_prob`` over them. With ``features_positive = features`` this is ``supcon_loss``.
+
+    The train step's authors' recipe calls it with ``features = [z(v1), z(v2)]`` from the clean
+    pass and ``features_positive = [z(mixed v1), z(v2)]`` from the mixed pass: anchor ``z(v1)_s``
+    has the one positive ``z(v2)_s`` (mixed pass), anchor ``z(v2)_s`` has ``z(mixed v1)_s``.
+
+    Args:
+      features: [batch >= 2, views >= 2, dim] L2-normalised clean embeddings (anchors, negatives).
+      features_positive: same shape: the embeddings whose similarities are the positive logits.
+      labels: int [batch] or None (positives are the other views of the same sample).
+      temperature: softmax temperature T.
+      base_temperature: the loss is scaled by ``T / base_temperature`` (None: 1; the authors'
+        code keeps SupContrast's 0.07).
+      reduction: 'mean' -> scalar over all views*batch anchors; 'none' -> [batch, views].
+
+    Returns:
+      scalar ('mean') or [batch, views] ('none').
+    """
+    _check_reduction(reduction)
+    shape = tuple(jnp.shape(features))
+    if len(shape) != 3 or tuple(jnp.shape(features_positive)) != shape:
+        raise ValueError(
+            "features and features_positive must both be [batch, views, dim] with the same "
+            f"shape, got {shape} and {tuple(jnp.shape(features_positive))}"
+        )
+    batch, views, dim = shape
+    if batch < 2 or views < 2:
+        raise ValueError(
+            "features must be [batch >= 2, views >= 2, dim] (an anchor needs a positive and a "
+            f"negative), got shape {shape}"
+        )
+    if labels is not None and jnp.shape(labels) != (batch,):
+        raise ValueError(f"labels must have shape [batch]=({batch},), got {jnp.shape(labels)}")
+    if base_temperature is None:
+        base_temperature = temperature
+    anchor = jnp.transpose(features, (1, 0, 2)).reshape(views * batch, dim)
+    positive = jnp.transpose(features_positive, (1, 0, 2)).reshape(views * batch, dim)
+    s_neg = anchor @ anchor.T / temperature
+    s_pos = anchor @ positive.T / temperature
+    m_neg = jax.lax.stop_gradient(jnp.max(s_neg, axis=1, keepdims=True))
+    m_pos = jax.lax.stop_gradient(jnp.max(s_pos, axis=1, keepdims=True))
+    not_self = ~jnp.eye(views * batch, dtype=bool)
+    ids = jnp.tile(jnp.arange(batch) if labels is None else jnp.asarray(labels), views)
+    positives = (ids[:, None] == ids[None, :]) & not_self
+    log_denominator = jax.nn.logsumexp(
+        jnp.where(not_self, s_neg - m_neg, -jnp.inf), axis=1, keepdims=True
+    )
+    log_prob = (s_pos - m_pos) - log_denominator
+    # Every anchor has >= views - 1 >= 1 positives, so the count is never 0.
+    mean_log_prob_pos = jnp.where(positives, log_prob, 0.0).sum(axis=1) / positives.sum(axis=1)
+    loss = (-(temperature / base_temperature) * mean_log_prob_pos).reshape(views, batch).T
+    return loss if reduction == "none" else loss.mean()
+
+
+def mixed_anchor_loss(
+    z_clean: jax.Array,
+    z_positive: jax.Array,
+    masked: jax.Array,
+    *,
+    temperature: float = 0.05,
+    loss_weight: str = "kept",
+    base_temperature: float | None = None,
+) -> jax.Array:
+    """The authors' mixed-view term, weighted per sample: ``mean_i(w_i * mean_v l_iv)``.
+
+    ``l = clean_anchor_loss(stack([z_clean[:N], z_clean[N:]], 1), stack([z_positive[:N],
+    z_positive[N:]], 1), reduction='none')`` and ``w = stop_gradient(mix_loss_weights(masked,
+    loss_weight))``; with one weight for the batch (the authors' ``1 - cut^2 / (H W)``) this is
+    ``w * clean_anchor_loss(...)``.
+
+    Args:
+      z_clean: [2N, D] clean embeddings ``[z(v1); z(v2)]`` (anchors and negatives).
+      z_positive: [2N, D] ``[z(mixed v1); z(v2)]`` from the mixed pass (positives).
+      masked: [N] fraction per mixed view (see ``mix_loss_weights``).
+      temperature, base_temperature: as ``clean_anchor_loss``.
+      loss_weight: one of ``LOSS_WEIGHTS``.
+
+    Returns:
+      scalar.
+    """
+    c_shape, p_shape = tuple(jnp.shape(z_clean)), tuple(jnp.shape(z_positive))
+    if len(c_shape) != 2 or c_shape[0] % 2 or p_shape != c_shape:
+        raise ValueError(
+            "z_clean and z_positive must both be [2N, D] (view 1 rows, then view 2 rows) with the "
+            f"same shape, got {c_shape} and {p_shape}"
+        )
+    n = c_shape[0] // 2
+    if tuple(jnp.shape(masked)) != (n,):
+        raise ValueError(
+            f"masked must be [N] = ({n},) (one fraction per mixed view), got shape "
+            f"{tuple(jnp.shape(masked))}"
+        )
+    weights = jax.lax.stop_gradient(mix_loss_weights(masked, loss_weight))
+    per_anchor = clean_anchor_loss(
+        jnp.stack([z_clean[:n], z_clean[n:]], axis=1),
+        jnp.stack([z_positive[:n], z_positive[n:]], axis=1),
+        temperature=temperature,
+        base_temperature=base_temperature,
+        reduction="none",
+    )  # [N, 2]
+    return jnp.mean(weights * jnp.mean(per_anchor, axis=1))
 
 
 def moco_loss(

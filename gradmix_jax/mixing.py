@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gradmix_jax import _checks
 
@@ -35,8 +36,12 @@ __all__ = [
     "PLACEMENTS",
     "RATIO_OF",
     "RATIO_PER",
+    "BOX_SIZES",
+    "NOISE_CHANNELS",
+    "AREAS",
     "PATCH_ANTIALIAS",
     "sample_ratios",
+    "nominal_sides",
     "box_sizes",
     "box_from_map",
     "box_mask",
@@ -56,6 +61,15 @@ FILL_MODES = ("sample", "noise")
 PLACEMENTS = ("inside", "clip")
 RATIO_OF = ("side", "area")
 RATIO_PER = ("sample", "batch")
+#: How a ratio becomes a box side: ``round(s * H)`` (at least 1), or the authors' code's
+#: ``cut = int(s * H)`` with the box spanning ``2 * (cut // 2)`` pixels around the centre.
+BOX_SIZES = ("round", "floor_even")
+#: Noise fill: an independent value per channel, or one value per pixel shared by all channels
+#: (the authors' code).
+NOISE_CHANNELS = ("independent", "shared")
+#: The fraction ``gradmix`` returns: the pixels really replaced (after border clipping), or
+#: the nominal box ``cut_h * cut_w`` before clipping (the authors' loss weight is 1 minus it).
+AREAS = ("masked", "nominal")
 
 #: Antialias setting used to shrink the pasted sample. False = plain bilinear interpolation,
 #: i.e. torch ``F.interpolate(mode='bilinear', align_corners=False)`` (its default), which is
@@ -167,27 +181,56 @@ def sample_ratios(
     return jnp.broadcast_to(ratios, (batch,))
 
 
-def box_sizes(
-    ratios: jax.Array, height: int, width: int, ratio_of: str = "side"
+def nominal_sides(
+    ratios: jax.Array, height: int, width: int, ratio_of: str = "side", box_size: str = "round"
 ) -> tuple[jax.Array, jax.Array]:
-    """Box height/width from ratios: ``bh = round(s * H)``, ``bw = round(s * W)``, each >= 1.
+    """The box sides a ratio asks for, before ``box_size='floor_even'`` evens them.
 
-    ``s = r`` for ``ratio_of='side'`` (paper: gamma is the side ratio) and ``s = sqrt(r)`` for
-    ``ratio_of='area'`` (r is the area fraction). Rounding is half-to-even (``jnp.round``).
+    ``s = r`` for ``ratio_of='side'`` and ``s = sqrt(r)`` for ``'area'``; ``'round'``:
+    ``clip(round(s * H), 1, H)`` (half-to-even); ``'floor_even'``: ``floor(s * H)``, the authors'
+    ``int(H * sqrt(1 - lam))`` (``s * H`` in float32).
+
+    Returns:
+      ``(cut_h, cut_w)`` int32 arrays shaped like ``ratios``.
+    """
+    _check_choice("ratio_of", ratio_of, RATIO_OF)
+    _check_choice("box_size", box_size, BOX_SIZES)
+    side = ratios if ratio_of == "side" else jnp.sqrt(ratios)
+    if box_size == "floor_even":
+        cut_h = jnp.floor(side * height).astype(jnp.int32)
+        return cut_h, jnp.floor(side * width).astype(jnp.int32)
+    bh = jnp.clip(jnp.round(side * height), 1, height).astype(jnp.int32)
+    bw = jnp.clip(jnp.round(side * width), 1, width).astype(jnp.int32)
+    return bh, bw
+
+
+def box_sizes(
+    ratios: jax.Array,
+    height: int,
+    width: int,
+    ratio_of: str = "side",
+    box_size: str = "round",
+) -> tuple[jax.Array, jax.Array]:
+    """Box height/width from ratios.
+
+    ``'round'``: ``bh = round(s * H)``, ``bw = round(s * W)``, each >= 1 (``s = r`` for
+    ``ratio_of='side'``, the paper's gamma; ``s = sqrt(r)`` for ``'area'``). ``'floor_even'``
+    (the authors' code): ``cut = floor(s * H)`` and the box spans ``2 * (cut // 2)`` pixels, from
+    ``cut // 2`` above the centre to ``cut // 2 - 1`` below it (0 when ``cut < 2``).
 
     Args:
       ratios: float array of any shape ``S``.
       height, width: static image size H, W.
       ratio_of: ``'side'`` or ``'area'``.
+      box_size: ``'round'`` or ``'floor_even'``.
 
     Returns:
       ``(bh, bw)`` int32 arrays of shape ``S``.
     """
-    _check_choice("ratio_of", ratio_of, RATIO_OF)
-    side = ratios if ratio_of == "side" else jnp.sqrt(ratios)
-    bh = jnp.clip(jnp.round(side * height), 1, height).astype(jnp.int32)
-    bw = jnp.clip(jnp.round(side * width), 1, width).astype(jnp.int32)
-    return bh, bw
+    cut_h, cut_w = nominal_sides(ratios, height, width, ratio_of, box_size)
+    if box_size == "floor_even":
+        return 2 * (cut_h // 2), 2 * (cut_w // 2)
+    return cut_h, cut_w
 
 
 def box_from_map(
@@ -314,6 +357,7 @@ def gradmix_boxes(
     ratio_of: str = "side",
     placement: str = "inside",
     fallback_centers: jax.Array | None = None,
+    box_size: str = "round",
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """GradMix boxes for a batch: size from ``ratios``, centre at each map's argmax.
 
@@ -329,17 +373,19 @@ def gradmix_boxes(
       placement: ``'inside'`` or ``'clip'``.
       fallback_centers: ``[B, 2]`` int ``(cy, cx)`` pixel centres for degenerate maps (clipped
         to the image), or None.
+      box_size: ``'round'`` or ``'floor_even'`` (see ``box_sizes``).
 
     Returns:
       ``(top, left, bh, bw)``, each ``[B]`` int32 (untruncated for ``'clip'``).
     """
     _check_choice("ratio_of", ratio_of, RATIO_OF)
+    _check_choice("box_size", box_size, BOX_SIZES)
     _check_choice("placement", placement, PLACEMENTS)
     if jnp.ndim(maps) != 3:
         raise ValueError(f"maps must be [B, H, W], got shape {tuple(jnp.shape(maps))}")
     batch, height, width = maps.shape
     _check_fallback_centers(fallback_centers, batch)
-    bh, bw = box_sizes(ratios, height, width, ratio_of)
+    bh, bw = box_sizes(ratios, height, width, ratio_of, box_size)
     if fallback_centers is None:
         top, left = jax.vmap(lambda m, h, w: box_from_map(m, h, w, placement))(maps, bh, bw)
         return top, left, bh, bw
@@ -363,6 +409,22 @@ def _masked_fraction(masks: jax.Array) -> jax.Array:
     return jnp.sum(masks, axis=(1, 2)).astype(jnp.float32) / (height * width)
 
 
+def _nominal_fraction(ratios, height: int, width: int, ratio_of: str, box_size: str) -> jax.Array:
+    """``[B]`` float32 ``cut_h * cut_w / (H * W)``, the nominal box area before clipping."""
+    cut_h, cut_w = nominal_sides(ratios, height, width, ratio_of, box_size)
+    # 1 - fraction is the authors' weight, 1 - cut_h * cut_w / (H * W) computed in float64 and
+    # stored as float32. A static table of those values keeps it exact (XLA turns a division by a
+    # constant into a multiplication, which can be 1 ulp off); 1 - kept, and 1 minus that again,
+    # are exact in float32 whenever kept >= 1/2 (Sterbenz), i.e. for every box up to half the image.
+    rows, cols = np.arange(height + 1), np.arange(width + 1)
+    kept = np.float32(1.0 - np.outer(rows, cols) / (height * width))
+    return 1.0 - jnp.asarray(kept)[cut_h, cut_w]
+
+
+def _check_area(area: str) -> None:
+    _check_choice("area", area, AREAS)
+
+
 # --------------------------------------------------------------------------- GradMix
 
 
@@ -376,6 +438,8 @@ def gradmix_apply(
     ratio_of: str = "side",
     placement: str = "inside",
     fallback_centers: jax.Array | None = None,
+    box_size: str = "round",
+    area: str = "masked",
 ) -> tuple[jax.Array, jax.Array]:
     """Deterministic GradMix core given the already-drawn randomness.
 
@@ -387,31 +451,38 @@ def gradmix_apply(
       maps: ``[B, H, W]`` attribution maps at image size.
       ratios: ``[B]`` ratios.
       perm: ``[B]`` int permutation of the batch, or None.
-      noise: ``[B, H, W, C]`` fill values, or None.
+      noise: ``[B, H, W, C]`` fill values (or ``[B, H, W, 1]``, one value per pixel for every
+        channel), or None.
       ratio_of: ``'side'`` or ``'area'``.
       placement: ``'inside'`` or ``'clip'``.
       fallback_centers: ``[B, 2]`` int ``(cy, cx)`` box centres for degenerate maps (a NaN/inf
         or no variation), or None (argmax everywhere); see ``gradmix_boxes``.
+      box_size: ``'round'`` or ``'floor_even'`` (see ``box_sizes``).
+      area: the fraction returned: ``'masked'`` (pixels replaced) or ``'nominal'`` (the box
+        ``cut_h * cut_w / (H * W)`` before clipping and evening, see ``nominal_sides``).
 
     Returns:
-      ``(mixed [B, H, W, C] same dtype as images, masked_fraction [B] float32)``;
+      ``(mixed [B, H, W, C] same dtype as images, fraction [B] float32)``;
       pixels outside each box are exactly the input.
     """
     _check_choice("ratio_of", ratio_of, RATIO_OF)
     _check_choice("placement", placement, PLACEMENTS)
+    _check_area(area)
     if (perm is None) == (noise is None):
         raise ValueError(
             "gradmix_apply needs exactly one of perm (fill='sample') or noise (fill='noise')"
         )
     _check_images(images, maps, min_batch=perm is not None)
     _, height, width, _ = images.shape
-    top, left, bh, bw = gradmix_boxes(maps, ratios, ratio_of, placement, fallback_centers)
+    top, left, bh, bw = gradmix_boxes(maps, ratios, ratio_of, placement, fallback_centers, box_size)
     masks = _batch_masks(top, left, bh, bw, height, width)
     if perm is not None:
         fill = jax.vmap(paste_resized)(images[perm], top, left, bh, bw)
     else:
         fill = noise
     mixed = jnp.where(masks[..., None], fill.astype(images.dtype), images)
+    if area == "nominal":
+        return mixed, _nominal_fraction(ratios, height, width, ratio_of, box_size)
     return mixed, _masked_fraction(masks)
 
 
@@ -425,6 +496,10 @@ def gradmix(
     placement: str = "inside",
     ratio_per: str = "sample",
     noise_range: Sequence[float] = (0.0, 1.0),
+    *,
+    box_size: str = "round",
+    noise_channels: str = "independent",
+    area: str = "masked",
 ) -> tuple[jax.Array, jax.Array]:
     """GradMix: cover the most attributed region of each image with a box.
 
@@ -440,7 +515,8 @@ def gradmix(
     Randomness (documented so callers can reproduce it): ``k_ratio, k_fill =
     jax.random.split(key)``; ``ratios = sample_ratios(k_ratio, B, ratio_range, ratio_per)``;
     ``perm = jax.random.permutation(k_fill, B)`` or ``noise = jax.random.uniform(k_fill,
-    images.shape, images.dtype, *noise_range)``; fallback centres ``flat =
+    images.shape, images.dtype, *noise_range)`` (shape ``[B, H, W, 1]`` with
+    ``noise_channels='shared'``); fallback centres ``flat =
     jax.random.randint(jax.random.fold_in(key, 1), (B,), 0, H * W)``, ``(cy, cx) = (flat // W,
     flat % W)``. So ``gradmix(key, ...) == gradmix_apply(..., fallback_centers=...)`` with
     these draws, and for non-degenerate maps the centres are unused.
@@ -455,10 +531,14 @@ def gradmix(
       placement: ``'inside'`` or ``'clip'``.
       ratio_per: ``'sample'`` or ``'batch'``.
       noise_range: static ``(lo, hi)`` for ``fill='noise'``.
+      box_size: ``'round'`` or ``'floor_even'`` (the authors' code; see ``box_sizes``).
+      noise_channels: ``'independent'`` (one draw per channel) or ``'shared'`` (one draw per
+        pixel, the same in every channel, as the authors' code).
+      area: ``'masked'`` or ``'nominal'`` (see ``gradmix_apply``).
 
     Returns:
-      ``(mixed [B, H, W, C], masked_fraction [B] float32)``; ``masked_fraction`` is the
-      number of replaced pixels / (H * W) (``bh * bw / (H * W)`` for ``'inside'``), the
+      ``(mixed [B, H, W, C], fraction [B] float32)``; with ``area='masked'`` the fraction is
+      the number of replaced pixels / (H * W) (``bh * bw / (H * W)`` for ``'inside'``), the
       paper's gamma^2 loss weight.
     """
     _check_ratio_range(ratio_range)
@@ -467,6 +547,9 @@ def gradmix(
     _check_choice("placement", placement, PLACEMENTS)
     _check_choice("ratio_per", ratio_per, RATIO_PER)
     noise_lo, noise_hi = _check_noise_range(noise_range)
+    _check_choice("box_size", box_size, BOX_SIZES)
+    _check_choice("noise_channels", noise_channels, NOISE_CHANNELS)
+    _check_area(area)
     _checks.check_key("key", key)
     _check_images(images, maps, min_batch=fill == "sample")
 
@@ -475,11 +558,18 @@ def gradmix(
     ratios = sample_ratios(k_ratio, batch, ratio_range, ratio_per)
     flat = jax.random.randint(jax.random.fold_in(key, 1), (batch,), 0, height * width)
     centers = jnp.stack([flat // width, flat % width], axis=1).astype(jnp.int32)
-    kwargs = dict(ratio_of=ratio_of, placement=placement, fallback_centers=centers)
+    kwargs = dict(
+        ratio_of=ratio_of,
+        placement=placement,
+        fallback_centers=centers,
+        box_size=box_size,
+        area=area,
+    )
     if fill == "sample":
         perm = jax.random.permutation(k_fill, batch)
         return gradmix_apply(images, maps, ratios, perm=perm, **kwargs)
-    noise = jax.random.uniform(k_fill, images.shape, images.dtype, minval=noise_lo, maxval=noise_hi)
+    shape = images.shape if noise_channels == "independent" else (*images.shape[:3], 1)
+    noise = jax.random.uniform(k_fill, shape, images.dtype, minval=noise_lo, maxval=noise_hi)
     return gradmix_apply(images, maps, ratios, noise=noise, **kwargs)
 
 

@@ -80,9 +80,16 @@ def main(argv):
     t_start = time.perf_counter()
     if len(argv) > 1:
         _fail(f"unexpected arguments: {argv[1:]} (flags are --name=value)")
-    config = load_config()
+    from gradmix_jax.training.config_base import recipe_fields, resolve_recipe
+
+    config = resolve_recipe(load_config())  # gradmix.recipe fills the fields left unset
     if _PRINT_CONFIG.value:
         print(config)
+        overridden = recipe_fields(config)
+        print(
+            f"# gradmix.recipe={config.gradmix.get('recipe')!r} set the fields left unset; "
+            f"set otherwise: {overridden or 'none'}"
+        )
         return
     if not flags.FLAGS["verbosity"].present:
         # Orbax and JAX log every save and backend probe at INFO; keep the terminal to the progress

@@ -52,6 +52,29 @@ def naive_mixed_loss(z_mixed, z_view2, masked, temperature, loss_weight="area"):
     return jnp.mean(jax.lax.stop_gradient(w) * per_sample)
 
 
+def naive_clean_anchor_loss(
+    z_clean, z_positive, masked, temperature, base_temperature, loss_weight
+):
+    """The authors' mixed term, per anchor a (2N of them, view 1 rows then view 2 rows):
+    -(T / T_base) * (p_a·z_pos[pos(a)] / T - max_b p_a·z_pos[b] / T
+                     - log sum_{b != a} exp(p_a·z_clean[b] / T - max_b p_a·z_clean[b] / T)),
+    pos(a) = the other view of a's sample; mean over the anchors of a sample, weighted, averaged.
+    """
+    n = z_clean.shape[0] // 2
+    s_neg = z_clean @ z_clean.T / temperature
+    s_pos = z_clean @ z_positive.T / temperature
+    m_neg = jax.lax.stop_gradient(s_neg.max(axis=1))
+    m_pos = jax.lax.stop_gradient(s_pos.max(axis=1))
+    rows = jnp.arange(2 * n)
+    pos = jnp.concatenate([jnp.arange(n, 2 * n), jnp.arange(n)])
+    exp = jnp.exp(s_neg - m_neg[:, None]) * (1.0 - jnp.eye(2 * n))
+    log_prob = s_pos[rows, pos] - m_pos - jnp.log(exp.sum(axis=1))
+    per_anchor = -(temperature / base_temperature) * log_prob
+    per_sample = (per_anchor[:n] + per_anchor[n:]) / 2
+    w = {"area": masked, "kept": 1 - masked, "one": jnp.ones_like(masked)}[loss_weight]
+    return jnp.mean(jax.lax.stop_gradient(w) * per_sample)
+
+
 def apply_train(model, params, batch_stats, images, offsets=None, record=None):
     variables = (
         {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
@@ -88,31 +111,48 @@ def reference_grads(model, state, x, y, key, cfg, aug, paths=None):
             return parts["simclr"] if cfg.attribution_loss == "simclr" else loss
 
         g = jax.grad(attr_loss)(zeros)
+        rows = slice(None) if cfg.map_views == "both" else slice(0, n)
         maps = [
-            attribution.layercam(record[paths[layer]][:n], g[paths[layer]][:n])
+            attribution.layercam(record[paths[layer]][rows], g[paths[layer]][rows], cfg.cam_relu)
             for layer in cfg.layers
         ]
-        heat = attribution.aggregate_maps(maps, v1.shape[1:3], cfg.normalize)
+        heat = attribution.aggregate_maps(maps, v1.shape[1:3], cfg.normalize, cfg.normalize_at)
         mixed, frac = mixing.gradmix(
-            mix_key, v1, heat, cfg.ratio_range, cfg.ratio_of, cfg.fill, cfg.placement, cfg.ratio_per
+            mix_key,
+            v1,
+            heat[:n],
+            cfg.ratio_range,
+            cfg.ratio_of,
+            cfg.fill,
+            cfg.placement,
+            cfg.ratio_per,
+            box_size=cfg.box_size,
+            noise_channels=cfg.noise_channels,
+            area=cfg.weight_area,
         )
     else:
         fn = mixing.cutmix if cfg.method == "cutmix" else mixing.mixup
         mixed, lam, _ = fn(mix_key, v1, cfg.alpha)
         frac = 1.0 - lam
 
-    def mix(zm, z2):
-        return naive_mixed_loss(zm, z2, frac, cfg.temperature, cfg.loss_weight)
+    base = cfg.base_temperature or cfg.temperature
+
+    def mix(z, zm, z2):
+        if cfg.mixed_loss == "clean_anchors":
+            z_pos = jnp.concatenate([zm, z2])
+            return naive_clean_anchor_loss(z, z_pos, frac, cfg.temperature, base, cfg.loss_weight)
+        scale = cfg.temperature / base
+        return scale * naive_mixed_loss(zm, z2, frac, cfg.temperature, cfg.loss_weight)
 
     def total(p):
         z, new = apply_train(model, p, bs, views)
         clean = contrastive_terms(z, y, cfg)[0]
         if cfg.exact:
             zz, _ = apply_train(model, p, new.get("batch_stats", bs), jnp.concatenate([mixed, v2]))
-            loss = mix(zz[:n], zz[n:])
+            loss = mix(z, zz[:n], zz[n:])
         else:
             zm, _ = apply_train(model, p, new.get("batch_stats", bs), mixed)
-            loss = mix(zm, z[n:])
+            loss = mix(z, zm, z[n:])
         return clean + cfg.simclr_weight * loss
 
     return jax.grad(total)(params)

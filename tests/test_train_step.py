@@ -11,6 +11,7 @@ from _reference import reference_grads
 
 from gradmix_jax import augment
 from gradmix_jax.models import create_model
+from gradmix_jax.training.config_base import get_base_config
 from gradmix_jax.training.train_step import (
     StepConfig,
     init_state,
@@ -21,6 +22,12 @@ from gradmix_jax.training.train_step import (
 
 N, SIZE = 8, 8
 AUG = augment.AugmentParams.digits((SIZE, SIZE))
+
+
+def authors_config():
+    c = get_base_config()
+    c.gradmix.recipe = "authors"
+    return c
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +58,19 @@ def setup():
             layers=("conv2_2", "conv5_2"),
         ),
         StepConfig(method="mixup", alpha=0.4),
+        dataclasses.replace(
+            StepConfig.from_config(authors_config()), layers=("conv2_2", "conv5_2")
+        ),
     ],
-    ids=["none", "gradmix", "gradmix-exact", "gradmix-total", "gradmix-authors", "mixup"],
+    ids=[
+        "none",
+        "gradmix",
+        "gradmix-exact",
+        "gradmix-total",
+        "gradmix-authors-fields",
+        "mixup",
+        "authors-recipe",
+    ],
 )
 def test_fused_grads_match_reference(setup, cfg):
     model, tx, schedule, state, x, y = setup

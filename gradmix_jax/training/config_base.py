@@ -2,13 +2,100 @@
 
 Every field is documented in README.md ("Config"). `validate_config` checks a config against the
 allowed values before any data is loaded or anything is compiled.
+
+``gradmix.recipe`` chooses between the paper's GradMix step and the authors' code's: the fields in
+``RECIPES`` are ``None`` in the base config and ``resolve_recipe`` fills each one that is still
+``None`` from the recipe, so a field set in a config file or with ``--config.<field>=`` overrides
+the recipe (docs/design.md, "The paper, the authors' code and this project").
 """
 
 from __future__ import annotations
 
+import copy
+
 import ml_collections
 
 from gradmix_jax.models import DEFAULT_TAPS
+
+#: Field values of each recipe (dotted config paths). 'paper': the step as the paper describes
+#: it; 'authors': the authors' released code (box size, map normalisation, noise fill, loss
+#: weight, mixed term, temperature scale, input normalisation, evaluation features).
+RECIPES: dict[str, dict[str, object]] = {
+    "paper": {
+        "base_temperature": 0.0,
+        "augment.normalize": "none",
+        "gradmix.ratio_of": "side",
+        "gradmix.ratio_per": "sample",
+        "gradmix.box_size": "round",
+        "gradmix.placement": "inside",
+        "gradmix.fill": "sample",
+        "gradmix.noise_channels": "independent",
+        "gradmix.cam_relu": True,
+        "gradmix.map_views": "view1",
+        "gradmix.normalize": "image",
+        "gradmix.normalize_at": "output",
+        "gradmix.loss_weight": "area",
+        "gradmix.weight_area": "masked",
+        "gradmix.mixed_loss": "simclr",
+        "gradmix.exact": False,
+        "eval.features": "encoder",
+    },
+    "authors": {
+        "base_temperature": 0.07,
+        "augment.normalize": "dataset",
+        "gradmix.ratio_of": "area",
+        "gradmix.ratio_per": "batch",
+        "gradmix.box_size": "floor_even",
+        "gradmix.placement": "clip",
+        "gradmix.fill": "noise",
+        "gradmix.noise_channels": "shared",
+        "gradmix.cam_relu": False,
+        "gradmix.map_views": "both",
+        "gradmix.normalize": "batch",
+        "gradmix.normalize_at": "layer",
+        "gradmix.loss_weight": "kept",
+        "gradmix.weight_area": "nominal",
+        "gradmix.mixed_loss": "clean_anchors",
+        "gradmix.exact": True,
+        "eval.features": "projection",
+    },
+}
+
+
+def _node_and_leaf(config, dotted: str):
+    *parents, leaf = dotted.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    return node, leaf
+
+
+def resolve_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with every recipe field that is ``None`` set from ``gradmix.recipe``.
+
+    Fields already set keep their value (an explicit override of the recipe); a config without
+    a field (saved before it existed) does not gain it. An unknown recipe is left for
+    ``validate_config`` to report. Idempotent; the copy keeps ``config``'s lock.
+    """
+    resolved = copy.deepcopy(config)
+    recipe = RECIPES.get(config.gradmix.get("recipe", "paper"))
+    if recipe is not None:
+        for dotted, value in recipe.items():
+            node, leaf = _node_and_leaf(resolved, dotted)
+            if leaf in node and node[leaf] is None:
+                node[leaf] = value
+    return resolved
+
+
+def recipe_fields(config: ml_collections.ConfigDict) -> dict[str, object]:
+    """The recipe fields of ``config`` whose value differs from its recipe's (explicit overrides)."""
+    recipe = RECIPES.get(config.gradmix.get("recipe", "paper"), {})
+    out = {}
+    for dotted, value in recipe.items():
+        node, leaf = _node_and_leaf(config, dotted)
+        if node.get(leaf) is not None and node.get(leaf) != value:
+            out[dotted] = node.get(leaf)
+    return out
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -25,6 +112,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.supcon_weight = 1.0  # θ: weight of the supervised term (SupCon, or CE for ce/ce_ssl)
     c.simclr_weight = 1.0  # λ
     c.temperature = 0.05
+    # The losses are scaled by temperature / base_temperature; 0 = temperature (scale 1, paper
+    # recipe); the authors' code keeps SupContrast's 0.07 (scale 0.71 at T = 0.05).
+    c.base_temperature = ml_collections.config_dict.placeholder(float)
     c.label_smoothing = 0.0  # ε of the CE term (ce, ce_ssl objectives)
 
     c.model = ml_collections.ConfigDict()
@@ -68,22 +158,37 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.augment.grayscale_prob = ml_collections.config_dict.placeholder(float)
     c.augment.rotation_degrees = ml_collections.config_dict.placeholder(float)
     c.augment.noise_std = ml_collections.config_dict.placeholder(float)
+    # Input normalisation of the views and of evaluation images: none (the model sees [0, 1]) |
+    # dataset ((x - mean) / std per channel, mean/std of the training split unless augment.mean
+    # and augment.std are given; the authors' code normalises, GradMix's noise lands in that space).
+    c.augment.normalize = ml_collections.config_dict.placeholder(str)
+    c.augment.mean = ml_collections.config_dict.placeholder(tuple)
+    c.augment.std = ml_collections.config_dict.placeholder(tuple)
 
     c.mixing = ml_collections.ConfigDict()
     c.mixing.method = "gradmix"  # none | gradmix | cutmix | mixup
     c.mixing.alpha = 1.0  # Beta(α, α) of CutMix / Mixup
 
     c.gradmix = ml_collections.ConfigDict()
+    # paper | authors: sets every field below that is None (RECIPES; values: paper | authors).
+    c.gradmix.recipe = "paper"
     c.gradmix.layers = DEFAULT_TAPS
     c.gradmix.ratio_range = (0.1, 0.5)
-    c.gradmix.ratio_of = "side"  # side (paper) | area (authors' code)
-    c.gradmix.ratio_per = "sample"  # sample (paper) | batch (authors' code)
-    c.gradmix.fill = "sample"  # sample (paper) | noise (authors' code)
-    c.gradmix.placement = "inside"  # inside (paper) | clip (authors' code)
-    c.gradmix.normalize = "image"  # image | batch (authors' code) | none
-    c.gradmix.attribution_loss = "simclr"  # simclr (authors' code) | total (clean loss)
-    c.gradmix.loss_weight = "area"  # area = masked fraction (paper) | kept (authors') | one
-    c.gradmix.exact = False  # True: recompute view 2 beside the mixed view (authors' code)
+    c.gradmix.attribution_loss = "simclr"  # simclr (both recipes) | total (clean loss)
+    c.gradmix.ratio_of = ml_collections.config_dict.placeholder(str)  # side | area
+    c.gradmix.ratio_per = ml_collections.config_dict.placeholder(str)  # sample | batch
+    c.gradmix.box_size = ml_collections.config_dict.placeholder(str)  # round | floor_even
+    c.gradmix.placement = ml_collections.config_dict.placeholder(str)  # inside | clip
+    c.gradmix.fill = ml_collections.config_dict.placeholder(str)  # sample | noise
+    c.gradmix.noise_channels = ml_collections.config_dict.placeholder(str)  # independent | shared
+    c.gradmix.cam_relu = ml_collections.config_dict.placeholder(bool)  # LayerCAM's outer ReLU
+    c.gradmix.map_views = ml_collections.config_dict.placeholder(str)  # view1 | both
+    c.gradmix.normalize = ml_collections.config_dict.placeholder(str)  # image | batch | none
+    c.gradmix.normalize_at = ml_collections.config_dict.placeholder(str)  # output | layer
+    c.gradmix.loss_weight = ml_collections.config_dict.placeholder(str)  # area | kept | one
+    c.gradmix.weight_area = ml_collections.config_dict.placeholder(str)  # masked | nominal
+    c.gradmix.mixed_loss = ml_collections.config_dict.placeholder(str)  # simclr | clean_anchors
+    c.gradmix.exact = ml_collections.config_dict.placeholder(bool)  # recompute view 2 (authors)
 
     c.moco = ml_collections.ConfigDict()  # objective='moco' only (MoCo v1, paper App. G)
     c.moco.queue_size = 4096
@@ -91,7 +196,8 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.k = 3
-    c.eval.features = "encoder"  # encoder (pooled backbone) | projection (normalised z)
+    # encoder (pooled backbone, paper recipe) | projection (normalised z, authors' recipe)
+    c.eval.features = ml_collections.config_dict.placeholder(str)
     c.eval.batch_size = 512
     c.eval.id_samples = 5000  # training features used for the TwoNN intrinsic dimension (0 = skip)
 

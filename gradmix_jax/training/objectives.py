@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from gradmix_jax import losses
 from gradmix_jax.models import DEFAULT_TAPS
+from gradmix_jax.training.config_base import resolve_recipe
 
 OBJECTIVES: tuple[str, ...] = ("ce", "ce_ssl", "supcon", "supcon_ssl", "simclr", "moco")
 #: What the GradMix maps are the gradient of: the SimCLR term alone, or the whole clean loss.
@@ -29,6 +30,7 @@ class StepConfig:
     supcon_weight: float = 1.0
     simclr_weight: float = 1.0
     temperature: float = 0.05
+    base_temperature: float | None = None  # None: = temperature (loss scale 1)
     label_smoothing: float = 0.0
     method: str = "gradmix"
     alpha: float = 1.0
@@ -36,23 +38,38 @@ class StepConfig:
     ratio_range: tuple[float, float] = (0.1, 0.5)
     ratio_of: str = "side"
     ratio_per: str = "sample"
+    box_size: str = "round"
     fill: str = "sample"
+    noise_channels: str = "independent"
     placement: str = "inside"
+    cam_relu: bool = True
+    map_views: str = "view1"
     normalize: str = "image"
+    normalize_at: str = "output"
     attribution_loss: str = "simclr"
     loss_weight: str = "area"
+    weight_area: str = "masked"
+    mixed_loss: str = "simclr"
     exact: bool = False
     moco_momentum: float = 0.999
     moco_queue_size: int = 4096
 
     @classmethod
     def from_config(cls, config) -> "StepConfig":
+        """The step settings of ``config`` after ``gradmix.recipe`` fills its unset fields.
+
+        Configs saved before a field existed lack it: those runs trained with the class default.
+        """
+        config = resolve_recipe(config)
         g = config.gradmix
+        defaults = cls()
+        base_temperature = float(config.get("base_temperature") or 0.0)
         return cls(
             objective=config.objective,
             supcon_weight=float(config.supcon_weight),
             simclr_weight=float(config.simclr_weight),
             temperature=float(config.temperature),
+            base_temperature=base_temperature or None,
             # Absent from configs saved before the field existed: those runs trained without it.
             label_smoothing=float(config.get("label_smoothing", 0.0)),
             method=config.mixing.method,
@@ -61,11 +78,18 @@ class StepConfig:
             ratio_range=tuple(float(r) for r in g.ratio_range),
             ratio_of=g.ratio_of,
             ratio_per=g.ratio_per,
+            box_size=g.get("box_size", defaults.box_size),
             fill=g.fill,
+            noise_channels=g.get("noise_channels", defaults.noise_channels),
             placement=g.placement,
+            cam_relu=bool(g.get("cam_relu", defaults.cam_relu)),
+            map_views=g.get("map_views", defaults.map_views),
             normalize=g.normalize,
+            normalize_at=g.get("normalize_at", defaults.normalize_at),
             attribution_loss=g.attribution_loss,
             loss_weight=g.loss_weight,
+            weight_area=g.get("weight_area", defaults.weight_area),
+            mixed_loss=g.get("mixed_loss", defaults.mixed_loss),
             exact=bool(g.exact),
             moco_momentum=float(config.moco.momentum),
             moco_queue_size=int(config.moco.queue_size),
@@ -101,11 +125,15 @@ def clean_terms(outputs: dict[str, jax.Array], labels: jax.Array, cfg: StepConfi
     z = outputs["z"]
     n = labels.shape[0]
     feats = jnp.stack([z[:n], z[n:]], axis=1)  # [N, 2 views, D]
-    simclr = losses.simclr_loss(feats, temperature=cfg.temperature)
+    simclr = losses.simclr_loss(
+        feats, temperature=cfg.temperature, base_temperature=cfg.base_temperature
+    )
     parts = {"simclr": simclr}
     loss = cfg.lam * simclr
     if cfg.supervised == "supcon":
-        parts["supcon"] = losses.supcon_loss(feats, labels, temperature=cfg.temperature)
+        parts["supcon"] = losses.supcon_loss(
+            feats, labels, temperature=cfg.temperature, base_temperature=cfg.base_temperature
+        )
         loss = loss + cfg.theta * parts["supcon"]
     elif cfg.supervised == "ce":
         parts["ce"] = losses.cross_entropy(

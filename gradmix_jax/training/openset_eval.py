@@ -19,8 +19,17 @@ from gradmix_jax.training import parallel
 FEATURES: tuple[str, ...] = ("encoder", "projection")
 
 
-def make_eval_fn(model: nn.Module, out_size: tuple[int, int], which: str = "encoder") -> Callable:
+def make_eval_fn(
+    model: nn.Module,
+    out_size: tuple[int, int],
+    which: str = "encoder",
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> Callable:
     """``outputs(params, batch_stats, images uint8 [B,H,W,C]) -> dict`` in eval mode.
+
+    Images go through ``augment.eval_transform(images, out_size, mean, std)``: the input
+    normalisation the model was trained with (None: images in [0, 1]).
 
     Keys: 'features' [B, D] (``which``: pooled encoder output or normalised projection z),
     'encoder' [B, D_enc] and 'projection' [B, feature_dim] (both, for evaluations that report
@@ -28,7 +37,7 @@ def make_eval_fn(model: nn.Module, out_size: tuple[int, int], which: str = "enco
     """
 
     def outputs(params, batch_stats, images):
-        x = augment.eval_transform(images, out_size)
+        x = augment.eval_transform(images, out_size, mean, std)
         z, aux = model.apply({"params": params, "batch_stats": batch_stats}, x, train=False)
         out = {"encoder": aux["features"], "projection": z}
         out["features"] = out[which]

@@ -28,17 +28,64 @@ from gradmix_jax import augment
 from gradmix_jax.data import OpenSetData, load_closed_set, load_openset
 from gradmix_jax.data import images as image_sources
 from gradmix_jax.training import parallel
+from gradmix_jax.training.config_base import resolve_recipe
 from gradmix_jax.training.validation import ConfigError
 
+#: ``config.augment`` fields that are not ``AugmentParams`` overrides (input normalisation).
+_NORM_FIELDS = ("preset", "normalize", "mean", "std")
+#: At most this many training images (evenly spaced) measure a lazy split's mean/std.
+STATS_SAMPLE = 10_000
 
-def augment_params(config) -> augment.AugmentParams:
-    """The view augmentation of ``config.augment`` at ``data.image_size``."""
+
+def needs_input_stats(config) -> bool:
+    """True when ``augment.normalize='dataset'`` takes its mean/std from the training split."""
+    config = resolve_recipe(config)
+    return config.augment.get("normalize") == "dataset" and config.augment.get("mean") is None
+
+
+def input_stats(images, num_threads: int = 16) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel ``(mean, std)`` of a uint8 ``[N, H, W, C]`` split on the [0, 1] scale.
+
+    An array is measured whole; a lazy source on ``STATS_SAMPLE`` evenly spaced images (the same
+    ones on every process, so every process normalises alike).
+    """
+    n = len(images)
+    if image_sources.is_lazy(images) and n > STATS_SAMPLE:
+        idx = np.linspace(0, n - 1, STATS_SAMPLE).round().astype(np.int64)
+        images = image_sources.read(images, idx, num_threads)
+    images = np.asarray(images)
+    count = np.zeros(images.shape[-1])
+    total = np.zeros(images.shape[-1])
+    squares = np.zeros(images.shape[-1])
+    for start in range(0, n, 4096):  # float64 in chunks: bounded memory
+        chunk = images[start : start + 4096].reshape(-1, images.shape[-1]).astype(np.float64) / 255
+        count += len(chunk)
+        total += chunk.sum(0)
+        squares += (chunk**2).sum(0)
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    return tuple(float(m) for m in mean), tuple(float(max(s, 1e-6)) for s in std)
+
+
+def augment_params(config, stats=None) -> augment.AugmentParams:
+    """The view augmentation of ``config.augment`` at ``data.image_size``.
+
+    With ``augment.normalize='dataset'`` the views are normalised by ``augment.mean`` / ``std``,
+    or by ``stats`` (``input_stats`` of the training split) when those are unset; without
+    ``stats`` such a config gets no normalisation yet (the trainer passes them after loading).
+    """
+    config = resolve_recipe(config)
     size = (config.data.image_size, config.data.image_size)
     overrides = {
         k: (tuple(v) if isinstance(v, (list, tuple)) else v)
         for k, v in config.augment.items()
-        if k != "preset" and v is not None
+        if k not in _NORM_FIELDS and v is not None
     }
+    if config.augment.get("normalize") == "dataset":
+        if config.augment.get("mean") is not None:
+            overrides.update(mean=tuple(config.augment.mean), std=tuple(config.augment.std))
+        elif stats is not None:
+            overrides.update(mean=tuple(stats[0]), std=tuple(stats[1]))
     preset = getattr(augment.AugmentParams, config.augment.preset)  # one of augment.PRESETS
     try:
         return preset(size, **overrides)

@@ -166,21 +166,26 @@ def tapped_vjp(model: nn.Module, state: TrainState, x: jax.Array, layers, with_l
 def mix_view(
     key: jax.Array, v1: jax.Array, acts, tap_grads, cfg: StepConfig, out_size: tuple[int, int]
 ):
-    """Mixed view 1 [N, H, W, C], its masked fractions [N] and the mixing metrics.
+    """Mixed view 1 [N, H, W, C], its fractions [N] (``mixing.gradmix``'s) and the mixing metrics.
 
-    GradMix reads the first N rows (view 1) of the tap activations and gradients; CutMix and Mixup
-    ignore them. Metrics: ``fallback_boxes``, the number of GradMix maps with no region to prefer
-    (NaN or constant) whose box went to a random position.
+    GradMix reads the first N rows (view 1) of the tap activations and gradients, or every row
+    with ``map_views='both'`` (the maps of both views share one 'batch' normalisation, as in the
+    authors' code; only view 1's are used); CutMix and Mixup ignore them. Metrics:
+    ``fallback_boxes``, the number of GradMix maps with no region to prefer (NaN or constant)
+    whose box went to a random position.
     """
     n = v1.shape[0]
     metrics = {}
     if cfg.method == "gradmix":
+        rows = slice(None) if cfg.map_views == "both" else slice(0, n)
         heat = attribution.tap_maps(
-            {layer: acts[layer][:n] for layer in cfg.layers},
-            {layer: tap_grads[layer][:n] for layer in cfg.layers},
+            {layer: acts[layer][rows] for layer in cfg.layers},
+            {layer: tap_grads[layer][rows] for layer in cfg.layers},
             out_size,
             normalize=cfg.normalize,
-        )
+            normalize_at=cfg.normalize_at,
+            relu=cfg.cam_relu,
+        )[:n]
         mixed, masked = mixing.gradmix(
             key,
             v1,
@@ -190,6 +195,9 @@ def mix_view(
             fill=cfg.fill,
             placement=cfg.placement,
             ratio_per=cfg.ratio_per,
+            box_size=cfg.box_size,
+            noise_channels=cfg.noise_channels,
+            area=cfg.weight_area,
         )
         metrics["fallback_boxes"] = jnp.sum(mixing.degenerate_maps(heat))
     elif cfg.method == "cutmix":
@@ -201,6 +209,22 @@ def mix_view(
     return jax.lax.stop_gradient(mixed), jax.lax.stop_gradient(masked), metrics
 
 
+def _mixed_loss(cfg: StepConfig, z_clean: jax.Array, z_mixed: jax.Array, z_view2, masked):
+    """The mixed term on embeddings: ``losses.mixed_view_loss`` (eq. 8: mixed view 1 against
+    view 2) or, for ``mixed_loss='clean_anchors'``, ``losses.mixed_anchor_loss`` (the authors':
+    the clean pass's ``z_clean`` [2N, D] as anchors and negatives, ``[z_mixed; z_view2]`` as
+    positives)."""
+    kwargs = dict(
+        temperature=cfg.temperature,
+        loss_weight=cfg.loss_weight,
+        base_temperature=cfg.base_temperature,
+    )
+    if cfg.mixed_loss == "clean_anchors":
+        z_positive = jnp.concatenate([z_mixed, z_view2])
+        return losses.mixed_anchor_loss(z_clean, z_positive, masked, **kwargs)
+    return losses.mixed_view_loss(z_mixed, z_view2, masked, **kwargs)
+
+
 def _mixed_term(
     model: nn.Module,
     cfg: StepConfig,
@@ -208,39 +232,33 @@ def _mixed_term(
     batch_stats,
     mixed: jax.Array,
     v2: jax.Array,
-    z_view2: jax.Array,
+    z_clean: jax.Array,
     masked: jax.Array,
 ):
-    """The mixed loss's value and gradients: (loss, batch stats, param grads, dL/dz(view 2)).
+    """The mixed loss's value and gradients: (loss, batch stats, param grads, dL/dz_clean).
 
-    The loss is ``losses.mixed_view_loss`` (eq. 8's mixed term). Default: only the mixed view is
-    forwarded; view 2's embedding ``z_view2`` comes from the clean pass and its gradient is
-    returned, to be folded into that pass's cotangent. ``cfg.exact``: view 2 is forwarded again
-    beside the mixed view (the authors' code), gradient None.
+    ``z_clean`` [2N, D] are the clean pass's embeddings ``[z(v1); z(v2)]``. Default: only the
+    mixed view is forwarded; view 2's embedding comes from the clean pass. ``cfg.exact``: view 2
+    is forwarded again beside the mixed view (the authors' code). The gradient w.r.t. ``z_clean``
+    (view 2's rows, and every row for ``mixed_loss='clean_anchors'``) is returned, to be folded
+    into the clean pass's cotangent so one backward serves both losses.
     """
     n = mixed.shape[0]
-    mixed_loss = functools.partial(
-        losses.mixed_view_loss, temperature=cfg.temperature, loss_weight=cfg.loss_weight
-    )
-    if cfg.exact:
 
-        def objective(p):
+    def objective(p, z_clean):
+        if cfg.exact:
             zz, _, new_stats = apply_train(model, p, batch_stats, jnp.concatenate([mixed, v2]))
-            loss = mixed_loss(zz[:n], zz[n:], masked)
-            return cfg.mix_weight * loss, (loss, new_stats)
-
-        (_, (loss, batch_stats)), g_params = jax.value_and_grad(objective, has_aux=True)(params)
-        return loss, batch_stats, g_params, None
-
-    def objective(p, z2):
-        zm, _, new_stats = apply_train(model, p, batch_stats, mixed)
-        loss = mixed_loss(zm, z2, masked)
+            z_mixed, z_view2 = zz[:n], zz[n:]
+        else:
+            z_mixed, _, new_stats = apply_train(model, p, batch_stats, mixed)
+            z_view2 = z_clean[n:]
+        loss = _mixed_loss(cfg, z_clean, z_mixed, z_view2, masked)
         return cfg.mix_weight * loss, (loss, new_stats)
 
-    (_, (loss, batch_stats)), (g_params, g_view2) = jax.value_and_grad(
+    (_, (loss, batch_stats)), (g_params, g_clean) = jax.value_and_grad(
         objective, argnums=(0, 1), has_aux=True
-    )(params, z_view2)
-    return loss, batch_stats, g_params, g_view2
+    )(params, z_clean)
+    return loss, batch_stats, g_params, g_clean
 
 
 def contrastive_grads(
@@ -258,7 +276,6 @@ def contrastive_grads(
     """
     aug_key, mix_key = jax.random.split(key)
     v1, v2 = augment.two_views(aug_key, x, aug_params)
-    n = v1.shape[0]
     layers = cfg.layers if cfg.method == "gradmix" else ()
     outputs, vjp_fn, batch_stats, acts = tapped_vjp(
         model, state, jnp.concatenate([v1, v2], axis=0), layers, cfg.supervised == "ce"
@@ -279,13 +296,12 @@ def contrastive_grads(
         # the lowest tap from this call.
         tap_grads = vjp_fn(g_attr)[1]
     mixed, masked, mix_metrics = mix_view(mix_key, v1, acts, tap_grads, cfg, aug_params.out_size)
-    l_mix, batch_stats, g_mix, g_view2 = _mixed_term(
-        model, cfg, state.params, batch_stats, mixed, v2, outputs["z"][n:], masked
+    l_mix, batch_stats, g_mix, g_clean = _mixed_term(
+        model, cfg, state.params, batch_stats, mixed, v2, outputs["z"], masked
     )
-    if g_view2 is not None:
-        # View 2's embedding came from the clean pass: fold its gradient into that pass's
-        # cotangent so one backward serves both losses.
-        g_out = {**g_out, "z": g_out["z"].at[n:].add(g_view2)}
+    # The mixed loss read clean embeddings (view 2's, or all as anchors): fold their gradient
+    # into the clean pass's cotangent so one backward serves both losses.
+    g_out = {**g_out, "z": g_out["z"] + g_clean}
     param_grads = jax.tree.map(jnp.add, vjp_fn(g_out)[0], g_mix)
     metrics.update(
         mix_metrics,

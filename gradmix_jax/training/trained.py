@@ -24,7 +24,7 @@ from gradmix_jax.training.train_step import (
     make_eval_fn,
     make_optimizer,
 )
-from gradmix_jax.training.workdir import ADDED_FIELDS, RESULTS, as_path, read_json
+from gradmix_jax.training.workdir import RESULTS, as_path, read_json, with_added_fields
 
 
 @dataclasses.dataclass
@@ -40,14 +40,22 @@ class TrainedModel:
     config: ml_collections.ConfigDict
     known_classes: tuple[int, ...]
     step: int
+    input_mean: tuple[float, ...] | None = None
+    input_std: tuple[float, ...] | None = None
 
     @property
     def image_size(self) -> tuple[int, int]:
         return (self.config.data.image_size, self.config.data.image_size)
 
+    @property
+    def input_norm(self) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+        """``(mean, std)`` of the input normalisation the model was trained with, or (None, None)."""
+        return self.input_mean, self.input_std
+
     def preprocess(self, images: np.ndarray) -> jax.Array:
-        """uint8 [N, H, W, C] -> float32 [N, S, S, C] in [0, 1] (the evaluation transform)."""
-        return augment.eval_transform(images, self.image_size)
+        """uint8 [N, H, W, C] -> float32 [N, S, S, C] (the evaluation transform: [0, 1], then the
+        run's input normalisation if it had one)."""
+        return augment.eval_transform(images, self.image_size, *self.input_norm)
 
     def _outputs(self, images: np.ndarray, which: str, batch_size: int) -> dict[str, np.ndarray]:
         if which not in ("encoder", "projection"):
@@ -56,7 +64,7 @@ class TrainedModel:
 
         mesh = parallel.make_mesh(jax.local_devices()[:1])
         return extract_features(
-            _eval_fn(self.model, self.image_size, which),
+            _eval_fn(self.model, self.image_size, which, self.input_norm),
             self.variables,
             np.asarray(images),
             batch_size,
@@ -82,10 +90,10 @@ class TrainedModel:
 _EVAL_FNS: dict = {}
 
 
-def _eval_fn(model, size, which):
-    key = (model, size, which)
+def _eval_fn(model, size, which, input_norm):
+    key = (model, size, which, input_norm)
     if key not in _EVAL_FNS:
-        _EVAL_FNS[key] = jax.jit(make_eval_fn(model, size, which))
+        _EVAL_FNS[key] = jax.jit(make_eval_fn(model, size, which, *input_norm))
     return _EVAL_FNS[key]
 
 
@@ -103,7 +111,7 @@ def load_trained(workdir: str) -> TrainedModel:
             f"{path} not found: train first (python -m gradmix_jax.train --workdir {workdir} ...)"
         )
     # Fields added since the run was saved get the value it trained with.
-    config = ml_collections.ConfigDict({**ADDED_FIELDS, **results["config"]})
+    config = ml_collections.ConfigDict(with_added_fields(results["config"]))
     if "image_shape" not in results:
         raise ValueError(f"{path} predates image_shape in results.json; retrain the run")
     image_shape = tuple(results["image_shape"])
@@ -142,7 +150,15 @@ def load_trained(workdir: str) -> TrainedModel:
         config=config,
         known_classes=tuple(results["known_classes"]),
         step=int(state.step),
+        **_input_norm(results.get("input_norm")),
     )
+
+
+def _input_norm(stored: dict | None) -> dict:
+    """results.json's ``input_norm`` ({'mean': [...], 'std': [...]}, absent: none) as fields."""
+    if not stored:
+        return {}
+    return {"input_mean": tuple(stored["mean"]), "input_std": tuple(stored["std"])}
 
 
 def final_features(workdir: str, results: dict[str, Any] | None = None):

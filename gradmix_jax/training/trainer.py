@@ -26,6 +26,7 @@ from gradmix_jax.data import OpenSetData, openness
 from gradmix_jax.models import model_from_config
 from gradmix_jax.training import checkpoint, parallel
 from gradmix_jax.training import workdir as records
+from gradmix_jax.training.config_base import resolve_recipe
 from gradmix_jax.training.openset_eval import evaluate, extract_features, knn_auroc  # noqa: F401
 from gradmix_jax.training.pipeline import (  # noqa: F401
     augment_params,
@@ -34,7 +35,9 @@ from gradmix_jax.training.pipeline import (  # noqa: F401
     epoch_index_matrix,
     for_device_path,
     global_batch,
+    input_stats,
     load_data,
+    needs_input_stats,
     num_train_steps,
     on_device_batches,
     steps_per_epoch_of,
@@ -478,7 +481,13 @@ def _evaluate(config, run: _Run, state, data: OpenSetData) -> tuple[dict[str, An
     t_eval = time.perf_counter()
     repl, sharded = parallel.replicated(run.mesh), parallel.batch_sharded(run.mesh)
     eval_fn = jax.jit(
-        make_eval_fn(run.model, run.aug_params.out_size, config.eval.features),
+        make_eval_fn(
+            run.model,
+            run.aug_params.out_size,
+            config.eval.features,
+            run.aug_params.mean,
+            run.aug_params.std,
+        ),
         in_shardings=(repl, repl, sharded),
     )
     results = evaluate(
@@ -526,6 +535,12 @@ def _summary(
         "num_devices": run.mesh.size,
         "jax_version": jax.__version__,
         "config": config.to_dict(),
+        # The views' and evaluation's input normalisation (augment.normalize), or None.
+        "input_norm": (
+            None
+            if run.aug_params.mean is None
+            else {"mean": list(run.aug_params.mean), "std": list(run.aug_params.std)}
+        ),
     }
 
 
@@ -555,6 +570,7 @@ def train_and_evaluate(
     num_steps, final_train_loss, train_seconds, protocol, split, known_classes, config, ...).
     """
     mesh = parallel.make_mesh()
+    config = resolve_recipe(config)  # gradmix.recipe fills the fields left unset
     validate_config(config, mesh.size)
     aug_params = augment_params(config)
     stored = records.finished_run(workdir, config)
@@ -564,6 +580,8 @@ def train_and_evaluate(
     _check_workdir(workdir)
     data = load_data(config)
     validate_data_dependent(config, data.min_class_count(), len(data.train_images))
+    if needs_input_stats(config):  # augment.normalize='dataset': the training split's mean/std
+        aug_params = augment_params(config, input_stats(data.train_images, config.data.num_threads))
     pipeline, why = choose_pipeline(config, data)
     if jax.process_index() == 0:
         print(f"input pipeline: {pipeline} ({why})", flush=True)

@@ -16,6 +16,7 @@ from gradmix_jax.data.protocols import (
     resolve_known_classes,
 )
 from gradmix_jax.models import ARCHITECTURES, DTYPES, STEMS, validate_taps
+from gradmix_jax.training.config_base import RECIPES, resolve_recipe
 from gradmix_jax.training.objectives import ATTRIBUTION_LOSSES, OBJECTIVES
 from gradmix_jax.training.openset_eval import FEATURES
 
@@ -24,6 +25,8 @@ CLOSED_SET_ONLY: tuple[str, ...] = ("cifar100", "imagenet100")
 #: Protocols whose classes come from the data itself (folder names), not from a split table.
 FOLDER_PROTOCOLS: tuple[str, ...] = ("imagefolder",)
 PIPELINES: tuple[str, ...] = ("auto", "device", "stream")  # data.pipeline
+INPUT_NORMALIZATIONS: tuple[str, ...] = ("none", "dataset")  # augment.normalize
+MAP_VIEWS: tuple[str, ...] = ("view1", "both")  # gradmix.map_views
 
 MIXING_METHODS = mixing.METHODS
 CHOICES: dict[str, tuple[Any, ...]] = {
@@ -33,14 +36,24 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "data.protocol": PROTOCOLS + CLOSED_SET_ONLY + FOLDER_PROTOCOLS,
     "data.pipeline": PIPELINES,
     "augment.preset": augment.PRESETS,
+    "augment.normalize": INPUT_NORMALIZATIONS,
     "mixing.method": mixing.METHODS,
+    "gradmix.recipe": tuple(RECIPES),
     "gradmix.ratio_of": mixing.RATIO_OF,
     "gradmix.ratio_per": mixing.RATIO_PER,
+    "gradmix.box_size": mixing.BOX_SIZES,
     "gradmix.fill": mixing.FILL_MODES,
+    "gradmix.noise_channels": mixing.NOISE_CHANNELS,
     "gradmix.placement": mixing.PLACEMENTS,
+    "gradmix.cam_relu": (True, False),
+    "gradmix.map_views": MAP_VIEWS,
     "gradmix.normalize": attribution.NORMALIZE_MODES,
+    "gradmix.normalize_at": attribution.NORMALIZE_AT,
     "gradmix.attribution_loss": ATTRIBUTION_LOSSES,
     "gradmix.loss_weight": losses.LOSS_WEIGHTS,
+    "gradmix.weight_area": mixing.AREAS,
+    "gradmix.mixed_loss": losses.MIXED_LOSSES,
+    "gradmix.exact": (True, False),
     "eval.features": FEATURES,
 }
 
@@ -56,14 +69,58 @@ def _get(config, dotted: str):
     return node
 
 
+def _check_input_norm(config) -> None:
+    mean, std = config.augment.mean, config.augment.std
+    if (mean is None) != (std is None):
+        raise ConfigError(
+            "augment.mean and augment.std must be set together (or both unset: the training "
+            f"split's), got mean={mean!r}, std={std!r}"
+        )
+    if mean is None:
+        return
+    if config.augment.normalize != "dataset":
+        raise ConfigError(
+            "augment.mean/augment.std need augment.normalize='dataset', got "
+            f"{config.augment.normalize!r}"
+        )
+    ok = (
+        len(mean) == len(std)
+        and len(mean) in (1, 3)
+        and all(isinstance(v, (int, float)) for v in (*mean, *std))
+        and all(v > 0 for v in std)
+    )
+    if not ok:
+        raise ConfigError(
+            "augment.mean and augment.std must be tuples of 1 or 3 numbers (one per channel) of "
+            f"the same length with std > 0, got mean={tuple(mean)}, std={tuple(std)}"
+        )
+
+
 def validate_config(config, num_devices: int = 1) -> None:
-    """Raises ConfigError (one line) for the first bad field. Needs no data and no device work."""
+    """Raises ConfigError (one line) for the first bad field. Needs no data and no device work.
+
+    Checks ``config`` after ``gradmix.recipe`` fills its unset fields (``resolve_recipe``).
+    """
+    recipe = config.gradmix.get("recipe", "paper")
+    if recipe not in RECIPES:
+        raise ConfigError(f"gradmix.recipe must be one of {list(RECIPES)}, got {recipe!r}")
+    config = resolve_recipe(config)
     for field, allowed in CHOICES.items():
         value = _get(config, field)
         if value not in allowed:
             raise ConfigError(f"{field} must be one of {list(allowed)}, got {value!r}")
     if config.objective not in OBJECTIVES:
         raise ConfigError(f"objective must be one of {list(OBJECTIVES)}, got {config.objective!r}")
+    if config.objective == "moco" and config.gradmix.mixed_loss == "clean_anchors":
+        raise ConfigError(
+            "gradmix.mixed_loss must be 'simclr' for objective='moco' (its mixed term is the "
+            "InfoNCE of the mixed queries), got 'clean_anchors'"
+        )
+    if not config.base_temperature >= 0:
+        raise ConfigError(
+            f"base_temperature must be >= 0 (0 = temperature), got {config.base_temperature!r}"
+        )
+    _check_input_norm(config)
     if config.objective == "moco":
         if not config.moco.queue_size >= config.batch_size:
             raise ConfigError(

@@ -23,7 +23,21 @@ HISTORY = "train_history.json"
 # only these differ, e.g. after moving the data or changing the logging cadence).
 # Fields added after a run format was first written, with the value that reproduces runs whose
 # stored config lacks them (so those runs still count as finished runs of the current config).
-ADDED_FIELDS = {"label_smoothing": 0.0}
+ADDED_FIELDS = {
+    "label_smoothing": 0.0,
+    "base_temperature": 0.0,
+    "augment.normalize": "none",
+    "augment.mean": None,
+    "augment.std": None,
+    "gradmix.recipe": "paper",
+    "gradmix.box_size": "round",
+    "gradmix.noise_channels": "independent",
+    "gradmix.cam_relu": True,
+    "gradmix.map_views": "view1",
+    "gradmix.normalize_at": "output",
+    "gradmix.weight_area": "masked",
+    "gradmix.mixed_loss": "simclr",
+}
 NON_SEMANTIC_FIELDS = (
     "progress_bar",
     "log_every_steps",
@@ -120,14 +134,32 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def with_added_fields(stored: dict) -> dict:
+    """A stored config dict with every ``ADDED_FIELDS`` field it lacks (nested, like the config)."""
+    out = json.loads(json.dumps(stored))
+    for dotted, value in ADDED_FIELDS.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node.setdefault(leaf, value)
+    return out
+
+
 def config_differences(stored: dict | None, config) -> list[str]:
-    """Fields (outside NON_SEMANTIC_FIELDS) whose value in a stored results.json's config differs."""
+    """Fields (outside NON_SEMANTIC_FIELDS) whose value in a stored results.json's config differs
+    from ``config``'s (after ``gradmix.recipe`` fills its unset fields)."""
+    from gradmix_jax.training.config_base import RECIPES, resolve_recipe
+
     if stored is None:
         return ["<no config in results.json>"]
     # JSON round trip on both sides: tuples -> lists (a freshly trained cell returns its summary
     # with the config's tuples, one read back from results.json has lists).
-    now = _flatten(json.loads(json.dumps(strict(config.to_dict()))))
+    now = _flatten(json.loads(json.dumps(strict(resolve_recipe(config).to_dict()))))
     old = {**ADDED_FIELDS, **_flatten(json.loads(json.dumps(strict(stored))))}
+    for field, value in RECIPES.get(old["gradmix.recipe"], {}).items():
+        if old.get(field) is None:  # stored unresolved: its recipe's value
+            old[field] = value
     return sorted(
         k
         for k in set(now) | set(old)
