@@ -19,7 +19,7 @@ def get_config():
     c.data.protocol = "cifar10"
     c.num_steps = 1
     c.bench = dict(
-        methods=("none", "gradmix", "gradmix_exact", "cutmix", "mixup"),
+        methods=("none", "gradmix", "gradmix_exact", "gradmix_authors", "cutmix", "mixup"),
         num_images=1024,  # synthetic uint8 images held on the device
         num_classes=6,
         channels=3,

@@ -78,6 +78,11 @@ METHODS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "cutmix": ("SupCon+SimCLR + CutMix", {"objective": "supcon_ssl", "mixing.method": "cutmix"}),
     "mixup": ("SupCon+SimCLR + Mixup", {"objective": "supcon_ssl", "mixing.method": "mixup"}),
     "gradmix": ("SupCon+SimCLR + GradMix", {"objective": "supcon_ssl", "mixing.method": "gradmix"}),
+    # The authors' code's GradMix step (gradmix.recipe='authors', docs/design.md).
+    "gradmix_authors": (
+        "SupCon+SimCLR + GradMix, authors' recipe",
+        {"objective": "supcon_ssl", "mixing.method": "gradmix", "gradmix.recipe": "authors"},
+    ),
 }
 # method -> (results key of the headline AUROC, its name, closed-set accuracy key)
 HEADLINE = {
@@ -251,7 +256,11 @@ def verdict(mean: float, sd: float) -> str:
 
 
 def statistics(
-    cells: dict[tuple[str, int, int], dict], methods: list[str], splits: list[int], seeds: list[int]
+    cells: dict[tuple[str, int, int], dict],
+    methods: list[str],
+    splits: list[int],
+    seeds: list[int],
+    baseline: str = BASELINE,
 ) -> dict[str, Any]:
     """Per-method and paired statistics of one protocol's cells.
 
@@ -299,16 +308,16 @@ def statistics(
             "scores": scores,
             "values": values,
         }
-    if BASELINE in out["methods"]:
-        base_key = headline(BASELINE)[0]
+    if baseline in out["methods"]:
+        base_key = headline(baseline)[0]
         for method in out["methods"]:
-            if method == BASELINE or METHODS[method][1] is None:
+            if method == baseline or METHODS[method][1] is None:
                 continue
             key = headline(method)[0]
             diffs = [
-                cells[(method, sp, se)][key] - cells[(BASELINE, sp, se)][base_key]
+                cells[(method, sp, se)][key] - cells[(baseline, sp, se)][base_key]
                 for sp, se in have(method)
-                if (BASELINE, sp, se) in cells
+                if (baseline, sp, se) in cells
             ]
             if not diffs:
                 continue
@@ -343,7 +352,12 @@ def statistics(
 
 
 def markdown(
-    protocol: str, stats: dict, methods: list[str], splits: list[int], seeds: list[int]
+    protocol: str,
+    stats: dict,
+    methods: list[str],
+    splits: list[int],
+    seeds: list[int],
+    baseline: str = BASELINE,
 ) -> list[str]:
     """The protocol's section of compare.md."""
     lines = [
@@ -396,7 +410,7 @@ def markdown(
     if stats["paired"]:
         lines += [
             "",
-            f"Paired difference to {METHODS[BASELINE][0]} (same split and seed), "
+            f"Paired difference to {METHODS[baseline][0]} (same split and seed), "
             "headline AUROC points:",
             "",
             "| method | cells | mean ± std | positive on | verdict |",
@@ -483,6 +497,11 @@ def main(argv=None, *, train_fn: Callable | None = None) -> int:
         "--methods", default=DEFAULT_METHODS, help="comma list of " + ",".join(METHODS)
     )
     parser.add_argument(
+        "--baseline",
+        default=BASELINE,
+        help=f"the method the paired differences are taken against (default {BASELINE})",
+    )
+    parser.add_argument(
         "--finished-only",
         action="store_true",
         help="train nothing: make the tables from the cells already finished under --out and "
@@ -503,6 +522,7 @@ def main(argv=None, *, train_fn: Callable | None = None) -> int:
             f"error: --seeds takes comma-separated integers, got {args.seeds!r}"
         ) from None
     methods = comma_list(args.methods, "--methods", list(METHODS))
+    comma_list(args.baseline, "--baseline", list(METHODS))
     overrides = overrides_from_args(args)
     refuse_overrides(overrides, CELL_FIELDS, "compare.py")
 
@@ -562,10 +582,10 @@ def main(argv=None, *, train_fn: Callable | None = None) -> int:
                 + [r.get(k) for k, _ in SCORES]
                 + [r.get(headline(method)[2]), r.get("train_seconds"), cell_seconds(workdir)]
             )
-        stats = statistics(results, methods, splits, seeds)
+        stats = statistics(results, methods, splits, seeds, args.baseline)
         stats["missing_cells"] = missing
         report["protocols"][protocol] = stats
-        md += markdown(protocol, stats, methods, splits, seeds) + [""]
+        md += markdown(protocol, stats, methods, splits, seeds, args.baseline) + [""]
         if missing:
             md += [f"Cells not finished, left out ({len(missing)}): {', '.join(missing)}.", ""]
         plot(

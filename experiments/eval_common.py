@@ -33,8 +33,10 @@ class Cell:
     def __init__(
         self, workdir: str, config, train_fn: TrainFn | None = None, load_fn: LoadFn | None = None
     ):
+        from gradmix_jax.training.config_base import resolve_recipe
+
         self.workdir = workdir
-        self.config = config
+        self.config = resolve_recipe(config)  # gradmix.recipe's fields filled in, as trained
         self.results = run_cell(workdir, config, train_fn or default_train)
         self._load_fn = load_fn or default_load
         self._trained = None

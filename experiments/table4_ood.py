@@ -125,7 +125,7 @@ def main(argv=None, *, train_fn=None, load_fn=None) -> int:
     workdir = os.path.join(args.out, dataset)
     cell = Cell(workdir, config, train_fn, load_fn)
     k = args.k or config.eval.k
-    settings = {"k": k, "features": config.eval.features, "noise_seed": args.noise_seed}
+    settings = {"k": k, "features": cell.config.eval.features, "noise_seed": args.noise_seed}
     result = cached_json(
         os.path.join(workdir, "ood.json"),
         settings,
@@ -140,7 +140,7 @@ def main(argv=None, *, train_fn=None, load_fn=None) -> int:
         rows.append([name, "paper (GradMix, CIFAR10 in)", *[f"{m[key]:.2f}" for key in METRICS]])
     notes = [
         f"In-distribution: {result['in_distribution']}; k-NN score of Algorithm 1, k={k}, "
-        f"{config.eval.features} features."
+        f"{cell.config.eval.features} features."
     ]
     notes += [
         f"{name}: {m['description']}, {m['num_images']} images."

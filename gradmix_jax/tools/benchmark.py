@@ -6,7 +6,8 @@ For each method: compile time, then the median wall time of ``timed_steps`` step
 for with ``block_until_ready``) after ``warmup_steps``; images/s = batch / median; FLOPs per step
 (XLA's cost analysis of the lowered step, and the analytic model FLOPs, see ``gradmix_jax.tools.flops``)
 and the MFU of each against the device's peak. ``gradmix_exact`` is GradMix with
-``gradmix.exact=True``. Ratios are against ``none`` measured in the same run. For ``gradmix``,
+``gradmix.exact=True``, ``gradmix_authors`` GradMix with ``gradmix.recipe='authors'`` (its input
+normalisation aside: synthetic data have no training-split statistics). Ratios are against ``none`` measured in the same run. For ``gradmix``,
 ``bench.checkpoint_saves`` saves of the step's state give the checkpoint cost: the median save
 time as a fraction of a run's time at ``checkpoint_every_steps`` (see ``checkpoint_cost``).
 
@@ -39,6 +40,7 @@ from gradmix_jax.models import model_from_config
 from gradmix_jax.tools import flops
 from gradmix_jax.tools.profiling import hlo_op_counts, profile_step  # noqa: F401
 from gradmix_jax.training import checkpoint, parallel
+from gradmix_jax.training.config_base import resolve_recipe
 from gradmix_jax.training.train_step import StepConfig, make_optimizer
 from gradmix_jax.training.trainer import (
     augment_params,
@@ -58,11 +60,12 @@ _JSON = flags.DEFINE_string("json", None, "Where to write the JSON report.")
 def _method_config(config, method: str):
     c = copy.deepcopy(config)
     with c.unlocked():
-        c.mixing.method = "gradmix" if method == "gradmix_exact" else method
-        c.gradmix.exact = method == "gradmix_exact" or (
-            method == "gradmix" and config.gradmix.exact
-        )
-    return c
+        c.mixing.method = "gradmix" if method.startswith("gradmix") else method
+        if method == "gradmix_exact":
+            c.gradmix.exact = True
+        if method == "gradmix_authors":
+            c.gradmix.recipe = "authors"
+    return resolve_recipe(c)
 
 
 def compiled_step(c, images: np.ndarray, labels: np.ndarray, mesh):

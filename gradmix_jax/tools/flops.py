@@ -109,7 +109,14 @@ def forward_flops(
 
 
 # Images that go through forward + backward per batch image, by mixing method (fused step).
-IMAGES_TRAINED_PER_SAMPLE = {"none": 2, "gradmix": 3, "cutmix": 3, "mixup": 3, "gradmix_exact": 4}
+IMAGES_TRAINED_PER_SAMPLE = {
+    "none": 2,
+    "gradmix": 3,
+    "cutmix": 3,
+    "mixup": 3,
+    "gradmix_exact": 4,
+    "gradmix_authors": 4,  # exact=True: view 2 is forwarded again beside the mixed view
+}
 
 
 def model_step_flops(config, method: str, channels: int) -> int:

@@ -45,6 +45,11 @@ NON_SEMANTIC_FIELDS = (
     "max_to_keep",
     "data.data_dir",
     "eval.batch_size",
+    # The input path and its reader settings: both paths feed the same batches in the same order.
+    "data.pipeline",
+    "data.device_budget_mb",
+    "data.num_threads",
+    "data.num_workers",
 )
 
 
