@@ -12,7 +12,8 @@ from typing import Any, Callable, Iterable
 
 import ml_collections
 
-from gradmix_jax.training.workdir import RESULTS, as_path, read_json, write_csv, write_text_atomic
+from gradmix_jax.files import as_path, read_json, write_csv, write_text_atomic
+from gradmix_jax.training.workdir import RESULTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -168,7 +168,7 @@ def run_raw_cell(workdir: str, config) -> dict[str, Any]:
     from gradmix_jax.training.trained import LATER_SCORES
 
     def compute(config, workdir):
-        from gradmix_jax.training.workdir import as_path, write_json
+        from gradmix_jax.files import as_path, write_json
 
         result = raw_pixel_results(config)
         write_json(as_path(workdir) / "results.json", result)
@@ -200,7 +200,7 @@ def timed(train_fn: Callable) -> Callable:
     def run(config, workdir):
         import time
 
-        from gradmix_jax.training.workdir import as_path, write_json
+        from gradmix_jax.files import as_path, write_json
 
         t0 = time.perf_counter()
         result = train_fn(config, workdir)
@@ -211,13 +211,14 @@ def timed(train_fn: Callable) -> Callable:
 
 
 def is_finished(workdir: str) -> bool:
-    from gradmix_jax.training.workdir import RESULTS, as_path
+    from gradmix_jax.files import as_path
+    from gradmix_jax.training.workdir import RESULTS
 
     return (as_path(workdir) / RESULTS).exists()
 
 
 def cell_seconds(workdir: str) -> float | None:
-    from gradmix_jax.training.workdir import as_path, read_json
+    from gradmix_jax.files import as_path, read_json
 
     stored = read_json(as_path(workdir) / CELL_SECONDS)
     return None if stored is None else stored["seconds"]
@@ -615,7 +616,7 @@ def _add_missing_scores(workdir: str) -> dict:
 
 
 def _write_outputs(out: str, md: list[str], csv_rows: list[list], report: dict) -> None:
-    from gradmix_jax.training.workdir import as_path, write_csv, write_json, write_text_atomic
+    from gradmix_jax.files import as_path, write_csv, write_json, write_text_atomic
 
     out = as_path(out)
     write_csv(

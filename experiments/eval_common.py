@@ -7,8 +7,8 @@ import json
 from typing import Any, Callable
 
 from experiments.common import run_cell
-from gradmix_jax.training import workdir as records
-from gradmix_jax.training.workdir import read_json  # noqa: F401  (the runners import it from here)
+from gradmix_jax import files
+from gradmix_jax.files import read_json  # noqa: F401  (the runners import it from here)
 
 TrainFn = Callable[[Any, str], dict]
 LoadFn = Callable[[str], Any]
@@ -60,8 +60,8 @@ def cell_data(config):
 
 
 def write_json(path: str, payload: dict) -> None:
-    """``gradmix_jax.training.workdir.write_json`` (strict, atomic; the folder is made if needed)."""
-    records.write_json(path, payload)
+    """``gradmix_jax.files.write_json`` (strict, atomic; the folder is made if needed)."""
+    files.write_json(path, payload)
 
 
 def cached_json(path: str, settings: dict, compute: Callable[[], dict]) -> dict:

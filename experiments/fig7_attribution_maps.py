@@ -35,7 +35,7 @@ from experiments.attribution_common import (
 )
 from experiments.common import ArgumentParser
 from experiments.plots import save_map_grid
-from gradmix_jax.training.workdir import write_bytes_atomic, write_csv, write_json
+from gradmix_jax.files import write_bytes_atomic, write_csv, write_json
 
 
 def main(argv=None) -> int:

@@ -43,7 +43,7 @@ from experiments.attribution_common import (
 )
 from experiments.common import ArgumentParser, write_table
 from experiments.plots import save_activated_fraction_plot
-from gradmix_jax.training.workdir import write_csv, write_json
+from gradmix_jax.files import write_csv, write_json
 
 #: map kind -> aggregate_maps normalisation.
 KINDS = {"raw": "none", "normalized": "image"}

@@ -20,7 +20,7 @@ import numpy as np
 from experiments.attribution_common import load_test_data
 from experiments.common import ArgumentParser
 from experiments.plots import save_gradmix_views
-from gradmix_jax.training.workdir import as_path, write_json
+from gradmix_jax.files import as_path, write_json
 
 
 def main(argv=None) -> int:

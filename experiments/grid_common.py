@@ -7,7 +7,8 @@ import os
 from typing import Any, Callable, Sequence
 
 from experiments.common import mean_std, parse_splits, run_cell, write_table
-from gradmix_jax.training.workdir import config_differences, save_figure
+from gradmix_jax.files import save_figure
+from gradmix_jax.training.workdir import config_differences
 
 
 def comma_list(text: str, flag: str, allowed: Sequence[str] | None = None) -> list[str]:

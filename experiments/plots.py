@@ -2,7 +2,7 @@
 GradMix views (image, map, mixed view).
 
 The maps and curves come from ``gradmix_jax.attribution_analysis``; these functions only draw them
-and write PNGs through ``gradmix_jax.training.workdir.save_figure`` (any epath filesystem).
+and write PNGs through ``gradmix_jax.files.save_figure`` (any epath filesystem).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from gradmix_jax.training.workdir import save_figure
+from gradmix_jax.files import save_figure
 
 __all__ = ["save_map_grid", "save_activated_fraction_plot", "save_gradmix_views"]
 

@@ -43,7 +43,7 @@ from experiments.common import (
     write_table,
 )
 from experiments.eval_common import Cell, cell_data, pct, read_json, write_json
-from gradmix_jax.training.workdir import save_figure
+from gradmix_jax.files import save_figure
 
 # Table 5, D̄_s in percent for severities 1..5 and "Avg.".
 PAPER_TABLE5 = {

@@ -42,7 +42,7 @@ from experiments.common import (
     write_table,
 )
 from experiments.eval_common import Cell, cached_json, cell_data, pct
-from gradmix_jax.training.workdir import save_figure
+from gradmix_jax.files import save_figure
 
 # Table 6 (ImageNet100, ResNet18), (Acc@1, Acc@5) in percent.
 PAPER_TABLE6 = {

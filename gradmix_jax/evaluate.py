@@ -50,6 +50,7 @@ def evaluate_run(workdir: str, overrides: dict[str, Any] | None = None) -> dict[
     """Evaluates ``workdir``'s newest checkpoint; writes and returns ``eval_results.json``'s dict."""
     import jax
 
+    from gradmix_jax.files import as_path, write_json
     from gradmix_jax.training import parallel, trainer
     from gradmix_jax.training.train_step import make_eval_fn
     from gradmix_jax.training.trained import load_trained
@@ -58,7 +59,7 @@ def evaluate_run(workdir: str, overrides: dict[str, Any] | None = None) -> dict[
         validate_config,
         validate_data_dependent,
     )
-    from gradmix_jax.training.workdir import RESULTS, as_path, write_json
+    from gradmix_jax.training.workdir import RESULTS
 
     if not (as_path(workdir) / RESULTS).exists():
         raise EvaluateError(

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from gradmix_jax import files
 from gradmix_jax.training import trainer
 from gradmix_jax.training import workdir as records
 
@@ -107,20 +108,20 @@ def test_resumed_history_and_time_continue_the_interrupted_run(tmp_path, monkeyp
 
 def test_write_json_is_strict():
     payload = {"a": float("nan"), "b": [float("inf"), 1.5, {"c": -math.inf}], "d": None}
-    text = json.dumps(records.strict(payload), allow_nan=False)
+    text = json.dumps(files.strict(payload), allow_nan=False)
     assert json.loads(text) == {"a": None, "b": [None, 1.5, {"c": None}], "d": None}
 
 
 def test_a_kill_during_a_write_leaves_the_old_file(tmp_path, monkeypatch):
     path = str(tmp_path / "results.json")
-    records.write_json(path, {"auroc": 0.9})
+    files.write_json(path, {"auroc": 0.9})
 
     def killed(fd):
         raise KeyboardInterrupt("killed while writing")
 
     monkeypatch.setattr(os, "fsync", killed)
     with pytest.raises(KeyboardInterrupt):
-        records.write_json(path, {"auroc": 0.1, "other": list(range(1000))})
+        files.write_json(path, {"auroc": 0.1, "other": list(range(1000))})
     assert _strict_load(path) == {"auroc": 0.9}
 
 
@@ -139,7 +140,7 @@ def test_unusable_workdir_is_one_line_before_any_data(tmp_path, case, monkeypatc
             def refuse(*args, **kwargs):
                 raise PermissionError(13, "Permission denied")
 
-            monkeypatch.setattr(type(records.as_path(workdir)), "write_bytes", refuse)
+            monkeypatch.setattr(type(files.as_path(workdir)), "write_bytes", refuse)
 
     def no_data(*args, **kwargs):
         raise AssertionError("data was loaded before the workdir check")

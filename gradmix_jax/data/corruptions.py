@@ -25,7 +25,7 @@ import numpy as np
 
 from gradmix_jax.data import sources
 from gradmix_jax.data.sources import DatasetNotPreparedError
-from gradmix_jax.training.workdir import as_path
+from gradmix_jax.files import as_path
 
 # The 15 benchmark corruptions, in the order of the paper's §4.4 and Hendrycks' Table/Fig. 1.
 CORRUPTIONS: tuple[str, ...] = (

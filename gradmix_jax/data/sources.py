@@ -21,7 +21,7 @@ import numpy as np
 from etils import epath
 
 from gradmix_jax.data import images as image_sources
-from gradmix_jax.training.workdir import as_path, is_local, write_bytes_atomic
+from gradmix_jax.files import as_path, is_local, write_bytes_atomic
 
 TFDS_NAMES = {
     "mnist": "mnist",

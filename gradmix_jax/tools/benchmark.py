@@ -36,6 +36,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from gradmix_jax import taps
+from gradmix_jax.files import write_text_atomic
 from gradmix_jax.models import model_from_config
 from gradmix_jax.tools import flops
 from gradmix_jax.tools.profiling import hlo_op_counts, profile_step  # noqa: F401
@@ -49,7 +50,6 @@ from gradmix_jax.training.trainer import (
     steps_per_epoch_of,
 )
 from gradmix_jax.training.validation import validate_config
-from gradmix_jax.training.workdir import write_text_atomic
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/benchmark.py", "Benchmark config.", lock_config=True

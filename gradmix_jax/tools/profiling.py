@@ -7,7 +7,7 @@ import re
 
 import jax
 
-from gradmix_jax.training.workdir import as_path, write_text_atomic
+from gradmix_jax.files import as_path, write_text_atomic
 
 HLO_OPS = tuple(
     "convolution custom-call dot transpose copy fusion all-reduce all-gather while sort scatter "

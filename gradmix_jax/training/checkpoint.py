@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from gradmix_jax.training.workdir import as_path
+from gradmix_jax.files import as_path
 
 
 class CheckpointError(RuntimeError):

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from gradmix_jax import augment
+from gradmix_jax.files import as_path, read_json
 from gradmix_jax.models import ContrastiveResNet, model_from_config
 from gradmix_jax.training import checkpoint, parallel
 from gradmix_jax.training.train_step import (
@@ -24,7 +25,7 @@ from gradmix_jax.training.train_step import (
     make_eval_fn,
     make_optimizer,
 )
-from gradmix_jax.training.workdir import RESULTS, as_path, read_json, with_added_fields
+from gradmix_jax.training.workdir import RESULTS, with_added_fields
 
 
 @dataclasses.dataclass
@@ -202,7 +203,7 @@ def add_missing_scores(workdir: str) -> dict[str, Any]:
     that has every score is returned as it is, without loading anything.
     """
     from gradmix_jax import metrics, osr
-    from gradmix_jax.training.workdir import write_json
+    from gradmix_jax.files import write_json
 
     path = as_path(workdir) / RESULTS
     results = read_json(path)

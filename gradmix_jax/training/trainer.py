@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
+from gradmix_jax import files
 from gradmix_jax.data import OpenSetData, openness
 from gradmix_jax.models import model_from_config
 from gradmix_jax.training import checkpoint, parallel
@@ -145,7 +146,7 @@ class _Scalars:
             from tensorboardX import SummaryWriter
 
             records.register_tensorboard_filesystems()
-            self._writer = SummaryWriter(str(records.as_path(workdir) / "tensorboard"))
+            self._writer = SummaryWriter(str(files.as_path(workdir) / "tensorboard"))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if self._writer is not None:
@@ -196,8 +197,8 @@ class _Record:
     record of the steps its checkpoint holds (entries past that step are dropped)."""
 
     def __init__(self, workdir: str, start_step: int):
-        self.path = records.as_path(workdir) / records.HISTORY
-        stored = (records.read_json(self.path) or {}) if start_step > 0 else {}
+        self.path = files.as_path(workdir) / records.HISTORY
+        stored = (files.read_json(self.path) or {}) if start_step > 0 else {}
         self.prior = [h for h in stored.get("history", []) if h.get("step", 0) <= start_step]
         self.prior_seconds = float(stored.get("train_seconds") or 0.0)
         self.prior_steps = int(stored.get("steps_timed") or 0)
@@ -210,7 +211,7 @@ class _Record:
         if jax.process_index() != 0:
             return
         total_seconds, total_steps = self.totals(seconds, steps_timed)
-        records.write_json(
+        files.write_json(
             self.path,
             {
                 "history": self.prior + history,
@@ -552,7 +553,7 @@ def _write_records(workdir: str, trained: _Trained, results: dict, summary: dict
     trained.scalars.close()
     if jax.process_index() == 0:
         trained.record.write(trained.history, trained.this_seconds, trained.this_steps)
-        records.write_json(records.as_path(workdir) / records.RESULTS, summary)
+        files.write_json(files.as_path(workdir) / records.RESULTS, summary)
 
 
 def train_and_evaluate(
@@ -587,7 +588,7 @@ def train_and_evaluate(
         print(f"input pipeline: {pipeline} ({why})", flush=True)
     if pipeline == "device":
         data = for_device_path(data, config.data.num_threads)
-    records.as_path(workdir).mkdir(parents=True, exist_ok=True)
+    files.as_path(workdir).mkdir(parents=True, exist_ok=True)
     run = _build(config, data, aug_params, mesh, workdir, pipeline)
     trained = _train(config, workdir, run, data)
     results, eval_seconds = _evaluate(config, run, trained.state, data)
