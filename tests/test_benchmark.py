@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -33,6 +34,8 @@ def test_benchmark_writes_report(tmp_path):
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
+    # Quiet unless -v: no absl/Orbax INFO lines (I1202 12:00:00.123 ...) around the timing lines.
+    assert not re.search(r"^I\d{4} ", out.stderr, re.M), out.stderr[:2000]
     report = json.loads(out_json.read_text())
     for method in ("none", "gradmix"):
         r = report[method]

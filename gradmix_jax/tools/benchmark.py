@@ -1,6 +1,7 @@
 """Times the jitted train step per mixing method on synthetic data; writes a JSON report.
 
-``python -m gradmix_jax.tools.benchmark --config configs/benchmark.py --json OUT``
+``python -m gradmix_jax.tools.benchmark --config configs/benchmark.py --json OUT`` (absl and Orbax
+INFO logs only with ``-v 0`` / ``--verbosity=0`` or higher)
 
 For each method: compile time, then the median wall time of ``timed_steps`` steps (each waited
 for with ``block_until_ready``) after ``warmup_steps``; images/s = batch / median; FLOPs per step
@@ -32,7 +33,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from gradmix_jax import taps
@@ -310,6 +311,10 @@ def run_setting(config) -> dict[str, Any]:
 
 def main(argv):
     del argv
+    if not flags.FLAGS["verbosity"].present:
+        # Orbax logs every handler registration and save at INFO: keep stderr to the timing lines
+        # unless -v / --verbosity asks for more (as the train CLI does).
+        logging.set_verbosity(logging.WARNING)
     report = run_benchmark(_CONFIG.value)
     text = json.dumps(report, indent=2)
     if _JSON.value:
