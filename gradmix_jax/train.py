@@ -131,14 +131,18 @@ def main(argv):
             f"{os.path.join(workdir, 'results.json')} (--reevaluate evaluates it again)"
         )
         return
+    from gradmix_jax.training.openset_eval import SCORES, score_key
+
     auroc = "n/a (closed set)" if summary["auroc"] is None else f"{summary['auroc']:.4f}"
+    features = summary["config"]["eval"]["features"]
     others = ", ".join(
-        f"{name} {summary[key]:.4f}"
-        for key, name in (("auroc_nno", "NNO"), ("auroc_gda", "GDA"), ("auroc_msp", "MSP"))
-        if summary.get(key) is not None
+        f"{SCORES[s]} {summary[score_key(s, features)]:.4f}"
+        for s in ("knn", "nno", "gda", "msp")
+        if s != summary["score"] and summary.get(score_key(s, features)) is not None
     )
     print(
-        f"open-set AUROC {auroc} (Algorithm 1 k-NN{', ' + others if others else ''}), "
+        f"open-set AUROC {auroc} ({SCORES[summary['score']]}"
+        f"{'; also ' + others if others else ''}), "
         f"closed-set accuracy {summary['closed_set_accuracy']:.4f}; "
         f"{summary['num_steps']} steps: {summary['train_seconds']:.1f} s of training after "
         f"compilation, {time.perf_counter() - t_start:.1f} s for the whole command"

@@ -178,3 +178,26 @@ def test_cli_input_errors_are_one_line_exit_2(tmp_path, args, message):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines
     assert not (tmp_path / "w").exists()
+
+
+def test_eval_score_names_the_headline_and_a_finished_run_rereads_it(tmp_path, digits_config):
+    config = digits_config
+    config.model.width = 4
+    config.model.feature_dim = 8
+    config.data.image_size = 8
+    config.batch_size = 16
+    config.num_steps = 2
+    config.progress_bar = False
+    config.eval.id_samples = 0
+    config.eval.score = "nno"
+    workdir = str(tmp_path / "nno")
+    summary = trainer.train_and_evaluate(config, workdir)
+    assert summary["score"] == "nno" and summary["auroc"] == summary["auroc_nno"]
+    assert summary["auroc_knn_encoder"] is not None  # Algorithm 1 beside it, under its own key
+    stored = json.loads((tmp_path / "nno" / "results.json").read_text())
+    assert stored["auroc"] == stored["auroc_nno"] and stored["score"] == "nno"
+    # Another headline is the same finished run, read with that score: nothing is retrained.
+    config.eval.score = "gda"
+    again = trainer.train_and_evaluate(config, workdir)
+    assert again["already_finished"] and again["auroc"] == stored["auroc_gda"]
+    assert json.loads((tmp_path / "nno" / "results.json").read_text()) == stored

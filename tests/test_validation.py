@@ -139,3 +139,26 @@ def test_objective_specific_fields(objective, field, value, message, digits_conf
     config[section][leaf] = value
     with pytest.raises(ConfigError, match=message):
         validate_config(config)
+
+
+def test_a_classifier_score_needs_a_classifier(digits_config):
+    from gradmix_jax.training.validation import ConfigError, validate_config
+
+    digits_config.eval.score = "msp"
+    with pytest.raises(ConfigError, match=r"eval.score='msp' needs a classifier head"):
+        validate_config(digits_config)
+    digits_config.objective = "ce"
+    validate_config(digits_config)
+
+
+def test_the_headline_is_the_configured_score_and_old_runs_read_as_algorithm_1():
+    from gradmix_jax.training.openset_eval import with_headline
+
+    old = {"auroc": 0.43, "auroc_knn_encoder": 0.43, "auroc_nno": 0.88}  # no 'score': Algorithm 1
+    assert with_headline(old, "knn", "encoder")["auroc"] == 0.43
+    new = with_headline(old, "nno", "encoder")
+    assert (new["auroc"], new["score"], new["auroc_knn_encoder"]) == (0.88, "nno", 0.43)
+    # A run older than the per-feature keys: its auroc is kept as Algorithm 1's.
+    older = with_headline({"auroc": 0.5, "auroc_nno": 0.7}, "knn", "projection")
+    assert (older["auroc"], older["auroc_knn_projection"]) == (0.5, 0.5)
+    assert with_headline(older, "nno", "projection")["auroc"] == 0.7

@@ -198,6 +198,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.eval.k = 3
     # encoder (pooled backbone, paper recipe) | projection (normalised z, authors' recipe)
     c.eval.features = ml_collections.config_dict.placeholder(str)
+    # The score results.json's auroc holds and the CLI prints first: knn (Algorithm 1 on
+    # eval.features, the paper's) | nno | gda | msp | max_logit | entropy (the last three: CE only).
+    # Every score is stored under its own key too.
+    c.eval.score = "knn"
     c.eval.batch_size = 512
     c.eval.id_samples = 5000  # training features used for the TwoNN intrinsic dimension (0 = skip)
 

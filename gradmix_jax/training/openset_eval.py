@@ -17,6 +17,37 @@ from gradmix_jax.training import parallel
 
 #: The features the k-NN rule scores: the pooled encoder output or the normalised projection z.
 FEATURES: tuple[str, ...] = ("encoder", "projection")
+#: The open-set scores a run can headline (``eval.score``) and how the CLI names them: Algorithm 1's
+#: k-NN score on ``eval.features`` (the paper's), NNO, GDA, and the classifier scores (CE only).
+SCORES: dict[str, str] = {
+    "knn": "Algorithm 1 k-NN",
+    "nno": "NNO",
+    "gda": "GDA",
+    "msp": "MSP",
+    "max_logit": "max-logit",
+    "entropy": "entropy",
+}
+#: Scores that need a classifier head (objective ce / ce_ssl).
+LOGIT_SCORES: tuple[str, ...] = ("msp", "max_logit", "entropy")
+
+
+def score_key(score: str, features: str) -> str:
+    """The results key of a score: ``auroc_knn_<features>`` for 'knn', else ``auroc_<score>``."""
+    return f"auroc_knn_{features}" if score == "knn" else f"auroc_{score}"
+
+
+def with_headline(results: dict[str, Any], score: str, features: str) -> dict[str, Any]:
+    """``results`` with ``auroc`` = the AUROC of ``score`` and ``score`` naming it.
+
+    Runs written before ``eval.score`` existed have no ``score`` key: their ``auroc`` is Algorithm
+    1's k-NN score on their ``eval.features``, which is also stored under its own key.
+    """
+    out = dict(results)
+    if "score" not in out and out.get(score_key("knn", features)) is None:
+        out[score_key("knn", features)] = out.get("auroc")
+    out["auroc"] = out.get(score_key(score, features))
+    out["score"] = score
+    return out
 
 
 def make_eval_fn(
@@ -92,9 +123,10 @@ def evaluate(eval_fn, variables: dict, data: OpenSetData, config, mesh) -> dict[
     """Open-set evaluation on the known train split and the whole test split.
 
     ``variables = {'params', 'batch_stats'}``; ``eval_fn`` from ``train_step.make_eval_fn``.
-    'auroc' / 'closed_set_accuracy' / 'oscr' use the k-NN rule (Algorithm 1), the paper's method,
-    on ``eval.features``. Beside it: 'auroc_knn_encoder' / 'auroc_knn_projection' (the same rule on
-    each feature), 'auroc_nno' (Mahalanobis distance to the closest class mean, App. A) and
+    'closed_set_accuracy' / 'oscr' use the k-NN rule (Algorithm 1), the paper's method, on
+    ``eval.features``; 'auroc' is the AUROC of ``eval.score`` (default 'knn': that rule) and
+    'score' names it. Every score is also under its own key: 'auroc_knn_encoder' /
+    'auroc_knn_projection' (the k-NN rule on each feature), 'auroc_nno' (Mahalanobis distance to the closest class mean, App. A) and
     'auroc_gda' (log-density of the most likely class-conditional Gaussian) for every model,
     'auroc_msp' / 'auroc_max_logit' / 'auroc_entropy' (and 'closed_set_accuracy_logits') for
     models with a classifier head (else None), and 'intrinsic_dimension' (TwoNN on up to
@@ -167,6 +199,7 @@ def evaluate(eval_fn, variables: dict, data: OpenSetData, config, mesh) -> dict[
                     config.eval.k,
                 )
             )
+    results = with_headline(results, config.eval.score, config.eval.features)
     results["intrinsic_dimension"] = None
     if config.eval.id_samples:
         # A fixed subset keeps TwoNN's O(n^2) distances affordable on 30k+ training images.

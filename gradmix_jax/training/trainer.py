@@ -28,7 +28,12 @@ from gradmix_jax.models import model_from_config
 from gradmix_jax.training import checkpoint, parallel
 from gradmix_jax.training import workdir as records
 from gradmix_jax.training.config_base import resolve_recipe
-from gradmix_jax.training.openset_eval import evaluate, extract_features, knn_auroc  # noqa: F401
+from gradmix_jax.training.openset_eval import (  # noqa: F401
+    evaluate,
+    extract_features,
+    knn_auroc,
+    with_headline,
+)
 from gradmix_jax.training.pipeline import (  # noqa: F401
     augment_params,
     batch_indices,
@@ -548,7 +553,7 @@ def _summary(
 def _write_records(workdir: str, trained: _Trained, results: dict, summary: dict) -> None:
     """TensorBoard's eval scalars, train_history.json and results.json (process 0 writes)."""
     trained.scalars.write(
-        summary["num_steps"], {f"eval/{k}": v for k, v in results.items() if v is not None}
+        summary["num_steps"], {f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))}
     )
     trained.scalars.close()
     if jax.process_index() == 0:
@@ -577,7 +582,9 @@ def train_and_evaluate(
     stored = records.finished_run(workdir, config)
     if stored is not None and not reevaluate:
         # Nothing is loaded, trained or written: the finished run's files stay byte-identical.
-        return {**stored, "already_finished": True}
+        # Its auroc is read as this config's eval.score (every score is stored).
+        headline = with_headline(stored, config.eval.score, config.eval.features)
+        return {**headline, "already_finished": True}
     _check_workdir(workdir)
     data = load_data(config)
     validate_data_dependent(config, data.min_class_count(), len(data.train_images))

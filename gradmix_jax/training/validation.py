@@ -18,7 +18,7 @@ from gradmix_jax.data.protocols import (
 from gradmix_jax.models import ARCHITECTURES, DTYPES, STEMS, validate_taps
 from gradmix_jax.training.config_base import RECIPES, resolve_recipe
 from gradmix_jax.training.objectives import ATTRIBUTION_LOSSES, OBJECTIVES
-from gradmix_jax.training.openset_eval import FEATURES
+from gradmix_jax.training.openset_eval import FEATURES, LOGIT_SCORES, SCORES
 
 #: Datasets trained on as a whole (``data.closed_set=True``) only.
 CLOSED_SET_ONLY: tuple[str, ...] = ("cifar100", "imagenet100")
@@ -55,6 +55,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "gradmix.mixed_loss": losses.MIXED_LOSSES,
     "gradmix.exact": (True, False),
     "eval.features": FEATURES,
+    "eval.score": tuple(SCORES),
 }
 
 
@@ -121,6 +122,12 @@ def validate_config(config, num_devices: int = 1) -> None:
             f"base_temperature must be >= 0 (0 = temperature), got {config.base_temperature!r}"
         )
     _check_input_norm(config)
+    if config.eval.score in LOGIT_SCORES and config.objective not in ("ce", "ce_ssl"):
+        raise ConfigError(
+            f"eval.score={config.eval.score!r} needs a classifier head (objective in ['ce', "
+            f"'ce_ssl']), got objective={config.objective!r}; use one of "
+            f"{[s for s in SCORES if s not in LOGIT_SCORES]}"
+        )
     if config.objective == "moco":
         if not config.moco.queue_size >= config.batch_size:
             raise ConfigError(

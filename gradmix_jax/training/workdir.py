@@ -37,6 +37,7 @@ ADDED_FIELDS = {
     "gradmix.normalize_at": "output",
     "gradmix.weight_area": "masked",
     "gradmix.mixed_loss": "simclr",
+    "eval.score": "knn",
 }
 NON_SEMANTIC_FIELDS = (
     "progress_bar",
@@ -50,6 +51,8 @@ NON_SEMANTIC_FIELDS = (
     "data.device_budget_mb",
     "data.num_threads",
     "data.num_workers",
+    # Which stored score results.json's auroc names: every score is computed and kept anyway.
+    "eval.score",
 )
 
 
