@@ -88,6 +88,8 @@ METHODS: dict[str, tuple[str, dict[str, Any] | None]] = {
 HEADLINE = {
     "raw": ("auroc", "k-NN on pixels", "closed_set_accuracy"),
     "ce": ("auroc_msp", "MSP", "closed_set_accuracy_logits"),
+    # The authors' testing script: Algorithm 1 on the normalised projection.
+    "gradmix_authors": ("auroc_knn_projection", "k-NN on projection", "closed_set_accuracy"),
 }
 CONTRASTIVE_HEADLINE = ("auroc_nno", "NNO on encoder", "closed_set_accuracy")
 # Every score column of the table (results key, column name).
@@ -100,6 +102,8 @@ SCORES = (
     ("auroc_max_logit", "max-logit"),
 )
 BASELINE = "none"
+# Scores computed on a cell's eval.features (the k-NN columns name their features themselves).
+FEATURE_SCORES = ("auroc_nno", "auroc_gda")
 DEFAULT_METHODS = "raw,ce,none,gradmix"
 # Fields the per-cell settings own; --set may not change them.
 CELL_FIELDS = ("objective", "mixing.method", "seed", "data.split")
@@ -245,6 +249,23 @@ def fmt(mean: float, sd: float, scale: float = 100.0, signed: bool = False) -> s
     return m if math.isnan(sd) else f"{m} ± {scale * sd:.2f}"
 
 
+def _features(cell: dict) -> str:
+    """The eval.features a cell's NNO and GDA read (encoder for cells without a stored config)."""
+    return ((cell.get("config") or {}).get("eval") or {}).get("features") or "encoder"
+
+
+def paired_stats(diffs: list[float]) -> dict[str, Any]:
+    """Mean, sample std, how many are positive, count and verdict of paired differences."""
+    m, s = mean_sd(diffs)
+    return {
+        "mean": m,
+        "sd": s,
+        "positive": sum(d > 0 for d in diffs),
+        "cells": len(diffs),
+        "verdict": verdict(m, s),
+    }
+
+
 def verdict(mean: float, sd: float) -> str:
     """'higher' / 'lower' when the mean paired difference exceeds its spread, else no difference."""
     if math.isnan(mean):
@@ -270,7 +291,7 @@ def statistics(
     has, a paired difference the cells both methods have, and a method with no cell is skipped.
     Returns {'methods': {method: {...}}, 'paired': {method: {...}}, 'vs_raw': {method: {...}}}.
     """
-    out: dict[str, Any] = {"methods": {}, "paired": {}, "vs_raw": {}}
+    out: dict[str, Any] = {"methods": {}, "paired": {}, "paired_scores": {}, "vs_raw": {}}
 
     def have(method: str) -> list[tuple[int, int]]:
         seeds_m = [seeds[0]] if METHODS[method][1] is None else seeds
@@ -322,14 +343,26 @@ def statistics(
             ]
             if not diffs:
                 continue
-            m, s = mean_sd(diffs)
-            out["paired"][method] = {
-                "mean": m,
-                "sd": s,
-                "positive": sum(d > 0 for d in diffs),
-                "cells": len(diffs),
-                "verdict": verdict(m, s),
-            }
+            out["paired"][method] = paired_stats(diffs)
+            # The same score on both sides, for every score both methods have (NNO and GDA read
+            # eval.features: only where both cells read the same features).
+            per_score = {}
+            for skey, _ in SCORES:
+                d = [
+                    cells[(method, sp, se)].get(skey) - cells[(baseline, sp, se)].get(skey)
+                    for sp, se in have(method)
+                    if (baseline, sp, se) in cells
+                    and cells[(method, sp, se)].get(skey) is not None
+                    and cells[(baseline, sp, se)].get(skey) is not None
+                    and (
+                        skey not in FEATURE_SCORES
+                        or _features(cells[(method, sp, se)])
+                        == _features(cells[(baseline, sp, se)])
+                    )
+                ]
+                if d:
+                    per_score[skey] = paired_stats(d)
+            out["paired_scores"][method] = per_score
     if "raw" in out["methods"]:
         raw_splits = {sp for sp, _ in have("raw")}
         for method in out["methods"]:
@@ -422,6 +455,26 @@ def markdown(
                 f"| {METHODS[method][0]} | {p['cells']} | {fmt(p['mean'], p['sd'], signed=True)} "
                 f"| {p['positive']} of {p['cells']} | {p['verdict']} |"
             )
+        lines += [
+            "",
+            f"Paired difference to {METHODS[baseline][0]}, the same score on both sides, AUROC "
+            "points (mean ± std; positive on; verdict). NNO and GDA read each cell's "
+            "eval.features and are compared only where both cells read the same features:",
+            "",
+            "| method | " + " | ".join(name for _, name in SCORES) + " |",
+            "|---|" + "---|" * len(SCORES),
+        ]
+        for method, per_score in stats.get("paired_scores", {}).items():
+            cols = []
+            for skey, _ in SCORES:
+                p = per_score.get(skey)
+                cols.append(
+                    "-"
+                    if p is None
+                    else f"{fmt(p['mean'], p['sd'], signed=True)}; {p['positive']}/{p['cells']}; "
+                    f"{p['verdict'].split(' (')[0]}"
+                )
+            lines.append(f"| {METHODS[method][0]} | " + " | ".join(cols) + " |")
     if stats["vs_raw"]:
         lines += [
             "",

@@ -279,3 +279,36 @@ def test_main_guard_turns_preemption_into_the_resume_line(capsys):
     ]
     with open(os.path.join(ROOT, "experiments", "compare.py")) as f:
         assert "sys.exit(main_guard(main))" in f.read()  # how every runner's __main__ ends
+
+
+def test_paired_differences_per_score_compare_like_with_like():
+    """Against another baseline (--baseline), each score is paired with the same score; NNO and
+    GDA only where both cells read the same eval.features."""
+    from experiments import compare
+
+    def cell(knn_enc, knn_proj, nno, features):
+        return {
+            "auroc_knn_encoder": knn_enc,
+            "auroc_knn_projection": knn_proj,
+            "auroc_nno": nno,
+            "auroc_gda": nno,
+            "closed_set_accuracy": 0.9,
+            "config": {"eval": {"features": features}},
+        }
+
+    cells = {}
+    for split, (a, b) in enumerate([(0.80, 0.70), (0.60, 0.65)]):
+        cells[("gradmix", split, 0)] = cell(a, 0.5, 0.9, "encoder")
+        cells[("gradmix_authors", split, 0)] = cell(b, 0.6, 0.8, "projection")
+    stats = compare.statistics(
+        cells, ["gradmix", "gradmix_authors"], [0, 1], [0], baseline="gradmix"
+    )
+    per_score = stats["paired_scores"]["gradmix_authors"]
+    assert per_score["auroc_knn_encoder"]["mean"] == pytest.approx((-0.10 + 0.05) / 2)
+    assert per_score["auroc_knn_encoder"]["positive"] == 1
+    assert per_score["auroc_knn_projection"]["mean"] == pytest.approx(0.1)
+    assert "auroc_nno" not in per_score and "auroc_gda" not in per_score  # other features
+    # The headline pairing: their testing script's score against the paper recipe's NNO.
+    assert stats["paired"]["gradmix_authors"]["mean"] == pytest.approx(0.6 - 0.9)
+    lines = compare.markdown("p", stats, ["gradmix", "gradmix_authors"], [0, 1], [0], "gradmix")
+    assert any(line.startswith("| SupCon+SimCLR + GradMix, authors' recipe | ") for line in lines)
