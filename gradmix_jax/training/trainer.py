@@ -553,7 +553,8 @@ def _summary(
 def _write_records(workdir: str, trained: _Trained, results: dict, summary: dict) -> None:
     """TensorBoard's eval scalars, train_history.json and results.json (process 0 writes)."""
     trained.scalars.write(
-        summary["num_steps"], {f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))}
+        summary["num_steps"],
+        {f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))},
     )
     trained.scalars.close()
     if jax.process_index() == 0:
