@@ -510,6 +510,8 @@ def plot(
     groups = [f"split {s}" for s in splits] + ["all"]
     methods = [m for m in methods if m in stats["methods"]]
     labels = [stats["methods"][m]["label"] for m in methods]
+    if not labels:  # --finished-only with no finished cell: nothing to draw
+        return
     means, sds = {}, {}
     for method, label in zip(methods, labels):
         st = stats["methods"][method]
