@@ -118,13 +118,8 @@ def test_print_config_shows_what_the_recipe_set(tmp_path):
     ) in out.stdout
 
 
-def test_authors_recipe_trains_evaluates_and_reloads(tmp_path, digits_config):
-    """One tiny run of the authors' recipe: the training split's mean/std normalise the views and
-    the evaluation, results.json records them, and the reloaded model uses them."""
-    from gradmix_jax.training import pipeline
-    from gradmix_jax.training.trained import load_trained
-
-    config = digits_config
+def _two_tiny_steps(config):
+    """``config`` shrunk to two steps of a width-4 model on 8 px images, no TwoNN."""
     config.model.width = 4
     config.model.feature_dim = 8
     config.data.image_size = 8
@@ -132,6 +127,16 @@ def test_authors_recipe_trains_evaluates_and_reloads(tmp_path, digits_config):
     config.num_steps = 2
     config.progress_bar = False
     config.eval.id_samples = 0
+    return config
+
+
+def test_authors_recipe_trains_evaluates_and_reloads(tmp_path, digits_config):
+    """One tiny run of the authors' recipe: the training split's mean/std normalise the views and
+    the evaluation, results.json records them, and the reloaded model uses them."""
+    from gradmix_jax.training import pipeline
+    from gradmix_jax.training.trained import load_trained
+
+    config = _two_tiny_steps(digits_config)
     config.gradmix.recipe = "authors"
     config.gradmix.layers = ("conv4_2", "conv5_2")
     summary = trainer.train_and_evaluate(config, str(tmp_path / "authors"))
@@ -181,14 +186,7 @@ def test_cli_input_errors_are_one_line_exit_2(tmp_path, args, message):
 
 
 def test_eval_score_names_the_headline_and_a_finished_run_rereads_it(tmp_path, digits_config):
-    config = digits_config
-    config.model.width = 4
-    config.model.feature_dim = 8
-    config.data.image_size = 8
-    config.batch_size = 16
-    config.num_steps = 2
-    config.progress_bar = False
-    config.eval.id_samples = 0
+    config = _two_tiny_steps(digits_config)
     config.eval.score = "nno"
     workdir = str(tmp_path / "nno")
     summary = trainer.train_and_evaluate(config, workdir)
