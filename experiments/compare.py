@@ -35,10 +35,15 @@ with another config is refused; ``--finished-only`` trains nothing and tabulates
 (the rest are listed as missing). Writes ``OUT/compare.{md,csv,json}`` and ``OUT/compare_<protocol>.png``.
 
 Statistics: per method, mean ± sample std (ddof 1) of the headline AUROC over all (split, seed) cells;
-per split, mean ± std over seeds; per trained method, the paired difference to ``none`` over the
-(split, seed) cells both have (mean, std, cells where it is positive) and to the raw-pixel floor of
-the same split. A mean difference within one std of the paired differences is reported as
-"no difference".
+per split, mean ± std over seeds; per trained method, paired differences to the baseline (``none``,
+or ``--baseline``) over the (split, seed) cells both have: the headline score, and every measure
+(each AUROC, closed-set accuracy, the intrinsic dimension of the training features, the activated
+area of the attribution maps per τ and its mean over τ) against the same measure. Each paired
+difference has its mean, sample std, 95 % t-interval over the cells, Wilcoxon signed-rank p and
+count of positive cells (``experiments/paired.py``); the verdict comes from the interval. A cell
+saved before the activated area existed takes it from its ``eval_results.json``
+(``python -m gradmix_jax.evaluate --workdir CELL``) when that evaluated its final step. The
+difference to the raw-pixel floor is taken per split.
 """
 
 from __future__ import annotations
@@ -67,6 +72,8 @@ from experiments.grid_common import (
     split_list,
     validate_all,
 )
+from experiments.paired import fmt_interval, fmt_p, mean_sd, paired_stats
+from gradmix_jax.training.openset_eval import AREA_THRESHOLDS
 
 # method -> (label, config overrides; None = no training)
 METHODS: dict[str, tuple[str, dict[str, Any] | None]] = {
@@ -102,8 +109,23 @@ SCORES = (
     ("auroc_max_logit", "max-logit"),
 )
 BASELINE = "none"
-# Scores computed on a cell's eval.features (the k-NN columns name their features themselves).
-FEATURE_SCORES = ("auroc_nno", "auroc_gda")
+# Measures computed on a cell's eval.features (the k-NN columns name their features themselves).
+FEATURE_SCORES = ("auroc_nno", "auroc_gda", "intrinsic_dimension")
+#: Thresholds of the activated area listed one by one in compare.md (every one is in compare.json).
+AREA_TAUS_SHOWN = (0.1, 0.3, 0.5, 0.7, 0.9)
+# Every measure paired between methods: (key, name, scale to the unit shown, unit).
+MEASURES = (
+    *((key, f"AUROC {name}", 100.0, " pts") for key, name in SCORES),
+    ("closed_set_accuracy", "closed-set acc. (k-NN)", 100.0, " pts"),
+    ("intrinsic_dimension", "ID of train features", 1.0, ""),
+    ("area_known_mean", "activated area, known (mean over τ)", 100.0, " pts"),
+    ("area_unknown_mean", "activated area, unknown (mean over τ)", 100.0, " pts"),
+    *(
+        (f"area_{group}@{tau}", f"activated area, {group}, τ={tau}", 100.0, " pts")
+        for group in ("known", "unknown")
+        for tau in AREA_THRESHOLDS
+    ),
+)
 DEFAULT_METHODS = "raw,ce,none,gradmix"
 # Fields the per-cell settings own; --set may not change them.
 CELL_FIELDS = ("objective", "mixing.method", "seed", "data.split")
@@ -170,6 +192,7 @@ def run_raw_cell(workdir: str, config) -> dict[str, Any]:
     """A resumable raw-pixel cell: results.json holds the data fields and k it was computed with."""
 
     from gradmix_jax.training.trained import LATER_SCORES
+    from gradmix_jax.training.workdir import NON_SEMANTIC_FIELDS
 
     def compute(config, workdir):
         from gradmix_jax.files import as_path, write_json
@@ -181,9 +204,11 @@ def run_raw_cell(workdir: str, config) -> dict[str, Any]:
     result = run_cell(workdir, config, compute)
     stored = json.loads(json.dumps(result.get("raw_config")))
     now = json.loads(json.dumps({"data": config.data.to_dict(), "eval.k": config.eval.k}))
-    for moved in ("data_dir",):  # where the data lives does not change the numbers
-        stored.get("data", {}).pop(moved, None)
-        now["data"].pop(moved, None)
+    # Where the data lives and how it is read do not change the numbers.
+    for field in NON_SEMANTIC_FIELDS:
+        if field.startswith("data."):
+            stored.get("data", {}).pop(field[len("data.") :], None)
+            now["data"].pop(field[len("data.") :], None)
     if stored != now:
         raise SystemExit(
             f"error: {os.path.join(workdir, 'results.json')} was made with other data "
@@ -231,17 +256,6 @@ def cell_seconds(workdir: str) -> float | None:
 # ----------------------------------------------------------------------------- statistics
 
 
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof 1; nan for fewer than two values)."""
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan
-    mean = sum(values) / n
-    if n < 2:
-        return mean, math.nan
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-
-
 def fmt(mean: float, sd: float, scale: float = 100.0, signed: bool = False) -> str:
     if math.isnan(mean):
         return "-"
@@ -254,27 +268,39 @@ def _features(cell: dict) -> str:
     return ((cell.get("config") or {}).get("eval") or {}).get("features") or "encoder"
 
 
-def paired_stats(diffs: list[float]) -> dict[str, Any]:
-    """Mean, sample std, how many are positive, count and verdict of paired differences."""
-    m, s = mean_sd(diffs)
-    return {
-        "mean": m,
-        "sd": s,
-        "positive": sum(d > 0 for d in diffs),
-        "cells": len(diffs),
-        "verdict": verdict(m, s),
-    }
+def measure(cell: dict, key: str) -> float | None:
+    """A cell's value of a measure key (``MEASURES``), or None where the cell has none.
+
+    ``area_<group>_mean`` is the activated area averaged over its thresholds,
+    ``area_<group>@<τ>`` its value at one threshold.
+    """
+    if not key.startswith("area_"):
+        return cell.get(key)
+    area = cell.get("activated_area")
+    if not area:
+        return None
+    name = key[len("area_") :]
+    if name.endswith("_mean"):
+        values = area.get(name[: -len("_mean")])
+        return None if values is None else sum(values) / len(values)
+    group, _, tau = name.partition("@")
+    values = area.get(group)
+    if values is None or float(tau) not in area["thresholds"]:
+        return None
+    return values[area["thresholds"].index(float(tau))]
 
 
-def verdict(mean: float, sd: float) -> str:
-    """'higher' / 'lower' when the mean paired difference exceeds its spread, else no difference."""
-    if math.isnan(mean):
-        return "-"
-    if math.isnan(sd):
-        return "one cell: no spread to judge"
-    if abs(mean) <= sd:
-        return "no difference (inside the spread)"
-    return "higher" if mean > 0 else "lower"
+def _comparable(key: str, a: dict, b: dict) -> bool:
+    """Both cells have the measure, read on the same features where that matters (NNO, GDA, ID:
+    eval.features) and on the same images and layers (the activated area)."""
+    if measure(a, key) is None or measure(b, key) is None:
+        return False
+    if key in FEATURE_SCORES:
+        return _features(a) == _features(b)
+    if key.startswith("area_"):
+        keep = ("images", "layers", "batch_size", "thresholds")
+        return all(a["activated_area"].get(k) == b["activated_area"].get(k) for k in keep)
+    return True
 
 
 def statistics(
@@ -310,8 +336,8 @@ def statistics(
             if any(s == sp for s, _ in present)
         }
         scores = {}
-        for skey, _ in SCORES:
-            vals = [r.get(skey) for r in rows]
+        for skey, *_ in MEASURES:
+            vals = [measure(r, skey) for r in rows]
             scores[skey] = (
                 mean_sd(vals) if all(v is not None for v in vals) else (math.nan, math.nan)
             )
@@ -344,25 +370,21 @@ def statistics(
             if not diffs:
                 continue
             out["paired"][method] = paired_stats(diffs)
-            # The same score on both sides, for every score both methods have (NNO and GDA read
-            # eval.features: only where both cells read the same features).
-            per_score = {}
-            for skey, _ in SCORES:
-                d = [
-                    cells[(method, sp, se)].get(skey) - cells[(baseline, sp, se)].get(skey)
+            # The same measure on both sides, for every measure both cells have (NNO, GDA and ID
+            # read eval.features: only where both cells read the same features).
+            per_measure = {}
+            for mkey, _, scale, unit in MEASURES:
+                pairs = [
+                    (cells[(method, sp, se)], cells[(baseline, sp, se)])
                     for sp, se in have(method)
                     if (baseline, sp, se) in cells
-                    and cells[(method, sp, se)].get(skey) is not None
-                    and cells[(baseline, sp, se)].get(skey) is not None
-                    and (
-                        skey not in FEATURE_SCORES
-                        or _features(cells[(method, sp, se)])
-                        == _features(cells[(baseline, sp, se)])
-                    )
+                ]
+                d = [
+                    measure(a, mkey) - measure(b, mkey) for a, b in pairs if _comparable(mkey, a, b)
                 ]
                 if d:
-                    per_score[skey] = paired_stats(d)
-            out["paired_scores"][method] = per_score
+                    per_measure[mkey] = paired_stats(d, scale, unit)
+            out["paired_scores"][method] = per_measure
     if "raw" in out["methods"]:
         raw_splits = {sp for sp, _ in have("raw")}
         for method in out["methods"]:
@@ -407,7 +429,7 @@ def markdown(
         + [f"split {s}" for s in splits]
         + ["closed-set acc. %"]
         + [name for _, name in SCORES]
-        + ["cell time, max"]
+        + ["ID", "area known %", "area unknown %", "cell time, max"]
     )
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method in [m for m in methods if m in stats["methods"]]:
@@ -416,6 +438,8 @@ def markdown(
         row += [fmt(*m["per_split"][s]) if s in m["per_split"] else "-" for s in splits]
         row += [fmt(*m["closed_set_accuracy"])]
         row += [fmt(m["scores"][k][0], math.nan) for k, _ in SCORES]
+        row += [fmt(m["scores"]["intrinsic_dimension"][0], math.nan, scale=1.0)]
+        row += [fmt(m["scores"][f"area_{g}_mean"][0], math.nan) for g in ("known", "unknown")]
         row += ["-" if m["cell_seconds_max"] is None else f"{m['cell_seconds_max']:.0f} s"]
         lines.append("| " + " | ".join(row) + " |")
     lines += [
@@ -425,7 +449,10 @@ def markdown(
         "mean, one covariance shared by the classes; GDA = log-density of the most likely "
         "class-conditional Gaussian, one covariance per class; MSP / max-logit need a "
         "classifier head). Closed-set accuracy: k-NN prediction, "
-        "or the classifier's argmax for the CE row. Cell time: wall time of the slowest cell "
+        "or the classifier's argmax for the CE row. ID: TwoNN intrinsic dimension of the "
+        "training features (eval.features). Area: activated area of the attribution maps, "
+        "mean over τ = 0.1 ... 0.9, on known and on unknown test images (cells measured "
+        "before it existed have none). Cell time: wall time of the slowest cell "
         "in the runner's process (data, compilation, training, evaluation; cells read back "
         "keep the time of their run).",
     ]
@@ -442,39 +469,52 @@ def markdown(
             "difference below uses the same cells on both sides.",
         ]
     if stats["paired"]:
+        base = METHODS[baseline][0]
         lines += [
             "",
-            f"Paired difference to {METHODS[baseline][0]} (same split and seed), "
-            "headline AUROC points:",
+            f"Paired difference to {base} (same split and seed), headline AUROC points: mean with "
+            "its 95 % confidence interval (Student's t over the cells), the two-sided Wilcoxon "
+            "signed-rank p and the cells where it is positive. The verdict comes from the "
+            "interval: higher or lower where it excludes 0, otherwise no effect detected, with "
+            "the size of effect the interval excludes:",
             "",
-            "| method | cells | mean ± std | positive on | verdict |",
-            "|---|---|---|---|---|",
+            "| method | cells | mean [95 % CI] | std | signed-rank p | positive on | verdict |",
+            "|---|---|---|---|---|---|---|",
         ]
         for method, p in stats["paired"].items():
             lines.append(
-                f"| {METHODS[method][0]} | {p['cells']} | {fmt(p['mean'], p['sd'], signed=True)} "
-                f"| {p['positive']} of {p['cells']} | {p['verdict']} |"
+                f"| {METHODS[method][0]} | {p['cells']} | {fmt_interval(p)} | "
+                f"{fmt(p['sd'], math.nan)} | {fmt_p(p['p_signed_rank'])} | "
+                f"{p['positive']} of {p['cells']} | {p['verdict']} |"
             )
-        lines += [
-            "",
-            f"Paired difference to {METHODS[baseline][0]}, the same score on both sides, AUROC "
-            "points (mean ± std; positive on; verdict). NNO and GDA read each cell's "
-            "eval.features and are compared only where both cells read the same features:",
-            "",
-            "| method | " + " | ".join(name for _, name in SCORES) + " |",
-            "|---|" + "---|" * len(SCORES),
-        ]
-        for method, per_score in stats.get("paired_scores", {}).items():
-            cols = []
-            for skey, _ in SCORES:
-                p = per_score.get(skey)
-                cols.append(
-                    "-"
-                    if p is None
-                    else f"{fmt(p['mean'], p['sd'], signed=True)}; {p['positive']}/{p['cells']}; "
-                    f"{p['verdict'].split(' (')[0]}"
+        for method, per_measure in stats.get("paired_scores", {}).items():
+            if not per_measure:
+                continue
+            lines += [
+                "",
+                f"{METHODS[method][0]} − {base}, the same measure on both sides (same split and "
+                "seed; AUROC, accuracy and activated area in points, ID in dimensions). NNO, GDA "
+                "and ID read each cell's eval.features and are paired only where both cells read "
+                "the same features; the activated area (fraction of attribution-map pixels above "
+                "τ, maps min-max normalised per image and averaged over the run's taps) only where "
+                "both were measured on the same images:",
+                "",
+                "| measure | cells | mean [95 % CI] | signed-rank p | positive on | verdict |",
+                "|---|---|---|---|---|---|",
+            ]
+            for mkey, name, scale, _ in MEASURES:
+                p = per_measure.get(mkey)
+                if p is None or (
+                    mkey.startswith("area_")
+                    and "@" in mkey
+                    and (float(mkey.partition("@")[2]) not in AREA_TAUS_SHOWN)
+                ):
+                    continue
+                lines.append(
+                    f"| {name} | {p['cells']} | {fmt_interval(p, scale)} | "
+                    f"{fmt_p(p['p_signed_rank'])} | {p['positive']} of {p['cells']} | "
+                    f"{p['verdict']} |"
                 )
-            lines.append(f"| {METHODS[method][0]} | " + " | ".join(cols) + " |")
     if stats["vs_raw"]:
         lines += [
             "",
@@ -625,6 +665,7 @@ def main(argv=None, *, train_fn: Callable | None = None) -> int:
             else:
                 r = run_checked_cell(workdir, config, train_fn)
                 r = _add_missing_scores(workdir)  # for a cell saved before a score existed
+                r = _with_evaluated_area(workdir, r)
                 results[(method, split, seed)] = {**r, "cell_seconds": cell_seconds(workdir)}
                 seed_txt = str(seed)
             key = headline(method)[0]
@@ -636,7 +677,9 @@ def main(argv=None, *, train_fn: Callable | None = None) -> int:
             csv_rows.append(
                 [protocol, method, split, seed_txt, r[key]]
                 + [r.get(k) for k, _ in SCORES]
-                + [r.get(headline(method)[2]), r.get("train_seconds"), cell_seconds(workdir)]
+                + [r.get(headline(method)[2]), r.get("intrinsic_dimension")]
+                + [measure(r, f"area_{g}_mean") for g in ("known", "unknown")]
+                + [r.get("train_seconds"), cell_seconds(workdir)]
             )
         stats = statistics(results, methods, splits, seeds, args.baseline)
         stats["missing_cells"] = missing
@@ -655,6 +698,20 @@ def main(argv=None, *, train_fn: Callable | None = None) -> int:
     md += [f"- {n}" for n in scale_note(args, overrides)]
     _write_outputs(args.out, md, csv_rows, report)
     return 0
+
+
+def _with_evaluated_area(workdir: str, result: dict) -> dict:
+    """A cell saved before the activated area existed, with the area its final checkpoint gave
+    ``python -m gradmix_jax.evaluate --workdir CELL`` (``eval_results.json``) when it has one."""
+    if result.get("activated_area"):
+        return result
+    from gradmix_jax.evaluate import EVAL_RESULTS
+    from gradmix_jax.files import as_path, read_json
+
+    stored = read_json(as_path(workdir) / EVAL_RESULTS)
+    if stored and stored.get("activated_area") and stored.get("step") == result.get("num_steps"):
+        return {**result, "activated_area": stored["activated_area"]}
+    return result
 
 
 def _add_missing_scores(workdir: str) -> dict:
@@ -678,7 +735,8 @@ def _write_outputs(out: str, md: list[str], csv_rows: list[list], report: dict) 
         out / "compare.csv",
         ["protocol", "method", "split", "seed", "headline_auroc"]
         + [k for k, _ in SCORES]
-        + ["closed_set_accuracy", "train_seconds", "cell_seconds"],
+        + ["closed_set_accuracy", "intrinsic_dimension", "area_known_mean", "area_unknown_mean"]
+        + ["train_seconds", "cell_seconds"],
         csv_rows,
     )
     write_json(out / "compare.json", report)  # NaN -> null

@@ -2,8 +2,10 @@
 
 Evaluates a finished run again: rebuilds its model from ``DIR/results.json``, restores the newest
 checkpoint, and writes ``DIR/eval_results.json`` with every open-set score (k-NN on encoder and
-projection features, NNO, MSP / max-logit / entropy where there is a classifier) and the closed-set
-accuracy. Only evaluation settings may change (``eval.*`` and ``data.data_dir``): the others define
+projection features, NNO, GDA, MSP / max-logit / entropy where there is a classifier), the
+closed-set accuracy, the intrinsic dimension and the activated area of the attribution maps
+(``activated_area``: a run saved before that measurement existed gets it here, on
+``eval.area_images`` known and unknown test images). Only evaluation settings may change (``eval.*`` and ``data.data_dir``): the others define
 the trained model. The run's own ``results.json`` is not touched.
 """
 
@@ -90,6 +92,9 @@ def evaluate_run(workdir: str, overrides: dict[str, Any] | None = None) -> dict[
         make_eval_fn(trained.model, trained.image_size, config.eval.features, *trained.input_norm)
     )
     results = trainer.evaluate(eval_fn, trained.variables, data, config, mesh)
+    results["activated_area"] = trainer.activated_area(
+        trained.model, trained.variables, data, config, trained.image_size, *trained.input_norm
+    )
     summary = {
         **results,
         "step": trained.step,
@@ -132,6 +137,17 @@ def main(argv: list[str] | None = None) -> int:
         f"GDA {show(summary['auroc_gda'])}, "
         f"closed-set accuracy {summary['closed_set_accuracy']:.4f}"
     )
+    area = summary.get("activated_area")
+    if area:
+        at = area["thresholds"].index(0.5)
+        print(
+            "activated area S(0.5): "
+            + ", ".join(
+                f"{g} {area[g][at]:.3f} ({area['images'][g]} images)"
+                for g in ("known", "unknown")
+                if area[g] is not None
+            )
+        )
     print(f"results: {args.workdir.rstrip('/')}/{EVAL_RESULTS}")
     return 0
 

@@ -271,3 +271,59 @@ def test_fig7_and_fig8_smoke_share_their_cells(tmp_path):
     assert (
         (tmp_path / "fig8_digits_split0_curves.csv").read_text().startswith("maps,model,group,tau")
     )
+
+
+def test_activated_area_of_a_run_equals_an_independent_computation(tiny):
+    """openset_eval.activated_area: fixed known / unknown test images in batches of one group;
+    maps of the reference (own jax.grad per tap), normalised per image, averaged over the layers,
+    thresholded at τ = 0.1 ... 0.9 in NumPy."""
+    import types
+
+    import ml_collections
+
+    from gradmix_jax.training import openset_eval
+
+    model, variables, _ = tiny
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (20, 16, 16, 3), dtype=np.uint8)
+    labels = np.array([0, 1, -1, 2, -1, 0, -1, 1, -1, -1, 2, 0, -1, 1, 2, -1, 0, -1, 1, 2])
+    data = types.SimpleNamespace(test_images=images, test_labels=labels)
+    config = ml_collections.ConfigDict(
+        {
+            "eval": {"area_images": 4},
+            "gradmix": {"layers": LAYERS},
+            "batch_size": 2,
+            "temperature": 0.1,
+            "data": {"num_threads": 1},
+        }
+    )
+    got = openset_eval.activated_area(model, variables, data, config, (16, 16))
+    groups = openset_eval.area_indices(labels, 4, 2)
+    assert got["images"] == {"known": 4, "unknown": 4} and got["batch_size"] == 2
+    assert all(labels[groups["known"]] >= 0) and all(labels[groups["unknown"]] < 0)
+    taus = np.arange(1, 10) / 10
+    assert got["thresholds"] == pytest.approx(taus.tolist())
+    for group, idx in groups.items():
+        fractions = []
+        for start in (0, 2):
+            x = jnp.asarray(images[idx[start : start + 2]], jnp.float32) / 255.0
+            maps = reference_maps(
+                model, variables, x, LAYERS, simclr_score(2, 0.1), True, "image"
+            ) / len(LAYERS)
+            fractions.append((maps[:, None] > taus[None, :, None, None]).mean(axis=(2, 3)))
+        want = np.concatenate(fractions).mean(axis=0)
+        assert 0 < want[0] and want[-1] < want[0]  # not a constant curve
+        np.testing.assert_allclose(got[group], want, atol=1e-6)
+    config.eval.area_images = 0
+    assert openset_eval.activated_area(model, variables, data, config, (16, 16)) is None
+
+
+def test_area_indices_are_fixed_and_whole_batches():
+    from gradmix_jax.training.openset_eval import area_indices
+
+    labels = np.array([0] * 30 + [-1] * 7)
+    a, b = area_indices(labels, 16, 4), area_indices(labels, 16, 4)
+    assert all(np.array_equal(a[g], b[g]) for g in a)
+    assert len(a["known"]) == 16 and len(a["unknown"]) == 4  # 7 unknown: one whole batch of 4
+    assert len(area_indices(labels, 16, 8)["unknown"]) == 7  # fewer than a batch: all of them
+    assert len(area_indices(labels[:30], 16, 4)["unknown"]) == 0

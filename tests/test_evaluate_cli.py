@@ -18,6 +18,7 @@ def finished_run(tmp_path_factory, make_digits_config):
     c.num_steps, c.batch_size, c.model.width, c.model.feature_dim = 2, 16, 4, 8
     c.data.image_size, c.progress_bar, c.eval.id_samples = 8, False, 0
     c.objective, c.mixing.method = "ce_ssl", "none"  # a classifier head: MSP and max-logit too
+    c.eval.area_images = 16
     summary = trainer.train_and_evaluate(c, str(workdir))
     return workdir, summary
 
@@ -39,7 +40,27 @@ def test_evaluate_reproduces_the_run_and_leaves_results_json(finished_run, capsy
     ):
         assert got[key] == pytest.approx(summary[key], abs=1e-6), key
     assert got["step"] == 2 and (workdir / "results.json").read_bytes() == before
+    # The activated area: the same images, layers and maps as the run's own evaluation.
+    assert got["activated_area"] == summary["activated_area"]
+    assert got["activated_area"]["images"] == {"known": 16, "unknown": 16}
     assert "open-set AUROC" in capsys.readouterr().out
+
+
+def test_a_run_saved_before_the_activated_area_gets_it(finished_run, tmp_path, capsys):
+    """An older run (results.json without the measurement or its config field) is measured on
+    eval.area_images known and unknown test images from its final checkpoint."""
+    import shutil
+
+    workdir, summary = finished_run
+    old = tmp_path / "old"
+    shutil.copytree(workdir, old)
+    stored = json.loads((old / "results.json").read_text())
+    del stored["activated_area"], stored["config"]["eval"]["area_images"]
+    (old / "results.json").write_text(json.dumps(stored))
+    assert evaluate.main(["--workdir", str(old), "--config.eval.area_images=16"]) == 0
+    got = json.loads((old / "eval_results.json").read_text())["activated_area"]
+    assert got == summary["activated_area"]
+    assert "activated area S(0.5): known" in capsys.readouterr().out
 
 
 def test_evaluation_fields_may_change(finished_run):

@@ -17,6 +17,9 @@ import ml_collections
 
 from gradmix_jax.models import DEFAULT_TAPS
 
+#: Default test images per group (known, unknown) of the activated-area measurement.
+AREA_IMAGES = 256
+
 #: Field values of each recipe (dotted config paths). 'paper': the step as the paper describes
 #: it; 'authors': the authors' released code (box size, map normalisation, noise fill, loss
 #: weight, mixed term, temperature scale, input normalisation, evaluation features).
@@ -204,6 +207,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.eval.score = "knn"
     c.eval.batch_size = 512
     c.eval.id_samples = 5000  # training features used for the TwoNN intrinsic dimension (0 = skip)
+    # Test images per group (known, unknown) whose LayerCAM maps give the activated area of Fig. 8
+    # (fraction of map pixels above each of AREA_THRESHOLDS; 0 = skip).
+    c.eval.area_images = AREA_IMAGES
 
     c.log_every_steps = 50
     c.checkpoint_every_steps = 1000

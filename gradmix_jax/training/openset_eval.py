@@ -1,5 +1,6 @@
 """The evaluation a run reports: features of the known train split and the whole test split,
-open-set scores (k-NN Algorithm 1, NNO, MSP / max-logit / entropy), AUROC, OSCR and accuracy."""
+open-set scores (k-NN Algorithm 1, NNO, MSP / max-logit / entropy), AUROC, OSCR and accuracy, and
+the activated area of the model's attribution maps (paper Fig. 8)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradmix_jax import augment, metrics, osr
+from gradmix_jax import attribution, augment, metrics, osr
+from gradmix_jax import attribution_analysis as aa
 from gradmix_jax.data import OpenSetData
 from gradmix_jax.data import images as image_sources
 from gradmix_jax.training import parallel
@@ -29,6 +31,10 @@ SCORES: dict[str, str] = {
 }
 #: Scores that need a classifier head (objective ce / ce_ssl).
 LOGIT_SCORES: tuple[str, ...] = ("msp", "max_logit", "entropy")
+#: Thresholds τ of the activated area S(τ) (maps scaled to [0, 1]).
+AREA_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+#: Seed of the fixed choice of test images the activated area is measured on.
+AREA_SEED = 0
 
 
 def score_key(score: str, features: str) -> str:
@@ -206,3 +212,87 @@ def evaluate(eval_fn, variables: dict, data: OpenSetData, config, mesh) -> dict[
         take = np.random.default_rng(0).permutation(len(train_f))[: config.eval.id_samples]
         results["intrinsic_dimension"] = metrics.intrinsic_dimension(train_f[np.sort(take)])
     return results
+
+
+def area_indices(test_labels: np.ndarray, per_group: int, batch_size: int) -> dict[str, np.ndarray]:
+    """The fixed test images of the activated area: ``{'known': idx, 'unknown': idx}``.
+
+    Up to ``per_group`` images of each group (labels ``>= 0`` known, ``-1`` unknown), drawn with
+    ``AREA_SEED``, ascending, rounded down to whole batches of ``min(batch_size, per_group)`` so
+    every map is computed in a batch of the same size; a group with fewer images than one batch
+    keeps them all.
+    """
+    rng = np.random.default_rng(AREA_SEED)
+    out = {}
+    for group, members in (
+        ("known", np.flatnonzero(test_labels >= 0)),
+        ("unknown", np.flatnonzero(test_labels < 0)),
+    ):
+        n = min(per_group, len(members))
+        batch = min(batch_size, per_group)
+        if n >= batch:
+            n -= n % batch
+        out[group] = np.sort(rng.choice(members, n, replace=False)).astype(np.int64)
+    return out
+
+
+def activated_area(
+    model: nn.Module,
+    variables: dict,
+    data: OpenSetData,
+    config,
+    out_size: tuple[int, int],
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> dict[str, Any] | None:
+    """Fig. 8's activated area of a trained model, on fixed known and unknown test images.
+
+    Per image: LayerCAM maps (``attribution.layercam``, outer ReLU) at the run's taps
+    (``gradmix.layers``) of the SimCLR loss of its batch, each image's horizontal flip its second
+    view, temperature ``config.temperature``, eval mode (``attribution_analysis.layer_maps``); each
+    layer's map is bilinearly upsampled to the input size and min-max normalised per image (the
+    paper recipe's training maps) and the maps are averaged over the layers, so the map lies in
+    [0, 1]. ``S(τ)`` is the fraction of its pixels above τ, for τ in ``AREA_THRESHOLDS``, averaged
+    over the images of a group. Known and unknown images are taken ``eval.area_images`` of each
+    (``area_indices``), in batches of one group of ``batch_size`` images (the SimCLR loss couples a
+    batch's maps), like the training batches. The paper (Fig. 8): GradMix's area is larger at
+    every τ.
+
+    Returns None when ``eval.area_images`` is 0, else ``{'thresholds', 'known', 'unknown'
+    (S per τ, or None for a group without images), 'images': {'known': n, 'unknown': n},
+    'layers', 'batch_size'}``.
+    """
+    per_group = config.eval.get("area_images", 0)
+    if not per_group:
+        return None
+    layers = tuple(config.gradmix.layers)
+    batch_size = min(config.batch_size, per_group)
+    # Host copies: the maps are a few small batches on one device, on every process alike.
+    host = {
+        name: jax.tree.map(parallel.to_host, variables[name]) for name in ("params", "batch_stats")
+    }
+    groups = area_indices(np.asarray(data.test_labels), per_group, batch_size)
+    out: dict[str, Any] = {
+        "thresholds": list(AREA_THRESHOLDS),
+        "images": {g: int(len(idx)) for g, idx in groups.items()},
+        "layers": list(layers),
+        "batch_size": batch_size,
+    }
+    for group, idx in groups.items():
+        if len(idx) == 0:
+            out[group] = None
+            continue
+        fractions = []
+        batches = image_sources.iter_batches(
+            data.test_images, idx, batch_size, config.data.num_threads
+        )
+        for images in batches:
+            x = augment.eval_transform(images, out_size, mean, std)
+            per_layer = aa.layer_maps(
+                model, host, x, layers=layers, target="simclr", temperature=config.temperature
+            )
+            maps = attribution.aggregate_maps(list(per_layer.values()), out_size, "image")
+            maps = np.asarray(maps) / len(layers)
+            fractions.append(aa.activated_fractions(maps, np.asarray(AREA_THRESHOLDS)))
+        out[group] = np.concatenate(fractions).mean(axis=0).tolist()
+    return out

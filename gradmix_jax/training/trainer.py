@@ -29,6 +29,7 @@ from gradmix_jax.training import checkpoint, parallel
 from gradmix_jax.training import workdir as records
 from gradmix_jax.training.config_base import resolve_recipe
 from gradmix_jax.training.openset_eval import (  # noqa: F401
+    activated_area,
     evaluate,
     extract_features,
     knn_auroc,
@@ -496,8 +497,16 @@ def _evaluate(config, run: _Run, state, data: OpenSetData) -> tuple[dict[str, An
         ),
         in_shardings=(repl, repl, sharded),
     )
-    results = evaluate(
-        eval_fn, {"params": state.params, "batch_stats": state.batch_stats}, data, config, run.mesh
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    results = evaluate(eval_fn, variables, data, config, run.mesh)
+    results["activated_area"] = activated_area(
+        run.model,
+        variables,
+        data,
+        config,
+        run.aug_params.out_size,
+        run.aug_params.mean,
+        run.aug_params.std,
     )
     return results, time.perf_counter() - t_eval
 

@@ -224,6 +224,9 @@ def validate_config(config, num_devices: int = 1) -> None:
         raise ConfigError(f"label_smoothing must be in [0, 1), got {config.label_smoothing!r}")
     if not (config.eval.id_samples == 0 or config.eval.id_samples >= 3):
         raise ConfigError(f"eval.id_samples must be 0 (skip) or >= 3, got {config.eval.id_samples}")
+    area = config.eval.get("area_images", 0)
+    if not (isinstance(area, int) and not isinstance(area, bool) and area >= 0):
+        raise ConfigError(f"eval.area_images must be an int >= 0 (0 = skip), got {area!r}")
     if (
         config.num_steps < 0
         or config.num_epochs < 0

@@ -16,6 +16,7 @@ from typing import Any
 from etils import epath
 
 from gradmix_jax.files import as_path, is_local, read_json, strict
+from gradmix_jax.training.config_base import AREA_IMAGES
 
 RESULTS = "results.json"
 HISTORY = "train_history.json"
@@ -38,6 +39,8 @@ ADDED_FIELDS = {
     "gradmix.weight_area": "masked",
     "gradmix.mixed_loss": "simclr",
     "eval.score": "knn",
+    # Not part of what a run computes (NON_SEMANTIC_FIELDS): re-evaluating an older run measures it.
+    "eval.area_images": AREA_IMAGES,
 }
 NON_SEMANTIC_FIELDS = (
     "progress_bar",
@@ -53,6 +56,9 @@ NON_SEMANTIC_FIELDS = (
     "data.num_workers",
     # Which stored score results.json's auroc names: every score is computed and kept anyway.
     "eval.score",
+    # A measurement beside the scores (the activated area): it changes no score, and a run saved
+    # before it existed gets it from `python -m gradmix_jax.evaluate`.
+    "eval.area_images",
 )
 
 
