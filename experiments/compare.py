@@ -369,7 +369,7 @@ def statistics(
             ]
             if not diffs:
                 continue
-            out["paired"][method] = paired_stats(diffs)
+            out["paired"][method] = paired_stats(diffs, unit=" pts")
             # The same measure on both sides, for every measure both cells have (NNO, GDA and ID
             # read eval.features: only where both cells read the same features).
             per_measure = {}
@@ -664,7 +664,7 @@ def main(argv=None, *, train_fn: Callable | None = None) -> int:
                 seed_txt = "-"
             else:
                 r = run_checked_cell(workdir, config, train_fn)
-                r = _add_missing_scores(workdir)  # for a cell saved before a score existed
+                r = _add_missing_scores(workdir, args.finished_only)  # a cell saved before a score
                 r = _with_evaluated_area(workdir, r)
                 results[(method, split, seed)] = {**r, "cell_seconds": cell_seconds(workdir)}
                 seed_txt = str(seed)
@@ -714,16 +714,26 @@ def _with_evaluated_area(workdir: str, result: dict) -> dict:
     return result
 
 
-def _add_missing_scores(workdir: str) -> dict:
-    """``trained.add_missing_scores``, with one error line for a cell whose checkpoint is gone."""
+def _add_missing_scores(workdir: str, finished_only: bool = False) -> dict:
+    """``trained.add_missing_scores``, with one error line for a cell whose checkpoint is gone.
+
+    With ``finished_only`` (a table of stored cells, nothing trained) such a cell is read as it
+    was stored: the scores it lacks are left out of every mean and pairing that needs them.
+    """
+    from gradmix_jax.files import as_path, read_json
     from gradmix_jax.training.trained import LATER_SCORES, add_missing_scores
+    from gradmix_jax.training.workdir import RESULTS
 
     try:
         return add_missing_scores(workdir)
     except FileNotFoundError as e:
+        if finished_only:
+            print(f"{workdir}: no checkpoint, read without {list(LATER_SCORES)}", flush=True)
+            return read_json(as_path(workdir) / RESULTS)
         raise SystemExit(
             f"error: cell {workdir} was saved without {list(LATER_SCORES)}, which need its final "
-            f"checkpoint ({e}); delete its results.json to train it again"
+            f"checkpoint ({e}); delete its results.json to train it again, or tabulate the "
+            "stored cells as they are with --finished-only"
         ) from None
 
 

@@ -312,3 +312,73 @@ def test_paired_differences_per_score_compare_like_with_like():
     assert stats["paired"]["gradmix_authors"]["mean"] == pytest.approx(0.6 - 0.9)
     lines = compare.markdown("p", stats, ["gradmix", "gradmix_authors"], [0, 1], [0], "gradmix")
     assert any(line.startswith("| SupCon+SimCLR + GradMix, authors' recipe | ") for line in lines)
+
+
+def _area(known, unknown, images=(256, 128)):
+    taus = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    return {
+        "thresholds": taus,
+        "known": [known * (1 - t) for t in taus],
+        "unknown": [unknown * (1 - t) for t in taus],
+        "images": {"known": images[0], "unknown": images[1]},
+        "layers": ["conv3_2", "conv4_2"],
+        "batch_size": 128,
+    }
+
+
+def test_id_and_activated_area_are_paired_like_the_scores(tmp_path):
+    """ID and the activated area (per τ and its mean over τ) are paired between the cells that
+    have them, on the same images; a cell measured later takes its area from eval_results.json."""
+    cells = {}
+    for split, (d_id, d_area) in enumerate([(-0.2, 0.05), (-0.1, 0.03), (-0.3, 0.04)]):
+        base = {"auroc_nno": 0.8, "closed_set_accuracy": 0.9, "intrinsic_dimension": 8.0}
+        cells[("none", split, 0)] = {**base, "activated_area": _area(0.5, 0.4)}
+        cells[("gradmix", split, 0)] = {
+            **base,
+            "intrinsic_dimension": 8.0 + d_id,
+            "activated_area": _area(0.5 + d_area, 0.4),
+        }
+    # A cell measured on other images is not paired for the area (its ID still is).
+    cells[("none", 3, 0)] = {**cells[("none", 0, 0)], "activated_area": _area(0.5, 0.4, (64, 64))}
+    cells[("gradmix", 3, 0)] = {**cells[("gradmix", 0, 0)]}
+    stats = compare.statistics(cells, ["none", "gradmix"], [0, 1, 2, 3], [0])
+    per = stats["paired_scores"]["gradmix"]
+    assert per["intrinsic_dimension"]["cells"] == 4
+    assert per["intrinsic_dimension"]["mean"] == pytest.approx((-0.2 - 0.1 - 0.3 - 0.2) / 4)
+    assert per["intrinsic_dimension"]["verdict"] == "lower"
+    # mean over τ of 0.05 * (1 - τ) etc.: the factor is the mean of (1 - τ) = 0.5
+    assert per["area_known_mean"]["cells"] == 3
+    assert per["area_known_mean"]["mean"] == pytest.approx(0.5 * (0.05 + 0.03 + 0.04) / 3)
+    assert per["area_known@0.1"]["mean"] == pytest.approx(0.9 * 0.04)
+    assert per["area_unknown_mean"]["mean"] == pytest.approx(0.0)
+    lines = "\n".join(compare.markdown("p", stats, ["none", "gradmix"], [0, 1, 2, 3], [0]))
+    assert "| activated area, known (mean over τ) | 3 |" in lines
+    assert "| activated area, known, τ=0.5 | 3 |" in lines
+    assert "τ=0.2" not in lines  # every τ is in compare.json, five of them in the table
+
+    # eval_results.json of the final step supplies the area of a cell saved without it.
+    (tmp_path / "eval_results.json").write_text(
+        json.dumps({"step": 600, "activated_area": _area(0.3, 0.2)})
+    )
+    got = compare._with_evaluated_area(str(tmp_path), {"num_steps": 600})
+    assert got["activated_area"]["known"][0] == pytest.approx(0.27)
+    assert "activated_area" not in compare._with_evaluated_area(str(tmp_path), {"num_steps": 800})
+
+
+def test_finished_only_reads_a_cell_without_checkpoint_as_stored(tmp_path, capsys):
+    """A stored cell that predates GDA and kept no checkpoint: --finished-only tabulates it without
+    GDA; a run that would train refuses it with one line."""
+    argv = ["--out", str(tmp_path), "--protocols", "digits", "--splits", "0", "--seeds", "0"]
+    argv += ["--methods", "none,gradmix"]
+    assert compare.main(argv, train_fn=_stand_in) == 0
+    for method in ("none", "gradmix"):
+        path = tmp_path / "digits" / method / "split0" / "seed0" / "results.json"
+        stored = json.loads(path.read_text())
+        del stored["auroc_gda"]
+        path.write_text(json.dumps({**stored, "image_shape": [8, 8, 1], "num_steps": 2}))
+    assert compare.main(argv + ["--finished-only"], train_fn=_no_training) == 0
+    report = json.loads((tmp_path / "compare.json").read_text())["protocols"]["digits"]
+    assert report["methods"]["gradmix"]["scores"]["auroc_gda"] == [None, None]
+    assert "auroc_gda" not in report["paired_scores"]["gradmix"]
+    with pytest.raises(SystemExit, match="was saved without"):
+        compare.main(argv, train_fn=_no_training)
