@@ -141,6 +141,8 @@ _TINY_OVERRIDES = (
     "--config.log_every_steps=2",
     "--config.checkpoint_every_steps=2",
     "--config.eval.batch_size=256",
+    # The activated area costs a compilation per run; the tests of it ask for it.
+    "--config.eval.area_images=0",
 )
 
 
@@ -153,7 +155,8 @@ def repo_root():
 @pytest.fixture(scope="session")
 def make_digits_config():
     """``make_digits_config()``: a fresh configs/digits.py ``get_config()`` on every call
-    (unlocked: tests shrink it)."""
+    (unlocked: tests shrink it), without the activated-area measurement (``eval.area_images=0``:
+    it costs a compilation per run; the tests of it set it)."""
     import importlib.util
 
     def make():
@@ -162,7 +165,9 @@ def make_digits_config():
         )
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        return module.get_config()
+        config = module.get_config()
+        config.eval.area_images = 0
+        return config
 
     return make
 

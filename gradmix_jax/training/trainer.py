@@ -164,9 +164,21 @@ class _Scalars:
             self._writer.close()
 
 
+#: Steps dispatched ahead of the newest finished one: enough that the device always has the next
+#: step queued (it never idles while the host waits), few enough that the progress bar, which
+#: counts finished steps, is at most this many steps behind the dispatch.
+RUN_AHEAD = 2
+
+
 class _Progress:
-    """The tqdm bar, shown from the first compiled step on: a "compiling" line stands for the
-    first step, so the bar's rate and ETA never include compilation."""
+    """The tqdm bar of FINISHED steps, shown from the first compiled step on.
+
+    A "compiling" line stands for the first step, so the bar's rate and ETA never include
+    compilation. The loop calls ``advance(done)`` when step ``done`` has finished on the device
+    (not when it was dispatched), and the rate is the average over the finished steps since the
+    bar appeared (``smoothing=0``): a log or checkpoint step that blocks the host does not make
+    the rate jump, and the step time it implies is the run's (``train_history.json``).
+    """
 
     def __init__(self, enabled: bool, total: int, start: int):
         self.enabled, self.total = enabled, total
@@ -179,14 +191,20 @@ class _Progress:
             )
 
     def advance(self, done: int) -> None:
+        """Step ``done`` (1-based count of steps run) has finished."""
         if not self.enabled:
             return
         if self.bar is None:
             self.bar = tqdm(
-                total=self.total, initial=done, desc="train", unit="step", dynamic_ncols=True
+                total=self.total,
+                initial=done,
+                desc="train",
+                unit="step",
+                dynamic_ncols=True,
+                smoothing=0,
             )
-        else:
-            self.bar.update(1)
+        elif done > self.bar.n:
+            self.bar.update(done - self.bar.n)
 
     def set_postfix(self, **values) -> None:
         if self.bar is not None:
@@ -195,6 +213,32 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class _InFlight:
+    """Dispatched steps not yet known to be finished; at most ``RUN_AHEAD`` of them.
+
+    ``dispatched(done, metrics)`` records step ``done`` by one of its output arrays and, past
+    ``RUN_AHEAD`` steps in flight, waits for the oldest and advances the bar to it.
+    """
+
+    def __init__(self, bar: _Progress, run_ahead: int = RUN_AHEAD):
+        self.bar, self.run_ahead = bar, run_ahead
+        self.steps: list[tuple[int, Any]] = []
+
+    def dispatched(self, done: int, metrics: Any) -> None:
+        self.steps.append((done, jax.tree.leaves(metrics)[0]))
+        while len(self.steps) > self.run_ahead:
+            self._finish_oldest()
+
+    def drain(self) -> None:
+        while self.steps:
+            self._finish_oldest()
+
+    def _finish_oldest(self) -> None:
+        done, marker = self.steps.pop(0)
+        jax.block_until_ready(marker)
+        self.bar.advance(done)
 
 
 class _Record:
@@ -280,10 +324,11 @@ def _train_loop(
         if checkpointed:  # the record matches the checkpoint just written
             record.write(history, now - t_first, done - (start_step + 1))
         scalars.write(done, m)
-        bar.set_postfix(
-            loss=f"{m['loss']:.3f}", img_s=f"{m.get('images_per_second', 0):.0f}", refresh=False
-        )
+        # images/s of the window since the last log step; none yet after the compiling step.
+        rate = {"img_s": f"{m['images_per_second']:.0f}"} if "images_per_second" in m else {}
+        bar.set_postfix(loss=f"{m['loss']:.3f}", **rate, refresh=False)
 
+    inflight = _InFlight(bar)
     for step in range(start_step, total_steps):
         state, step_metrics = train_step(state, *feed(step))
         done = step + 1
@@ -302,11 +347,12 @@ def _train_loop(
             if preempt or done == total_steps:  # no next step to overlap with
                 finish(*pending)
                 pending = None
-        bar.advance(done)
+        inflight.dispatched(done, step_metrics)
         if preempt:
             saver.wait_until_finished()
             raise TrainingPreempted(done, workdir)
     jax.block_until_ready(state)
+    inflight.drain()
     return state, last_loss, t_first, history
 
 
