@@ -16,6 +16,9 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+#: The summary lines name the classes of a split with at most this many (known + unknown).
+MAX_NAMED_CLASSES = 20
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file.", lock_config=True
 )
@@ -95,7 +98,8 @@ def main(argv):
         # Orbax and JAX log every save and backend probe at INFO; keep the terminal to the progress
         # bar and results unless --verbosity asks for more.
         logging.set_verbosity(logging.WARNING)
-    from gradmix_jax.data import DatasetNotPreparedError
+    from gradmix_jax.data import DatasetNotPreparedError, FolderNotFoundError
+    from gradmix_jax.data.images import DataError
     from gradmix_jax.training import parallel, trainer  # imported late so --help stays fast
     from gradmix_jax.training.checkpoint import CheckpointError
     from gradmix_jax.training.validation import ConfigError
@@ -117,8 +121,15 @@ def main(argv):
         workdir = os.path.join("runs", f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     try:
         summary = trainer.train_and_evaluate(config, workdir, reevaluate=_REEVALUATE.value)
-    except (ConfigError, DatasetNotPreparedError, CheckpointError, trainer.NonFiniteLossError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (
+        ConfigError,
+        DatasetNotPreparedError,
+        FolderNotFoundError,
+        DataError,
+        CheckpointError,
+        trainer.NonFiniteLossError,
+    ) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         sys.exit(2)
     except trainer.TrainingPreempted as e:
         print(str(e), file=sys.stderr)
@@ -147,6 +158,12 @@ def main(argv):
         f"{summary['num_steps']} steps: {summary['train_seconds']:.1f} s of training after "
         f"compilation, {time.perf_counter() - t_start:.1f} s for the whole command"
     )
+    names = summary.get("class_names")
+    if names and len(names["known"]) + len(names["unknown"]) <= MAX_NAMED_CLASSES:
+        print(
+            f"known classes: {', '.join(names['known'])}; "
+            f"unknown: {', '.join(names['unknown']) or 'none (closed set)'}"
+        )
     print(
         f"results: {os.path.join(workdir, 'results.json')} (history, checkpoints/ and "
         f"tensorboard/ beside it)"

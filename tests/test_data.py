@@ -125,3 +125,28 @@ def test_on_device_batches_pick_the_host_order():
         state, m = step(state, images, images, epoch_index_matrix(3, s // spe, n, b))
         np.testing.assert_array_equal(m["idx"], batch_indices(3, s, n, b))
         np.testing.assert_array_equal(m["first"], batch_indices(3, s, n, b))
+
+
+def test_class_names_of_the_protocols():
+    """Names in label order; Fashion-MNIST's are TFDS's own ClassLabel names (read offline from
+    its builder), CIFAR-100's the 100 fine labels in their (alphabetical) id order."""
+    import tensorflow_datasets as tfds
+
+    from gradmix_jax.data import protocols
+
+    builder = tfds.builder("fashion_mnist", data_dir="/nonexistent")
+    assert list(protocols.FASHION_MNIST_NAMES) == builder.info.features["label"].names
+    cifar100 = protocols.CIFAR100_NAMES
+    assert len(set(cifar100)) == 100 and list(cifar100) == sorted(cifar100)
+    known, unknown = protocols.protocol_classes("fashion_mnist", 0)
+    names = protocols.class_names("fashion_mnist", known, unknown)
+    assert names["known"] == ["Trouser", "Coat", "Sandal", "Sneaker", "Bag", "Ankle boot"]
+    assert names["unknown"] == ["T-shirt/top", "Pullover", "Dress", "Shirt"]
+    plus = protocols.class_names("cifar_plus10", [0, 9], [27, 99])
+    assert plus == {"known": ["airplane", "truck"], "unknown": ["crocodile", "worm"]}
+    # An image folder's own names win; a source without names has none.
+    assert protocols.class_names("imagefolder", [1], [0], ("a", "b")) == {
+        "known": ["b"],
+        "unknown": ["a"],
+    }
+    assert protocols.class_names("tinyimagenet", [0], [1]) is None

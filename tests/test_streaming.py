@@ -229,6 +229,7 @@ def test_image_folder_streams_trains_resumes_and_evaluates(folder, tmp_path, mak
     a = trainer.train_and_evaluate(streamed, str(tmp_path / "stream"))
     assert a["input_pipeline"] == "stream" and a["num_steps"] == 4
     assert a["known_classes"] == [0, 1, 2] and a["unknown_classes"] == [3, 4]
+    assert a["class_names"] == {"known": ["cat", "dog", "fox"], "unknown": ["owl", "yak"]}
     assert a["num_test_unknown"] == 8 and 0.0 <= a["auroc"] <= 1.0
 
     on_device = _folder_config(make_digits_config(), folder)
@@ -337,3 +338,62 @@ def test_image_folder_in_a_bucket_streams(fake_gcs):
     (x_here, y_here), = _stream(here.train_images, here.train_labels, 2, 1)  # fmt: skip
     np.testing.assert_array_equal(x, x_here)
     np.testing.assert_array_equal(y, y_here)
+
+
+def _break(root, how):
+    """The image folder at ``root`` made wrong in one way."""
+    import shutil
+
+    if how == "missing folder":
+        shutil.rmtree(root)
+    elif how == "no test split":
+        shutil.rmtree(os.path.join(root, "test"))
+    elif how == "empty class":
+        for name in os.listdir(os.path.join(root, "train", "dog")):
+            os.remove(os.path.join(root, "train", "dog", name))
+    elif how == "undecodable file":
+        with open(os.path.join(root, "train", "cat", "000.jpeg"), "w") as f:
+            f.write("not an image")
+
+
+@pytest.mark.parametrize(
+    "how,message",
+    [
+        ("missing folder", r"error: image folder .*/train not found"),
+        ("no test split", r"error: image folder .* has no test split: expected .*/test/"),
+        ("empty class", r"error: class folder .*/train/dog has no image files"),
+        ("undecodable file", r"error: cannot decode image .*/train/cat/000.jpeg: not an image"),
+    ],
+)
+def test_image_folder_errors_reach_the_cli_as_one_line(
+    folder, tmp_path, train_cli_command, how, message
+):
+    import re
+    import subprocess
+
+    _break(folder, how)
+    command = train_cli_command(
+        tmp_path / "run",
+        "--config.data.protocol=imagefolder",
+        f"--config.data.data_dir={folder}",
+        "--config.augment.preset=rgb",
+    )
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    errors = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(errors) == 1, out.stderr[-2000:]
+    assert re.match(message, errors[0]), errors[0]
+
+
+def test_cli_summary_names_the_classes(folder, tmp_path, run_cli):
+    done = run_cli(
+        tmp_path / "run",
+        "--config.data.protocol=imagefolder",
+        f"--config.data.data_dir={folder}",
+        "--config.augment.preset=rgb",
+        "--config.num_steps=2",
+        "--config.data.known_classes=('fox','cat')",
+        "--config.batch_size=8",
+    )
+    assert "known classes: fox, cat; unknown: dog, owl, yak" in done.stdout
+    stored = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert stored["class_names"] == {"known": ["fox", "cat"], "unknown": ["dog", "owl", "yak"]}

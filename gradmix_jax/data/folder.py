@@ -49,7 +49,8 @@ def list_split(
     """(images ``[N, size, size, 3]``, labels int64 ``[N]``) of ``<root>/<split>/<c>/*`` for the
     class names ``classes``; label = position of the class in ``classes``. Files sorted by name
     within each class; files whose ending is not an image's (``IMAGE_EXTENSIONS``) are skipped.
-    A listed class without a folder is an error naming the folder."""
+    A listed class without a folder, or whose folder holds no image file, is an error naming the
+    folder."""
     folder = epath.Path(root) / split
     paths, labels = [], []
     for label, name in enumerate(classes):
@@ -61,6 +62,10 @@ def list_split(
             for p in class_dir.iterdir()
             if p.name.lower().endswith(IMAGE_EXTENSIONS) and not p.is_dir()
         )
+        if not files:
+            raise DataError(
+                f"class folder {class_dir} has no image files ({', '.join(IMAGE_EXTENSIONS)})"
+            )
         paths += [str(class_dir / f) for f in files]
         labels += [label] * len(files)
     if not paths:

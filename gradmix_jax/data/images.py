@@ -181,7 +181,12 @@ def decode_image(data: bytes, size: int | None, name: str, channels: int = 3) ->
             if size is not None and im.size != (size, size):
                 im = ImageOps.fit(im, (size, size), Image.Resampling.BILINEAR)
             return np.asarray(im, np.uint8).reshape(im.size[1], im.size[0], channels)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError:
+        # PIL names the in-memory buffer, not the file: say what it means instead.
+        raise DataError(
+            f"cannot decode image {name}: not an image file PIL can read (delete or replace it)"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"cannot decode image {name}: {e}") from None
 
 

@@ -52,6 +52,65 @@ FASHION_MNIST_SPLITS = {
 }
 
 
+# Class names of the source datasets, indexed by their class ids (the TFDS ``label`` order; for
+# MNIST and Fashion-MNIST the IDX files' order). TinyImageNet and ImageNet100 name their classes by
+# WordNet ids, which only their files hold, so they have none here.
+_DIGIT_NAMES = tuple(str(i) for i in range(10))
+FASHION_MNIST_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+CIFAR10_NAMES = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+CIFAR100_NAMES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
+    "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle",
+    "caterpillar", "cattle", "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch",
+    "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox",
+    "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion",
+    "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom",
+    "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
+    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road",
+    "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake",
+    "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank",
+    "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle",
+    "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+)  # fmt: skip
+#: protocol -> (names of its known classes' ids, names of its unknown classes' ids).
+SOURCE_CLASS_NAMES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "digits": (_DIGIT_NAMES, _DIGIT_NAMES),
+    "mnist": (_DIGIT_NAMES, _DIGIT_NAMES),
+    "svhn": (_DIGIT_NAMES, _DIGIT_NAMES),
+    "fashion_mnist": (FASHION_MNIST_NAMES, FASHION_MNIST_NAMES),
+    "cifar10": (CIFAR10_NAMES, CIFAR10_NAMES),
+    # CIFAR+N: known CIFAR-10 classes, unknown CIFAR-100 classes (ids of each dataset).
+    "cifar_plus10": (CIFAR10_NAMES, CIFAR100_NAMES),
+    "cifar_plus50": (CIFAR10_NAMES, CIFAR100_NAMES),
+}
+
+
+def class_names(
+    protocol: str, known_classes: Sequence[int], unknown_classes: Sequence[int], names=()
+) -> dict[str, list[str]] | None:
+    """``{'known': [...], 'unknown': [...]}``: the names of a split's classes, in label order.
+
+    ``names``: the data's own names indexed by class id (``OpenSetData.class_names``, image
+    folders); otherwise the protocol's (``SOURCE_CLASS_NAMES``). None where neither has names.
+    """
+    if names:
+        known_names = unknown_names = tuple(names)
+    elif protocol in SOURCE_CLASS_NAMES:
+        known_names, unknown_names = SOURCE_CLASS_NAMES[protocol]
+    else:
+        return None
+    return {
+        "known": [known_names[c] for c in known_classes],
+        "unknown": [unknown_names[c] for c in unknown_classes],
+    }
+
+
 @functools.cache
 def _splits() -> dict:
     published = json.loads(resources.files(__package__).joinpath("osr_splits.json").read_text())

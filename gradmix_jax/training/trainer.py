@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from gradmix_jax import files
 from gradmix_jax.data import OpenSetData, openness
+from gradmix_jax.data.protocols import class_names
 from gradmix_jax.models import model_from_config
 from gradmix_jax.training import checkpoint, parallel
 from gradmix_jax.training import workdir as records
@@ -582,6 +583,10 @@ def _summary(
         "split": config.data.split,
         "known_classes": list(data.known_classes),
         "unknown_classes": list(data.unknown_classes),
+        # Their names, in label order (None where the source has none: TinyImageNet, ImageNet100).
+        "class_names": class_names(
+            config.data.protocol, data.known_classes, data.unknown_classes, data.class_names
+        ),
         "openness": openness(len(data.known_classes), len(data.unknown_classes)),
         "num_train_images": int(len(data.train_images)),
         "input_pipeline": run.pipeline,
