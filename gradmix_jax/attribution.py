@@ -4,6 +4,12 @@ All functions are pure, jit/vmap friendly and work on NHWC feature maps:
 ``activation`` and ``gradient`` are ``[B, h, w, C]`` (the forward feature map of one layer
 and the gradient of the loss with respect to it).
 
+Vision transformers: a block's output is a sequence of tokens ``[B, N, C]``, often a class
+token (and register tokens) followed by the ``h * w`` patch tokens in row-major order.
+``layercam``, ``gradcam`` and ``tap_maps`` take such taps when given the static patch grid and
+the number of leading tokens to drop (``grid=(h, w), prefix_tokens=1``); ``tokens_to_grid`` does
+that reshape (pytorch-grad-cam's ``reshape_transform``) and gives ``[B, h, w, C]``.
+
 ``tap_maps`` is the whole pipeline for a set of taps (named layers): one CAM per tap, upsampled,
 normalised and summed into one ``[B, H, W]`` map per image. Argument checks read only shapes and
 dtypes, so they raise the same one-line ValueError eagerly and under ``jax.jit``.
@@ -11,6 +17,7 @@ dtypes, so they raise the same one-line ValueError eagerly and under ``jax.jit``
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -23,6 +30,7 @@ __all__ = [
     "NORMALIZE_AT",
     "NORM_EPS",
     "CAMS",
+    "tokens_to_grid",
     "layercam",
     "gradcam",
     "normalize_maps",
@@ -54,38 +62,153 @@ def _check_pair(activation: jax.Array, gradient: jax.Array) -> None:
         )
 
 
-def layercam(activation: jax.Array, gradient: jax.Array, relu: bool = True) -> jax.Array:
+def _grid_args(grid: object, prefix_tokens: object) -> tuple[int, int, int]:
+    """``(h, w, prefix_tokens)`` as Python ints; both arguments are static."""
+    try:
+        h, w = (operator.index(s) for s in grid)
+        ok = h > 0 and w > 0
+    except (TypeError, ValueError):  # not iterable, not two items, or not integers
+        ok = False
+    if not ok:
+        raise ValueError(f"grid must be the static patch grid (h, w), two ints > 0, got {grid!r}")
+    try:
+        prefix = operator.index(prefix_tokens)
+    except TypeError:
+        prefix = -1
+    if prefix < 0:
+        raise ValueError(
+            "prefix_tokens must be an int >= 0 (the class/register tokens before the patch "
+            f"tokens), got {prefix_tokens!r}"
+        )
+    return h, w, prefix
+
+
+def _to_grid(name: str, tokens: jax.Array, grid: object, prefix_tokens: object) -> jax.Array:
+    """``tokens_to_grid`` whose error message names the argument ``name``."""
+    h, w, prefix = _grid_args(grid, prefix_tokens)
+    shape = tuple(jnp.shape(tokens))
+    if len(shape) < 2 or shape[-2] != prefix + h * w:
+        if len(shape) >= 2 and shape[-1] == prefix + h * w:
+            hint = "; it looks channels-first [B, C, N]: transpose with x.transpose(0, 2, 1)"
+        elif len(shape) >= 2 and shape[-2] > h * w and shape[-2] - h * w != prefix:
+            extra = shape[-2] - h * w
+            hint = (
+                f"; if the {extra} extra tokens lead (class/registers), pass prefix_tokens={extra}"
+            )
+        else:
+            hint = ""
+        raise ValueError(
+            f"{name} must be tokens [B, N, C] with N = prefix_tokens + h * w = {prefix} + "
+            f"{h} * {w} = {prefix + h * w} for grid={(h, w)}, prefix_tokens={prefix}, got shape "
+            f"{shape}{hint}"
+        )
+    # Static slice and reshape: the patch tokens are row-major over the (h, w) grid.
+    return jnp.asarray(tokens)[..., prefix:, :].reshape(*shape[:-2], h, w, shape[-1])
+
+
+def tokens_to_grid(tokens: jax.Array, grid: tuple[int, int], prefix_tokens: int = 0) -> jax.Array:
+    """Transformer tokens as an NHWC feature map: drop the leading tokens, reshape the rest.
+
+    The ViT counterpart of pytorch-grad-cam's ``reshape_transform``: ``tokens[..., p:, :]``
+    reshaped to ``[..., h, w, C]``, for patch tokens in row-major order over the patch grid (a
+    ViT's ``Conv`` patch embedding flattened with ``reshape(B, h * w, C)``). A static slice and
+    reshape, so it works under ``jax.jit``, ``jax.vmap`` (one example's ``[N, C]``) and
+    ``jax.grad`` (the dropped tokens get a zero gradient).
+
+    Args:
+      tokens: ``[B, N, C]`` (or ``[N, C]``, any leading axes) with ``N = p + h * w``.
+      grid: static ``(h, w)`` patch grid, e.g. ``(H // patch, W // patch)``.
+      prefix_tokens: static ``p``, the number of leading tokens that are not patches: 1 for a
+        class token, ``1 + R`` with ``R`` register tokens, 0 for a model without them.
+
+    Returns:
+      ``[B, h, w, C]`` (the leading axes of ``tokens``, then ``h, w, C``).
+
+    Raises:
+      ValueError: ``N != p + h * w`` (naming the shape, ``grid`` and ``prefix_tokens``), or a
+        ``grid`` / ``prefix_tokens`` that is not a pair of positive ints / an int >= 0.
+    """
+    return _to_grid("tokens", tokens, grid, prefix_tokens)
+
+
+def _token_pair(activation, gradient, grid, prefix_tokens):
+    """The pair as NHWC maps: token-shaped via ``grid`` when given (layercam / gradcam)."""
+    if grid is None:
+        if prefix_tokens:
+            raise ValueError(
+                f"prefix_tokens={prefix_tokens!r} is given without grid: token activations "
+                "[B, N, C] need grid=(h, w) too"
+            )
+        return activation, gradient
+    a_shape, g_shape = tuple(jnp.shape(activation)), tuple(jnp.shape(gradient))
+    if len(a_shape) not in (2, 3) or a_shape != g_shape:
+        raise ValueError(
+            "with grid given, activation and gradient must both be tokens [B, N, C] ([N, C] "
+            f"under vmap) with the same shape, got {a_shape} and {g_shape}"
+            + ("; [B, h, w, C] maps need no grid" if len(a_shape) == 4 else "")
+        )
+    return (
+        _to_grid("activation", activation, grid, prefix_tokens),
+        _to_grid("gradient", gradient, grid, prefix_tokens),
+    )
+
+
+def layercam(
+    activation: jax.Array,
+    gradient: jax.Array,
+    relu: bool = True,
+    *,
+    grid: tuple[int, int] | None = None,
+    prefix_tokens: int = 0,
+) -> jax.Array:
     """LayerCAM map (Jiang et al. 2021; paper eqs. 6-7).
 
     map = ReLU( sum_c ReLU(gradient) * activation )
 
     Args:
-      activation: ``[B, h, w, C]`` forward feature map.
-      gradient: ``[B, h, w, C]`` d loss / d activation.
+      activation: ``[B, h, w, C]`` forward feature map, or transformer tokens ``[B, N, C]``
+        with ``grid`` given.
+      gradient: d loss / d activation, the same shape.
       relu: apply the outer ReLU (LayerCAM's definition). The authors' GradMix code does not
         (``relu=False``); the two agree wherever the activations are >= 0 (post-ReLU taps).
+      grid: static patch grid ``(h, w)`` for token inputs (``tokens_to_grid``); None for
+        ``[B, h, w, C]`` maps. Without it a 3-D input is one example's ``[h, w, C]`` (vmap).
+      prefix_tokens: leading non-patch tokens to drop (1 for a class token); needs ``grid``.
 
     Returns:
       ``[B, h, w]`` map, non-negative when ``relu``.
     """
+    activation, gradient = _token_pair(activation, gradient, grid, prefix_tokens)
     _check_pair(activation, gradient)
     # Per-location weights: only positive gradients count as evidence.
     summed = jnp.sum(jnp.maximum(gradient, 0) * activation, axis=-1)
     return jnp.maximum(summed, 0) if relu else summed
 
 
-def gradcam(activation: jax.Array, gradient: jax.Array) -> jax.Array:
+def gradcam(
+    activation: jax.Array,
+    gradient: jax.Array,
+    *,
+    grid: tuple[int, int] | None = None,
+    prefix_tokens: int = 0,
+) -> jax.Array:
     """Grad-CAM map (Selvaraju et al. 2017; paper eqs. 4-5).
 
     alpha_c = mean_{h,w} gradient;  map = ReLU( sum_c alpha_c * activation )
 
     Args:
-      activation: ``[B, h, w, C]`` forward feature map.
-      gradient: ``[B, h, w, C]`` d loss / d activation.
+      activation: ``[B, h, w, C]`` forward feature map, or transformer tokens ``[B, N, C]``
+        with ``grid`` given.
+      gradient: d loss / d activation, the same shape.
+      grid: static patch grid ``(h, w)`` for token inputs (``tokens_to_grid``); the mean runs
+        over the ``h * w`` patch tokens only. None for ``[B, h, w, C]`` maps; without it a 3-D
+        input is one example's ``[h, w, C]`` (vmap).
+      prefix_tokens: leading non-patch tokens to drop (1 for a class token); needs ``grid``.
 
     Returns:
       ``[B, h, w]`` non-negative map.
     """
+    activation, gradient = _token_pair(activation, gradient, grid, prefix_tokens)
     _check_pair(activation, gradient)
     # One weight per channel: the spatially averaged gradient (axes h, w also under vmap).
     alpha = jnp.mean(gradient, axis=(-3, -2), keepdims=True)  # [B, 1, 1, C]
@@ -231,6 +354,8 @@ def tap_maps(
     cam: str = "layercam",
     normalize_at: str = "output",
     relu: bool = True,
+    grid: tuple[int, int] | None = None,
+    prefix_tokens: int = 0,
 ) -> jax.Array:
     """Attribution map per image from tapped layers: CAM per tap, then ``aggregate_maps``.
 
@@ -239,40 +364,70 @@ def tap_maps(
     cast with ``.astype(jnp.float32)``, so bfloat16 taps give the same map as float32 ones up
     to their own rounding). Taps are summed in the order of ``activations``.
 
+    Transformer taps: a 3-D tap ``[B, N, C]`` is read as tokens and reshaped with
+    ``tokens_to_grid(tap, grid, prefix_tokens)``; one ``grid`` / ``prefix_tokens`` applies to
+    every token tap (a ViT's blocks share one patch grid), 4-D taps ignore them. Taps on
+    different grids (hierarchical models): reshape each with ``tokens_to_grid`` first.
+
     Args:
       activations: tap name -> ``[B, h, w, C]`` forward feature map (a Mapping), or a
-        sequence of them; sizes may differ per tap, B may not.
+        sequence of them; sizes may differ per tap, B may not. With ``grid`` given a tap may
+        also be tokens ``[B, N, C]``.
       gradients: the same keys (or the same length): d loss / d activation, same shapes.
       size: static ``(H, W)`` image size to upsample to.
       normalize: ``'image'``, ``'batch'`` or ``'none'`` (see ``aggregate_maps``).
       cam: ``'layercam'`` or ``'gradcam'``.
       normalize_at: ``'output'`` or ``'layer'`` (see ``aggregate_maps``).
       relu: the CAM's outer ReLU (``layercam(relu=...)``; Grad-CAM always applies it).
+      grid: static patch grid ``(h, w)`` of the token taps, e.g. ``(H // patch, W // patch)``;
+        None when every tap is 4-D.
+      prefix_tokens: leading non-patch tokens of each token tap (1 for a class token).
 
     Returns:
       ``[B, H, W]`` float32.
 
     Raises:
       ValueError: taps missing/extra/empty, a bad ``cam`` / ``normalize``, an activation and
-        gradient of different shapes, a tap that is not 4-D, or a tap that looks channels-first
-        (``[B, C, h, w]``: its last two axes fit a downsampled ``(H, W)`` and its middle two do
-        not).
+        gradient of different shapes, a tap that is neither 4-D nor (with ``grid``) 3-D, a
+        token tap without ``grid`` or whose ``N`` is not ``prefix_tokens + h * w``, or a tap that
+        looks channels-first (``[B, C, h, w]``: its last two axes fit a downsampled ``(H, W)``
+        and its middle two do not).
       TypeError: one of activations / gradients is a Mapping and the other is not.
     """
     if cam not in CAMS:
         raise ValueError(f"cam must be one of {CAMS}, got {cam!r}")
     _check_normalize(normalize, normalize_at)
+    if grid is not None:
+        _grid_args(grid, prefix_tokens)  # a bad grid fails even when no tap is token-shaped
+    elif prefix_tokens:
+        raise ValueError(
+            f"prefix_tokens={prefix_tokens!r} is given without grid: token taps [B, N, C] need "
+            "grid=(h, w) too"
+        )
     height, width = (int(s) for s in size)
     items = _tap_items(activations, gradients)
     maps = []
     for label, act, grad in items:
         a_shape, g_shape = tuple(jnp.shape(act)), tuple(jnp.shape(grad))
-        if len(a_shape) != 4 or a_shape != g_shape:
+        if len(a_shape) == 3 and a_shape == g_shape and grid is not None:
+            # The user's grid is authoritative, so the channels-first guess below is skipped.
+            act = _to_grid(f"activations{label}", act, grid, prefix_tokens)
+            grad = _to_grid(f"gradients{label}", grad, grid, prefix_tokens)
+        elif len(a_shape) != 4 or a_shape != g_shape:
+            if 3 not in (len(a_shape), len(g_shape)):
+                hint = ""
+            elif grid is None:
+                hint = (
+                    "; for transformer tokens [B, N, C] pass grid=(h, w), the patch grid, and "
+                    "prefix_tokens, the number of leading class/register tokens"
+                )
+            else:
+                hint = "; with grid given, tokens [B, N, C] of the same shape are accepted too"
             raise ValueError(
                 f"activations{label} and gradients{label} must both be [B, h, w, C] with the same "
-                f"shape, got {a_shape} and {g_shape}"
+                f"shape, got {a_shape} and {g_shape}{hint}"
             )
-        if _checks.looks_channels_first(a_shape, height, width):
+        elif _checks.looks_channels_first(a_shape, height, width):
             raise ValueError(
                 f"activations{label} has shape {a_shape}, which looks channels-first (NCHW) for "
                 f"images of size {(height, width)}; taps must be NHWC [B, h, w, C]: transpose "

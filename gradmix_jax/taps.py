@@ -6,12 +6,18 @@ gradient ``dL/dA`` of a loss. ``vjp`` gets both from ONE forward pass of an unmo
 * **Linen**: the call of each tapped submodule is intercepted with ``flax.linen.intercept_methods``
   and a zero perturbation is added to its output. The perturbations are extra primals of a
   ``jax.vjp``, so the cotangent they receive is exactly ``dL/dA`` at that submodule's output.
-* **NNX**: the model is split (``nnx.split``) into the differentiated state (``wrt``, default
-  ``nnx.Param``) and the rest, merged again inside the differentiated function, and each tapped
-  submodule *of that merged copy* gets, for the duration of the call only, a subclass whose
-  ``__call__`` (or ``method``) adds the perturbation. The user's classes are never modified and
-  the copy is restored before it is split again; updates to the rest of the state (BatchNorm
-  statistics, RNG counts) are written back to the model, as NNX's own transforms do.
+* **NNX**: every NNX graph node among the primals (the model, an ``nnx.Rngs``, any other module)
+  is split (``nnx.split``, all together, so shared references stay shared) into the
+  differentiated state (``wrt``, default ``nnx.Param``) and the rest, merged again inside the
+  differentiated function, and each tapped submodule *of the merged copy of the model* gets, for
+  the duration of the call only, a subclass whose ``__call__`` (or ``method``) adds the
+  perturbation. The user's classes are never modified and the copy is restored before it is split
+  again; updates to the rest of the state (BatchNorm statistics, RNG counts) are written back to
+  the user's objects, as NNX's own transforms do. The tapped model is the FIRST ``nnx.Module``
+  among the primals (an ``nnx.Rngs`` never is); tap paths are relative to it. An NNX object that
+  ``fun`` closes over instead cannot be updated from inside the trace: mutating one (dropout
+  drawing from a captured ``rngs``) raises ``ClosedOverNnxStateError``; pass it among the
+  primals: ``taps.vjp(lambda m, r: m(x, r), model, rngs, taps=...)``.
 
 The perturbation shapes come from ``jax.eval_shape`` (an abstract trace, no compute). XLA folds the
 ``+ 0`` away; a backward that only needs tap gradients keeps only the part of the graph above the
@@ -31,6 +37,7 @@ Python, shapes are static.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -39,7 +46,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["vjp", "activations", "normalize_taps", "for_model", "module_paths"]
+__all__ = [
+    "vjp",
+    "activations",
+    "normalize_taps",
+    "for_model",
+    "module_paths",
+    "ClosedOverNnxStateError",
+]
 
 Path = tuple[str, ...]
 
@@ -220,8 +234,8 @@ def module_paths(model: Any) -> list[str]:
 class _NnxTaps:
     """Context manager: swap the tapped submodules of ``model`` to their tapped classes."""
 
-    def __init__(self, model, recorder: _Recorder):
-        self.model, self.recorder = model, recorder
+    def __init__(self, model, recorder: _Recorder, which: str = ""):
+        self.model, self.recorder, self.which = model, recorder, which
 
     def __enter__(self):
         from flax import nnx
@@ -237,7 +251,7 @@ class _NnxTaps:
             if not isinstance(node, nnx.Module):
                 raise ValueError(
                     f"tap {name!r} (path {'/'.join(path)!r}) matched no submodule of the NNX "
-                    f"model; its submodules: {module_paths(self.model)}"
+                    f"model{self.which}; its submodules: {module_paths(self.model)}"
                 )
             self.recorder.seen.add((path, self.recorder.method))
             if id(node) in instances:
@@ -265,59 +279,131 @@ class _NnxTaps:
 # --------------------------------------------------------------------------- the VJP
 
 
-def _split_nnx(primals, wrt):
-    """Replace the (at most one) NNX module among ``primals`` by its ``wrt`` state.
+class ClosedOverNnxStateError(ValueError):
+    """``fun`` mutated an NNX object (``nnx.Rngs``, a module's statistics) it closed over."""
 
-    Returns (primals, nnx_info) with nnx_info None for a Linen / plain function, else
-    (position, module, graphdef, rest state, wrt).
+
+def _is_nnx_node(x: Any) -> bool:
+    """Whether NNX treats ``x`` as a graph node: a module, an ``nnx.Rngs``, a Variable, ...
+
+    JAX array refs are graph nodes to NNX too, but plain JAX: they stay ordinary primals.
     """
+    if isinstance(x, jax.Array) or "flax.nnx" not in sys.modules:  # no NNX object can exist
+        return False
+    from flax.nnx import graph, variablelib
+
+    return graph.is_graph_node(x) and not variablelib.is_array_ref(x)
+
+
+@dataclasses.dataclass
+class _NnxPrimals:
+    """The NNX graph nodes among the primals, split once together (shared references kept)."""
+
+    treedef: Any  # of the primals, with each graph node a leaf
+    where: list[int]  # leaf indices of the graph nodes
+    module: int | None  # index (among the nodes) of the tapped model: the first nnx.Module
+    n_modules: int
+    graphdef: Any  # of the tuple of nodes
+    rest: Any  # their non-differentiated state (nnx.State keyed by node index)
+    wrt: Any
+    nodes: tuple  # the user's objects, written back to
+
+
+def _split_nnx(primals, wrt):
+    """Replace each NNX graph node among ``primals`` (at any depth) by its ``wrt`` state.
+
+    Returns (primals, info) with info None when there is none (Linen / plain function: the
+    primals are returned as they are), else an ``_NnxPrimals``. A node with no ``wrt`` state (an
+    ``nnx.Rngs``) becomes an empty ``nnx.State``.
+    """
+    leaves, treedef = jax.tree.flatten(primals, is_leaf=_is_nnx_node)
+    where = [i for i, leaf in enumerate(leaves) if _is_nnx_node(leaf)]
+    if not where:
+        return primals, None
     from flax import nnx
 
-    positions = [i for i, p in enumerate(primals) if isinstance(p, nnx.Module)]
-    if not positions:
-        return primals, None
-    if len(positions) > 1:
-        raise ValueError(
-            f"taps take at most one NNX module among the primals (the tap paths are relative to "
-            f"it), got {len(positions)} at positions {positions}"
-        )
-    i = positions[0]
+    nodes = tuple(leaves[i] for i in where)
+    modules = [k for k, node in enumerate(nodes) if isinstance(node, nnx.Module)]
     wrt = nnx.Param if wrt is None else wrt
-    graphdef, diff, rest = nnx.split(primals[i], wrt, ...)
-    return (*primals[:i], diff, *primals[i + 1 :]), (i, primals[i], graphdef, rest, wrt)
+    # One split of all nodes: an object reachable from two of them (the model's own nnx.Rngs,
+    # also passed on its own) is one object inside too, its state held by the first.
+    graphdef, diff, rest = nnx.split(nodes, wrt, ...)
+    for k, i in enumerate(where):
+        leaves[i] = diff[k] if k in diff else nnx.State({})
+    first = modules[0] if modules else None
+    info = _NnxPrimals(treedef, where, first, len(modules), graphdef, rest, wrt, nodes)
+    return jax.tree.unflatten(treedef, leaves), info
 
 
-def _call(fun, primals, nnx_info, recorder: _Recorder):
-    """``fun(*primals)`` with the taps active; returns (out, new rest state of the NNX module)."""
+def _merge_nnx(primals, info: _NnxPrimals):
+    """The primals with each graph node rebuilt (merged) from its traced ``wrt`` state."""
+    from flax import nnx
+
+    leaves = info.treedef.flatten_up_to(primals)
+    diff = nnx.State({k: leaves[i] for k, i in enumerate(info.where)})
+    # Variables made outside this trace cannot be updated inside it: rebuild them here.
+    nodes = nnx.merge(info.graphdef, diff, jax.tree.map(lambda v: v, info.rest))
+    for k, i in enumerate(info.where):
+        leaves[i] = nodes[k]
+    return jax.tree.unflatten(info.treedef, leaves), nodes
+
+
+def _closed_over_error(err: Exception) -> ClosedOverNnxStateError:
+    what = str(err).split(" (https://")[0].strip().splitlines()[0]
+    if "Rng" in what:
+        what += ", state of an nnx.Rngs"
+    return ClosedOverNnxStateError(
+        f"fun mutated an NNX object it closed over ({what}): pass it among the primals so that "
+        "its updates are written back, e.g. taps.vjp(lambda m, r: m(x, r), model, rngs, taps=...)"
+    )
+
+
+def _call(fun, primals, nnx_info: _NnxPrimals | None, recorder: _Recorder):
+    """``fun(*primals)`` with the taps active; returns (out, new rest state of the NNX nodes)."""
+    from flax.errors import TraceContextError
+
     if nnx_info is None:
         with nn.intercept_methods(_linen_interceptor(recorder)):
-            out = fun(*primals)
+            try:
+                out = fun(*primals)
+            except TraceContextError as err:
+                raise _closed_over_error(err) from err
         recorder.check("Linen")
         return out, None
     from flax import nnx
 
-    i, _, graphdef, rest, wrt = nnx_info
-    # Variables made outside this trace cannot be updated inside it: rebuild them here.
-    model = nnx.merge(graphdef, primals[i], jax.tree.map(lambda v: v, rest))
-    with _NnxTaps(model, recorder):
-        out = fun(*primals[:i], model, *primals[i + 1 :])
+    primals, nodes = _merge_nnx(primals, nnx_info)
+    if nnx_info.module is None:  # NNX state (an nnx.Rngs) but no NNX model: Linen taps
+        return _call(fun, primals, None, recorder)[0], nnx.split(nodes, nnx_info.wrt, ...)[2]
+    which = ""
+    if nnx_info.n_modules > 1:
+        which = (
+            f" (the first of the {nnx_info.n_modules} nnx.Module among the primals: the tapped one)"
+        )
+    with _NnxTaps(nodes[nnx_info.module], recorder, which):
+        try:
+            out = fun(*primals)
+        except TraceContextError as err:
+            raise _closed_over_error(err) from err
     recorder.check("NNX")
-    _, _, new_rest = nnx.split(model, wrt, ...)
+    _, _, new_rest = nnx.split(nodes, nnx_info.wrt, ...)
     return out, new_rest
 
 
-def _write_back(nnx_info, new_rest) -> None:
-    """Non-differentiated NNX state changed by the call (BatchNorm statistics) goes back."""
+def _write_back(nnx_info: _NnxPrimals | None, new_rest) -> None:
+    """Non-differentiated NNX state changed by the call (BatchNorm statistics, RNG counts) goes
+    back to the user's objects, as NNX's own transforms do."""
     if nnx_info is not None:
         from flax import nnx
 
-        nnx.update(nnx_info[1], new_rest)
+        nnx.update(nnx_info.nodes, new_rest)
 
 
 def activations(fun: Callable, *args, taps: Any, method: str = "__call__", wrt: Any = None):
     """``fun(*args)`` and the tap activations, without differentiation: ``(out, {name: A})``.
 
-    Same ``taps`` / ``method`` as ``vjp``; an NNX module among ``args`` gets its state updates.
+    Same ``taps`` / ``method`` / ``wrt`` as ``vjp``; the NNX objects among ``args`` (the model, an
+    ``nnx.Rngs``) get their state updates (BatchNorm statistics, RNG counts) as in a plain call.
     """
     spec = normalize_taps(taps)
     split, nnx_info = _split_nnx(args, wrt)
@@ -351,9 +437,13 @@ def vjp(
     Args:
       fun: calls the model (``model.apply(variables, x, ...)`` for Linen; ``model(x)`` on its
         NNX module argument) and returns a pytree of arrays (``(out, aux)`` with ``has_aux``).
-      *primals: what ``fun`` is differentiated w.r.t. (params, inputs, ...). At most one may be an
-        ``nnx.Module``: it is differentiated w.r.t. its ``wrt`` state (default ``nnx.Param``) and
-        its other state updates (BatchNorm statistics) are written back to it.
+      *primals: what ``fun`` is differentiated w.r.t. (params, inputs, ...). Each NNX graph node
+        among them, at any depth (an ``nnx.Module``, an ``nnx.Rngs``, a Variable), reaches
+        ``fun`` as itself: it is differentiated w.r.t. its ``wrt`` state (default
+        ``nnx.Param``) and its other state updates (BatchNorm statistics, RNG counts) are
+        written back to it, as ``nnx.grad`` does. The first ``nnx.Module`` is the tapped model.
+        Pass every NNX object that ``fun`` updates here: one it closes over raises
+        ``ClosedOverNnxStateError`` when ``fun`` mutates it (dropout draws from its ``rngs``).
       taps: a submodule path, a sequence of them, or a mapping name -> path (module docstring).
       has_aux: ``fun`` returns ``(out, aux)``; aux is returned, not differentiated.
       method: the tapped submodules' method whose output is the activation.
@@ -363,8 +453,10 @@ def vjp(
       ``(out, vjp_fn, activations)`` (``+ (aux,)`` with ``has_aux``): ``activations`` maps each
       tap name to the submodule's output; ``vjp_fn(cotangent)`` returns
       ``(*primal_cotangents, tap_cotangents)`` with ``tap_cotangents`` a dict name -> ``dL/dA``
-      shaped like the activation. The NNX module's cotangent is an ``nnx.State`` of its ``wrt``
-      variables. All from the same forward pass.
+      shaped like the activation. An NNX node's cotangent is an ``nnx.State`` of its ``wrt``
+      variables, shaped like them (an ``nnx.Rngs``, which has none: an empty ``nnx.State``; a
+      Variable: the Variable type holding its cotangent; state reachable from two primals goes
+      to the first). All from the same forward pass.
     """
     spec = normalize_taps(taps)
     split, nnx_info = _split_nnx(primals, wrt)

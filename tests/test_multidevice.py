@@ -29,6 +29,43 @@ def test_losses_equal_across_device_counts(run_on_fake_devices):
             )
 
 
+def test_gradmix_step_on_4_devices_equals_1_device(run_on_fake_devices):
+    """The docs' GradMix step with cross-device BatchNorm (tests/gradmix_pmap_check.py): 4 devices
+    x 2 samples under jax.pmap and under jax.shard_map against 1 device x 8 samples, same draws."""
+    result = run_on_fake_devices("gradmix_pmap_check.py", 4)
+    assert result.pop("devices") == 4
+    one = {k: np.asarray(v) for k, v in result.pop("one").items()}
+    grad = one["grads_pmean"]  # 1 device: pmean, psum and the returned gradient are the same
+    close = dict(rtol=1e-5, atol=1e-5)
+    same = [k for k in one if k.startswith(("act_", "heat", "mixed", "masked", "batch_stats_"))]
+    for run, got in result.items():
+        got = {k: np.asarray(v) for k, v in got.items()}
+        for name in same:  # activations, maps, mixed views, BatchNorm statistics on every device
+            want = np.repeat(one[name], 4, 0) if name.endswith("per_device") else one[name]
+            np.testing.assert_allclose(got[name], want, **close, err_msg=f"{run}: {name}")
+        assert np.array_equal(got["masked"], one["masked"]), run  # the same boxes
+        np.testing.assert_allclose(got["loss"], np.repeat(one["loss"], 4), **close, err_msg=run)
+        # The documented reduction: pmean gives the 1-device gradient, psum 4 times it.
+        np.testing.assert_allclose(got["grads_pmean"], grad, **close, err_msg=run)
+        np.testing.assert_allclose(got["grads_psum"], 4 * grad, **close, err_msg=run)
+
+    pmap, smap = result["pmap"], result["shard_map"]
+    # pmap (a shard_map with check_vma=False): each device differentiates its own copy of the
+    # parameters and every device's cotangent counts the (replicated) loss of all 4 devices, so
+    # the per-device gradients are partial and sum to 4 times the 1-device one, and the tap
+    # gradients are 4 times the 1-device ones (the min-max normalised maps above do not see it).
+    per_device = np.asarray(pmap["grads_per_device"])
+    np.testing.assert_allclose(per_device.sum(0), 4 * grad, **close)
+    assert np.abs(per_device - grad).max() > 1e-2
+    # shard_map (check_vma=True): the replicated parameters' gradient comes back already summed
+    # over the devices, on every device the 1-device gradient (so pmean leaves it as it is), and
+    # the tap gradients are the 1-device ones.
+    np.testing.assert_allclose(smap["grads_per_device"], np.repeat(grad[None], 4, 0), **close)
+    for name in (k for k in one if k.startswith("tap_grad")):
+        np.testing.assert_allclose(pmap[name], 4 * one[name], **close, err_msg=name)
+        np.testing.assert_allclose(smap[name], one[name], **close, err_msg=name)
+
+
 def _free_port():
     import socket
 
