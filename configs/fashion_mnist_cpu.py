@@ -18,8 +18,8 @@ Measured on the test set (`python -m experiments.compare`, 5 splits x seeds 0-2,
 docs/results/fashion_mnist_cpu/; 2-core AMD EPYC CPU, jax 0.10.2, 2026-12-01): a GradMix cell
 took 206-227 s in the runner's process (data, compilation, training, evaluation) with the CPU to
 itself. NNO AUROC 0.824 +- 0.042 with GradMix and 0.828 +- 0.039 without mixing (paired
-difference -0.004 +- 0.015: none); k-NN on raw pixels gives 0.548 +- 0.226, above GradMix on
-split 3 (0.844 against 0.830). The recipe before, batch 128 x 400 steps with λ = 0.5:
+difference -0.004, 95 % interval [-0.012, +0.004]: no effect detected); k-NN on raw pixels gives
+0.548 +- 0.226, above GradMix on split 3 (0.844 against 0.830). The recipe before, batch 128 x 400 steps with λ = 0.5:
 0.804 / 0.802 (docs/results/fashion_mnist_cpu_lambda05/).
 """
 
