@@ -28,6 +28,7 @@ SMOKE_OVERRIDES = {
     "checkpoint_every_steps": 3,
     "eval.batch_size": 256,
     "progress_bar": False,
+    "eval.area_images": 0,  # a compilation per cell; full-scale cells measure it
 }
 
 
