@@ -665,7 +665,7 @@ def main(argv=None, *, train_fn: Callable | None = None) -> int:
             else:
                 r = run_checked_cell(workdir, config, train_fn)
                 r = _add_missing_scores(workdir, args.finished_only)  # a cell saved before a score
-                r = _with_evaluated_area(workdir, r)
+                r = with_evaluated_area(workdir, r)
                 results[(method, split, seed)] = {**r, "cell_seconds": cell_seconds(workdir)}
                 seed_txt = str(seed)
             key = headline(method)[0]
@@ -700,7 +700,7 @@ def main(argv=None, *, train_fn: Callable | None = None) -> int:
     return 0
 
 
-def _with_evaluated_area(workdir: str, result: dict) -> dict:
+def with_evaluated_area(workdir: str, result: dict) -> dict:
     """A cell saved before the activated area existed, with the area its final checkpoint gave
     ``python -m gradmix_jax.evaluate --workdir CELL`` (``eval_results.json``) when it has one."""
     if result.get("activated_area"):

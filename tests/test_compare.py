@@ -360,9 +360,9 @@ def test_id_and_activated_area_are_paired_like_the_scores(tmp_path):
     (tmp_path / "eval_results.json").write_text(
         json.dumps({"step": 600, "activated_area": _area(0.3, 0.2)})
     )
-    got = compare._with_evaluated_area(str(tmp_path), {"num_steps": 600})
+    got = compare.with_evaluated_area(str(tmp_path), {"num_steps": 600})
     assert got["activated_area"]["known"][0] == pytest.approx(0.27)
-    assert "activated_area" not in compare._with_evaluated_area(str(tmp_path), {"num_steps": 800})
+    assert "activated_area" not in compare.with_evaluated_area(str(tmp_path), {"num_steps": 800})
 
 
 def test_finished_only_reads_a_cell_without_checkpoint_as_stored(tmp_path, capsys):
