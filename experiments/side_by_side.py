@@ -32,6 +32,7 @@ from typing import Any
 
 from experiments.common import ArgumentParser
 from experiments.compare import (
+    AREA_TAUS_SHOWN,
     CELL_FIELDS,
     MEASURES,
     METHODS,
@@ -157,13 +158,15 @@ def side_by_side(
 
 
 def _rows(baseline: str, method: str) -> list[tuple[str, str, float]]:
-    """(measure key, name, scale) in table order: ``MEASURES``, the headline marked; the headline
-    gets a row of its own where the two methods' headline scores differ."""
+    """(measure key, name, scale) in table order: ``MEASURES`` (the area at the thresholds
+    compare.md shows; every one is in the JSON), the headline marked; the headline gets a row of
+    its own where the two methods' headline scores differ."""
     key, name, _ = headline(method)
     base_key, base_name, _ = headline(baseline)
     rows = [
         (k, f"{label} (headline)" if k == key == base_key else label, scale)
         for k, label, scale, _ in MEASURES
+        if "@" not in k or float(k.partition("@")[2]) in AREA_TAUS_SHOWN
     ]
     if key != base_key:
         rows.insert(0, (HEADLINE_KEY, f"headline: AUROC {name} − {base_name}", 100.0))

@@ -46,9 +46,9 @@ def _write_cell(folder, method, split, seed, nno, steps, area=None, evaluated_ar
 
 def _area(known):
     return {
-        "thresholds": [0.1, 0.5],
-        "known": [known, known / 2],
-        "unknown": [0.2, 0.1],
+        "thresholds": [0.1, 0.2, 0.5],
+        "known": [known, 0.75 * known, known / 2],
+        "unknown": [0.2, 0.15, 0.1],
         "images": {"known": 8, "unknown": 8},
         "layers": ["conv3_2"],
         "batch_size": 8,
@@ -125,6 +125,9 @@ def test_command_writes_the_table_and_refuses_bad_flags(two_runs, tmp_path, caps
     assert row.split(" | ")[1] == "-"  # the short run has no area
     report = json.loads((tmp_path / "sbs.json").read_text())
     assert report["cells"] == [[0, 0], [1, 0], [2, 0]]
+    # Every τ is in the JSON; the table shows those compare.md shows (0.1, 0.3, 0.5, 0.7, 0.9).
+    assert report["runs"]["3,200 steps"]["paired"]["area_known@0.2"]["mean"] == pytest.approx(0.075)
+    assert "τ=0.2" not in text and "| activated area, known, τ=0.5 |" in text
 
     with pytest.raises(SystemExit, match="--methods entries must be in"):
         side_by_side.main([*argv, "--methods", "raw,gradmix"])
