@@ -72,26 +72,17 @@ def config_differences(configs: dict[str, dict | None]) -> dict[str, dict[str, A
     reproduce them); fields a cell owns (method, split, seed) and those that change no number
     (``NON_SEMANTIC_FIELDS``) are left out.
     """
-    from gradmix_jax.training.workdir import NON_SEMANTIC_FIELDS, with_added_fields
-
-    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
-        out = {}
-        for k, v in d.items():
-            if isinstance(v, dict):
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[prefix + k] = json.dumps(v)
-        return out
+    from gradmix_jax.training.workdir import NON_SEMANTIC_FIELDS, flatten, with_added_fields
 
     flats = {
-        label: flat(with_added_fields(c)) if c is not None else {} for label, c in configs.items()
+        label: flatten(with_added_fields(c)) if c is not None else {}
+        for label, c in configs.items()
     }
-    skip = set(NON_SEMANTIC_FIELDS) | set(CELL_FIELDS) | {"data.split", "seed"}
-    fields = sorted(set().union(*flats.values()) - skip)
+    fields = sorted(set().union(*flats.values()) - set(NON_SEMANTIC_FIELDS) - set(CELL_FIELDS))
     return {
-        f: {label: json.loads(fl[f]) if f in fl else None for label, fl in flats.items()}
+        f: {label: fl.get(f) for label, fl in flats.items()}
         for f in fields
-        if len({fl.get(f) for fl in flats.values()}) > 1
+        if len({json.dumps(fl[f]) if f in fl else "<absent>" for fl in flats.values()}) > 1
     }
 
 

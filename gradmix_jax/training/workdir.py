@@ -62,11 +62,12 @@ NON_SEMANTIC_FIELDS = (
 )
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as {"a.b.c": value}."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -93,8 +94,8 @@ def config_differences(stored: dict | None, config) -> list[str]:
         return ["<no config in results.json>"]
     # JSON round trip on both sides: tuples -> lists (a freshly trained cell returns its summary
     # with the config's tuples, one read back from results.json has lists).
-    now = _flatten(json.loads(json.dumps(strict(resolve_recipe(config).to_dict()))))
-    old = {**ADDED_FIELDS, **_flatten(json.loads(json.dumps(strict(stored))))}
+    now = flatten(json.loads(json.dumps(strict(resolve_recipe(config).to_dict()))))
+    old = {**ADDED_FIELDS, **flatten(json.loads(json.dumps(strict(stored))))}
     for field, value in RECIPES.get(old["gradmix.recipe"], {}).items():
         if old.get(field) is None:  # stored unresolved: its recipe's value
             old[field] = value
